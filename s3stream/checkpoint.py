@@ -1,0 +1,121 @@
+"""Checkpoint stores: where a shard's :class:`~s3stream.cursor.Checkpoint` is committed.
+
+The S3 store keeps one small JSON object per group and shard under a control prefix, written with
+``If-None-Match: *`` the first time and ``If-Match: <etag>`` after, so two consumers that both think
+they own a shard cannot silently overwrite each other: the loser gets
+:class:`~s3stream.errors.CheckpointConflict`. The file store writes atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from s3stream.cursor import Checkpoint
+from s3stream.errors import CheckpointConflict, ConfigError, NotFound, PreconditionFailed
+from s3stream.store import Store
+
+FORMAT_VERSION = 1
+
+
+def encode(checkpoint: Checkpoint, *, bucket: str, prefix: str) -> bytes:
+    """The JSON form of a checkpoint; ``done`` is grouped by key to stay compact."""
+    grouped: dict[str, list[list[Any]]] = {}
+    for key, version_id, last_modified_ms in checkpoint.done:
+        grouped.setdefault(key, []).append([version_id, last_modified_ms])
+    doc = {
+        "format": FORMAT_VERSION, "bucket": bucket, "prefix": prefix,
+        "watermark_ms": checkpoint.watermark_ms, "done": grouped,
+    }
+    return orjson.dumps(doc)
+
+
+def decode(data: bytes, *, where: str) -> Checkpoint:
+    """Parse a stored checkpoint; a damaged one is a clear error, never a silent restart."""
+    try:
+        doc = orjson.loads(data)
+        if doc.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unknown format {doc.get('format')!r}")
+        done = tuple(sorted(
+            (key, str(vid), int(lm)) for key, versions in doc["done"].items() for vid, lm in versions
+        ))
+        return Checkpoint(watermark_ms=int(doc["watermark_ms"]), done=done)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"checkpoint {where} is damaged ({exc}); move it aside to restart") from None
+
+
+def shard_name(prefix: str) -> str:
+    """A stable, path-safe name for a shard prefix (readable part plus a short hash)."""
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in prefix.strip("/"))[:80] or "_root"
+    return f"{readable}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
+
+
+class CheckpointStore(Protocol):
+    """Loads and saves one shard's checkpoint."""
+
+    async def load(self) -> Checkpoint | None: ...
+
+    async def save(self, checkpoint: Checkpoint) -> None: ...
+
+
+class S3CheckpointStore:
+    """A checkpoint object in S3, fenced by its ETag."""
+
+    def __init__(self, store: Store, *, bucket: str, prefix: str, control_prefix: str, group: str) -> None:
+        self._store = store
+        self._bucket = bucket
+        self._prefix = prefix
+        self.key = f"{control_prefix.strip('/')}/{group}/{shard_name(prefix)}.json"
+        self._etag: str | None = None
+
+    async def load(self) -> Checkpoint | None:
+        try:
+            obj = await self._store.get_object(self._bucket, self.key)
+        except NotFound:
+            self._etag = None
+            return None
+        self._etag = obj.etag
+        return decode(obj.body, where=f"s3://{self._bucket}/{self.key}")
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        body = encode(checkpoint, bucket=self._bucket, prefix=self._prefix)
+        try:
+            etag, _ = await self._store.put_object(
+                self._bucket, self.key, body, if_match=self._etag, if_none_match=self._etag is None,
+                content_type="application/json",
+            )
+        except PreconditionFailed:
+            raise CheckpointConflict(
+                f"checkpoint s3://{self._bucket}/{self.key} was changed by another consumer; "
+                "is a second consumer running with the same group?"
+            ) from None
+        self._etag = etag
+
+
+class FileCheckpointStore:
+    """A checkpoint file on local disk, replaced atomically."""
+
+    def __init__(self, directory: str | Path, *, bucket: str, prefix: str, group: str) -> None:
+        self._bucket = bucket
+        self._prefix = prefix
+        self.path = Path(directory) / group / bucket / f"{shard_name(prefix)}.json"
+
+    async def load(self) -> Checkpoint | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return decode(data, where=str(self.path))
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(encode(checkpoint, bucket=self._bucket, prefix=self._prefix))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,52 @@
+"""The checkpointer: commits each shard's cursor when a batch completes, or every ``interval`` s.
+
+Thin by design: the cursor decides *what* may be committed (completed work only); this module only
+decides *when* and writes it. A commit is skipped when the done set has not changed since the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from s3stream.errors import RetriableError
+from s3stream.shard import Shard
+
+log = structlog.get_logger("s3stream.checkpointer")
+
+
+class Checkpointer:
+    """Commits shard cursors after each batch and at shutdown."""
+
+    def __init__(self, shards: list[Shard], *, interval: float) -> None:
+        self.shards = shards
+        self.interval = interval
+        self.wake = asyncio.Event()
+        self.commits = 0
+
+    async def run(self) -> None:
+        """Commit whenever woken (a batch completed) and at least every ``interval`` seconds."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self.wake.wait()
+            self.wake.clear()
+            try:
+                await self.flush()
+            except RetriableError as exc:
+                log.warning("checkpoint commit failed; will retry", error=str(exc))
+
+    async def flush(self) -> None:
+        """Commit every shard whose done set changed since its last commit."""
+        for shard in self.shards:
+            snapshot = shard.cursor.checkpoint()
+            generation = shard.cursor.generation
+            if generation == shard.saved_generation:
+                continue
+            await shard.checkpoints.save(snapshot)
+            shard.saved_generation = generation
+            self.commits += 1
+            log.debug("committed", shard=shard.name, watermark_ms=snapshot.watermark_ms,
+                      done=len(snapshot.done))

@@ -1,0 +1,152 @@
+"""Settings: pydantic models, loaded from TOML, validated once at start.
+
+A bad value raises :class:`~s3stream.errors.ConfigError` whose message names the field
+(``consumer.concurrency: must be greater than 0, got -1``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from s3stream.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Settings(_Model):
+    """How to reach the store. Credentials come from the standard AWS chain unless given here."""
+
+    endpoint_url: str | None = Field(default=None, description="Falls back to AWS_ENDPOINT_URL.")
+    region: str = "us-east-1"
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, description="Attempts per S3 call, retries included.")
+    max_retry_time: float = Field(default=60.0, gt=0, description="Seconds one call may spend retrying.")
+
+    def resolved_endpoint(self) -> str | None:
+        """The endpoint URL to use: the setting, else ``AWS_ENDPOINT_URL``, else AWS."""
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+class CheckpointSettings(_Model):
+    """Where cursors are committed: an S3 object (default) or a local file."""
+
+    store: Literal["s3", "file"] = "s3"
+    prefix: str = Field(default="_s3stream/checkpoints", description="Control prefix for the s3 store.")
+    directory: str = Field(default=".s3stream/checkpoints", description="Folder for the file store.")
+    interval: float = Field(default=1.0, gt=0, description="Most seconds between commits while busy.")
+
+
+class ConsumerSettings(_Model):
+    """The consumer's knobs. Times are seconds."""
+
+    group: str = Field(default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    concurrency: int = Field(default=16, gt=0, le=1024)
+    queue_size: int = Field(default=1000, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0, description="Wait between polls when busy.")
+    max_poll_interval: float = Field(default=5.0, gt=0, description="Idle polls back off up to this.")
+    settle_window: float = Field(default=30.0, ge=0, description="How late a version may become visible.")
+    start_from: Literal["earliest", "latest"] = "earliest"
+    page_size: int = Field(default=1000, gt=0, le=1000)
+    handler_attempts: int = Field(default=5, ge=1)
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    checkpoint: CheckpointSettings = CheckpointSettings()
+
+
+class SourceSettings(_Model):
+    """One consumed prefix: ``url = "s3://bucket/prefix/"`` and the handler that receives it."""
+
+    url: str
+    handler: str = "stdout"
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        parse_s3_url(value)
+        return value
+
+    @property
+    def bucket(self) -> str:
+        return parse_s3_url(self.url)[0]
+
+    @property
+    def prefix(self) -> str:
+        return parse_s3_url(self.url)[1]
+
+
+class HandlerSettings(_Model):
+    """``[handlers.NAME]``: ``use`` is an entry-point name or ``module:attr``; other keys go to it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    use: str
+
+    def options(self) -> dict[str, Any]:
+        """The handler's own config section (everything but ``use``)."""
+        return dict(self.model_extra or {})
+
+
+class Settings(_Model):
+    """The whole configuration of one ``s3stream run``."""
+
+    s3: S3Settings = S3Settings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    sources: list[SourceSettings] = Field(default_factory=list)
+    handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` to ``("bucket", "some/prefix/")``."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"expected s3://BUCKET/PREFIX, got {url!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def build_settings(data: dict[str, Any]) -> Settings:
+    """Validate a plain dict (as read from TOML) into :class:`Settings`, or raise ConfigError."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a plain dict, or ConfigError naming the file."""
+    file = Path(path)
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"config file not found: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML config file."""
+    return build_settings(read_toml(path))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors as ``field.path: what is wrong (got VALUE)`` lines joined by ``; ``."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        got = err.get("input")
+        suffix = f" (got {got!r})" if err["type"] != "missing" and not isinstance(got, dict | list) else ""
+        parts.append(f"{field}: {message}{suffix}")
+    return "invalid config: " + "; ".join(parts)

@@ -1,0 +1,143 @@
+"""The consumer daemon, top-down: open the store, open shards, run pollers, workers and checkpointer.
+
+Shutdown is an awaitable in two phases, like uvicorn's: :meth:`Consumer.stop` stops the pollers;
+in-flight work then has ``shutdown_grace`` seconds to finish; the final checkpoint is written under
+``asyncio.shield`` whatever happened. Signals belong to the command line, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from s3stream.checkpoint import CheckpointStore, FileCheckpointStore, S3CheckpointStore
+from s3stream.checkpointer import Checkpointer
+from s3stream.config import Settings, SourceSettings
+from s3stream.cursor import VersionCursor
+from s3stream.errors import ConfigError
+from s3stream.handlers import Handler, as_handler, build_handler
+from s3stream.poller import Poller
+from s3stream.shard import Shard
+from s3stream.store import Store, open_store
+from s3stream.workers import WorkerPool
+
+log = structlog.get_logger("s3stream.consumer")
+
+
+class Consumer:
+    """Streams every version under each configured prefix to its handler."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.sources:
+            raise ConfigError("sources: at least one source (s3://BUCKET/PREFIX) is required")
+        _check_overlaps(settings.sources)
+        self.settings = settings
+        self.shards: list[Shard] = []
+        self.started = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._handlers: dict[str, Handler] = {}
+
+    def register_handler(self, name: str, handler: object) -> None:
+        """Use ``handler`` (async callable, or object with handle/close) for sources naming ``name``."""
+        self._handlers[name] = as_handler(handler, name)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; :meth:`run` returns when it is complete."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; raises the first fatal error (after committing completed work)."""
+        consumer = self.settings.consumer
+        self._build_handlers()
+        try:
+            async with open_store(self.settings.s3, max_connections=consumer.concurrency + 8) as store:
+                self.shards = [await self._open_shard(store, src) for src in self.settings.sources]
+                await self._pipeline(store)
+        finally:
+            for handler in self._handlers.values():
+                with contextlib.suppress(Exception):
+                    await handler.close()
+
+    async def _pipeline(self, store: Store) -> None:
+        consumer = self.settings.consumer
+        checkpointer = Checkpointer(self.shards, interval=consumer.checkpoint.interval)
+        pool = WorkerPool(store, queue_size=consumer.queue_size, handler_attempts=consumer.handler_attempts,
+                          on_idle=checkpointer.wake.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                pollers = [
+                    tg.create_task(Poller(shard, store, pool, consumer, checkpointer.wake.set).run())
+                    for shard in self.shards
+                ]
+                workers = [tg.create_task(pool.worker()) for _ in range(consumer.concurrency)]
+                committer = tg.create_task(checkpointer.run())
+                log.info("consuming", shards=[s.name for s in self.shards], group=consumer.group)
+                self.started.set()
+                await self._stopping.wait()
+                log.info("stopping: pollers stopped, draining in-flight work", in_flight=pool.pending)
+                for task in pollers:
+                    task.cancel()
+                try:
+                    async with asyncio.timeout(consumer.shutdown_grace):
+                        await pool.wait_idle()
+                except TimeoutError:
+                    log.warning("grace period over; unfinished work will be redelivered", left=pool.pending)
+                for task in [*workers, committer]:
+                    task.cancel()
+        finally:
+            await asyncio.shield(self._final_commit(checkpointer))
+
+    async def _final_commit(self, checkpointer: Checkpointer) -> None:
+        try:
+            await checkpointer.flush()
+            log.info("final checkpoint committed", commits=checkpointer.commits)
+        except Exception as exc:
+            log.error("final checkpoint failed; work since the last commit will be redelivered",
+                      error=str(exc))
+
+    def _build_handlers(self) -> None:
+        configured = self.settings.handlers
+        for src in self.settings.sources:
+            if src.handler in self._handlers:
+                continue
+            if src.handler in configured:
+                spec = configured[src.handler]
+                self._handlers[src.handler] = build_handler(spec.use, spec.options(), name=src.handler)
+            else:
+                self._handlers[src.handler] = build_handler(src.handler)
+
+    async def _open_shard(self, store: Store, src: SourceSettings) -> Shard:
+        consumer = self.settings.consumer
+        await store.check_bucket(src.bucket, require_versioning=True)
+        ckpt = consumer.checkpoint
+        checkpoints: CheckpointStore
+        if ckpt.store == "s3":
+            checkpoints = S3CheckpointStore(store, bucket=src.bucket, prefix=src.prefix,
+                                            control_prefix=ckpt.prefix, group=consumer.group)
+        else:
+            checkpoints = FileCheckpointStore(ckpt.directory, bucket=src.bucket, prefix=src.prefix,
+                                              group=consumer.group)
+        saved = await checkpoints.load()
+        control = ckpt.prefix.strip("/") + "/"
+        shard = Shard(
+            bucket=src.bucket, prefix=src.prefix, handler=self._handlers[src.handler],
+            checkpoints=checkpoints, cursor=VersionCursor(saved), fresh=saved is None,
+            exclude=control if control.startswith(src.prefix) else None,
+        )
+        shard.saved_generation = shard.cursor.generation if saved is not None else -1
+        log.info("shard opened", shard=shard.name, resumed=saved is not None,
+                 start_from=None if saved else consumer.start_from)
+        return shard
+
+
+def _check_overlaps(sources: list[SourceSettings]) -> None:
+    seen: list[SourceSettings] = []
+    for src in sources:
+        for other in seen:
+            if src.bucket == other.bucket and (
+                src.prefix.startswith(other.prefix) or other.prefix.startswith(src.prefix)
+            ):
+                raise ConfigError(f"sources: {src.url!r} overlaps {other.url!r}; prefixes must not overlap")
+        seen.append(src)

@@ -1,0 +1,100 @@
+"""Every error s3stream raises, in one place.
+
+botocore and aiohttp errors never leave :mod:`s3stream.store`; they are translated there into this
+hierarchy, so the rest of the code (and users) catch s3stream's own types::
+
+    S3StreamError
+    ├── ConfigError                 a setting is missing or invalid (names the field)
+    ├── HandlerError                a handler cannot be resolved or built
+    ├── HandlerFailed               a handler kept failing on one message
+    ├── CheckpointConflict          another writer changed the checkpoint under us
+    └── StoreError                  the object store refused or could not be reached
+        ├── RetriableError          worth another try after a backoff
+        │   ├── Throttled           503 SlowDown and friends
+        │   ├── ServerError         other 5xx
+        │   ├── Conflict            409 on a conditional write
+        │   └── EndpointUnreachable connection refused, reset or timed out
+        └── PermanentError          retrying will not help
+            ├── BucketNotFound
+            ├── AccessDenied        bad or missing credentials, or IAM says no
+            ├── NotFound            no such key or version
+            ├── PreconditionFailed  412 on If-Match / If-None-Match
+            └── VersioningNotEnabled
+
+The command line prints ``str(error)`` of any :class:`S3StreamError` as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+
+class S3StreamError(Exception):
+    """Base class of every error s3stream raises on purpose."""
+
+
+class ConfigError(S3StreamError):
+    """A setting is missing or invalid. The message names the field and what is allowed."""
+
+
+class HandlerError(S3StreamError):
+    """A handler spec cannot be resolved, imported or built."""
+
+
+class HandlerFailed(S3StreamError):
+    """A handler raised on the same message more times than the policy allows."""
+
+
+class CheckpointConflict(S3StreamError):
+    """The checkpoint object was changed by another writer since we read it (If-Match failed)."""
+
+
+class StoreError(S3StreamError):
+    """The object store refused a request or could not be reached."""
+
+    def __init__(self, message: str, *, code: str = "", operation: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.operation = operation
+
+
+class RetriableError(StoreError):
+    """A failure that may succeed when retried after a backoff."""
+
+
+class Throttled(RetriableError):
+    """The store asked us to slow down (503 SlowDown, throttling)."""
+
+
+class ServerError(RetriableError):
+    """The store answered with a 5xx other than SlowDown."""
+
+
+class Conflict(RetriableError):
+    """409: a concurrent conditional write conflicted; retry."""
+
+
+class EndpointUnreachable(RetriableError):
+    """The endpoint could not be connected to, or the connection failed mid-request."""
+
+
+class PermanentError(StoreError):
+    """A failure that retrying will not fix."""
+
+
+class BucketNotFound(PermanentError):
+    """The bucket does not exist."""
+
+
+class AccessDenied(PermanentError):
+    """Credentials are missing, invalid or not allowed to do this."""
+
+
+class NotFound(PermanentError):
+    """No such key or version."""
+
+
+class PreconditionFailed(PermanentError):
+    """412: the object's ETag did not match the condition of the write."""
+
+
+class VersioningNotEnabled(PermanentError):
+    """The bucket is not versioned, so versions mode cannot follow it."""

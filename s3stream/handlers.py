@@ -1,0 +1,152 @@
+"""Handler plugins: the protocol, resolution by name, and the built-in ``stdout`` and ``jsonl``.
+
+A handler is either an async callable taking a :class:`~s3stream.message.Message`, or an object with
+``async handle(message)`` and ``async close()``. A *spec* names one: an entry point in the
+``s3stream.handlers`` group (``stdout``) or ``package.module:attr``. The target may be the handler
+itself (an ``async def``) or a factory that receives the handler's own config section and returns one.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+import orjson
+
+from s3stream.errors import HandlerError
+from s3stream.message import Message
+
+HandleFn = Callable[[Message], Awaitable[None]]
+
+
+@runtime_checkable
+class HandlerObject(Protocol):
+    """A handler with a lifecycle: ``handle`` per message, ``close`` once at shutdown."""
+
+    async def handle(self, message: Message) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A resolved handler, whatever shape it was written in."""
+
+    name: str
+    handle: HandleFn
+    close: Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+def resolve(spec: str) -> Any:
+    """The object a spec names: ``module:attr`` or an ``s3stream.handlers`` entry point."""
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise HandlerError(f"handler {spec!r} cannot be loaded: {exc}") from None
+        return target
+    found = entry_points(group="s3stream.handlers", name=spec)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group="s3stream.handlers"))
+        raise HandlerError(f"unknown handler {spec!r}; known: {', '.join(known)}, or use module:attr")
+    try:
+        return next(iter(found)).load()
+    except Exception as exc:
+        raise HandlerError(f"handler {spec!r} failed to load: {exc}") from None
+
+
+def build_handler(spec: str, options: dict[str, Any] | None = None, *, name: str | None = None) -> Handler:
+    """Resolve ``spec`` and build it with ``options`` into a :class:`Handler`."""
+    target = resolve(spec)
+    options = dict(options or {})
+    if inspect.iscoroutinefunction(target):
+        if options:
+            raise HandlerError(f"handler {spec!r} is a function and takes no options: {sorted(options)}")
+        built: Any = target
+    elif callable(target):
+        try:
+            built = target(options)
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise HandlerError(f"handler {spec!r} could not be built: {exc}") from None
+    else:
+        raise HandlerError(f"handler {spec!r} is not callable")
+    return as_handler(built, name or spec)
+
+
+def as_handler(built: Any, name: str) -> Handler:
+    """Wrap an async callable or a handle()/close() object as a :class:`Handler`."""
+    if isinstance(built, HandlerObject):
+        return Handler(name=name, handle=built.handle, close=built.close)
+    call = type(built).__call__ if not inspect.isfunction(built) else built
+    if inspect.iscoroutinefunction(built) or inspect.iscoroutinefunction(call):
+        return Handler(name=name, handle=built, close=_nothing)
+    raise HandlerError(f"handler {name!r} must be an async callable or have async handle() and close()")
+
+
+def message_json(message: Message) -> bytes:
+    """One JSON line for a message, as ``stdout`` and ``jsonl`` write it."""
+    doc: dict[str, Any] = {
+        "bucket": message.bucket,
+        "key": message.key,
+        "version_id": message.version_id,
+        "last_modified": message.last_modified.isoformat().replace("+00:00", "Z"),
+        "deleted": message.deleted,
+        "size": message.size,
+    }
+    if not message.deleted:
+        try:
+            doc["body"] = message.body.decode("utf-8")
+        except UnicodeDecodeError:
+            doc["body_b64"] = base64.b64encode(message.body).decode("ascii")
+    return orjson.dumps(doc) + b"\n"
+
+
+class LineWriter:
+    """Writes each message as one JSON line to a binary stream, flushed per line."""
+
+    def __init__(self, stream: IO[bytes], *, owned: bool) -> None:
+        self._stream = stream
+        self._owned = owned
+
+    async def handle(self, message: Message) -> None:
+        self._stream.write(message_json(message))
+        self._stream.flush()
+
+    async def close(self) -> None:
+        if self._owned:
+            self._stream.close()
+        else:
+            self._stream.flush()
+
+
+def stdout_handler(options: dict[str, Any]) -> LineWriter:
+    """Built-in ``stdout``: one JSON object per message on standard output."""
+    if options:
+        raise HandlerError(f"handler 'stdout' takes no options, got {sorted(options)}")
+    return LineWriter(sys.stdout.buffer, owned=False)
+
+
+def jsonl_handler(options: dict[str, Any]) -> LineWriter:
+    """Built-in ``jsonl``: the same lines appended to ``path``."""
+    unknown = set(options) - {"path"}
+    if unknown or not options.get("path"):
+        raise HandlerError("handler 'jsonl' needs `path = \"FILE\"` and nothing else")
+    path = Path(str(options["path"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return LineWriter(path.open("ab"), owned=True)

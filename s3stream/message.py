@@ -1,0 +1,59 @@
+"""The values that flow through the pipeline: a listed version (``Entry``) and a delivered ``Message``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One version (or delete marker) as a listing shows it. ``last_modified_ms`` is epoch milliseconds."""
+
+    key: str
+    version_id: str
+    last_modified_ms: int
+    deleted: bool = False
+    size: int = 0
+    etag: str = ""
+    latest: bool = False
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        """The version's identity inside one prefix: ``(key, version_id)``."""
+        return (self.key, self.version_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a handler receives: one version of one object, or a deletion.
+
+    ``(bucket, key, version_id)`` identifies the message for good; a handler that records it can be
+    idempotent across the redeliveries a crash may cause. A deletion (an S3 delete marker) arrives with
+    ``deleted=True``, its own ``version_id`` and an empty body.
+    """
+
+    bucket: str
+    key: str
+    version_id: str
+    last_modified: datetime
+    size: int
+    etag: str
+    body: bytes
+    deleted: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (raises ``UnicodeDecodeError`` if it is not)."""
+        return self.body.decode("utf-8")
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Epoch milliseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def datetime_to_ms(value: datetime) -> int:
+    """An aware datetime to epoch milliseconds."""
+    return int(value.timestamp() * 1000)

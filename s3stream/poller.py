@@ -1,0 +1,108 @@
+"""Pollers: one per shard, listing new versions and handing them to the workers in order per key.
+
+A pass lists *every* page of ``ListObjectVersions`` under the prefix. S3 lists keys ascending and each
+key's versions newest first, and a key's versions may straddle a page break; so a key's new versions
+are held until the listing moves past that key, then handed out oldest first. Only the key at a page
+break is held across pages, so memory does not grow with the backlog. When the pass has been fully
+handed out, the cursor's horizon moves to the pass's start (server clock) minus the settle window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from s3stream.config import ConsumerSettings
+from s3stream.errors import RetriableError
+from s3stream.message import Entry
+from s3stream.shard import Shard, WorkItem
+from s3stream.store import Store
+from s3stream.workers import WorkerPool
+
+log = structlog.get_logger("s3stream.poller")
+
+
+def oldest_first(entries: list[Entry]) -> list[Entry]:
+    """One key's versions from listing order (newest first) to delivery order (oldest first).
+
+    ``LastModified`` has whole-second precision, so ties keep S3's own order, reversed; ``IsLatest``
+    breaks a tie for servers (moto) that list delete markers apart from versions.
+    """
+    ranked = sorted(enumerate(entries), key=lambda p: (p[1].last_modified_ms, p[1].latest, -p[0]))
+    return [entry for _, entry in ranked]
+
+
+class Poller:
+    """Lists one shard again and again, handing new versions to the worker pool."""
+
+    def __init__(self, shard: Shard, store: Store, pool: WorkerPool, settings: ConsumerSettings,
+                 on_pass: Callable[[], None]) -> None:
+        self.shard = shard
+        self.store = store
+        self.pool = pool
+        self.settings = settings
+        self.on_pass = on_pass
+        self.log = log.bind(shard=shard.name)
+
+    async def run(self) -> None:
+        """Poll until cancelled: at once after a pass that filled a page, backing off while idle."""
+        settings = self.settings
+        delay = settings.poll_interval
+        skip = self.shard.fresh and settings.start_from == "latest"
+        while True:
+            try:
+                found = await self.poll_once(skip=skip)
+            except RetriableError as exc:
+                self.log.warning("poll failed; will retry", error=str(exc))
+                found = 0
+                delay = min(settings.max_poll_interval, delay * 2)
+            else:
+                skip = False
+                if found >= settings.page_size:
+                    continue
+                delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
+            await asyncio.sleep(delay)
+
+    async def poll_once(self, *, skip: bool = False) -> int:
+        """One full listing pass; returns how many versions were handed out (or skipped)."""
+        shard, cursor = self.shard, self.shard.cursor
+        horizon_ms: int | None = None
+        key_marker: str | None = None
+        version_marker: str | None = None
+        held: list[Entry] = []
+        found = 0
+        while True:
+            page = await self.store.list_versions(
+                shard.bucket, shard.prefix, key_marker=key_marker, version_id_marker=version_marker,
+                max_keys=self.settings.page_size,
+            )
+            if horizon_ms is None:  # the Date header has whole seconds: step back one
+                horizon_ms = page.server_time_ms - 1000 - int(self.settings.settle_window * 1000)
+            for entry in page.entries:
+                if held and held[0].key != entry.key:
+                    found += await self._hand_out(held, skip)
+                    held = []
+                if shard.wants(entry.key) and cursor.is_new(entry):
+                    held.append(entry)
+            if not page.truncated:
+                break
+            key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
+        found += await self._hand_out(held, skip)
+        cursor.pass_complete(horizon_ms)
+        shard.last_poll = time.monotonic()
+        self.on_pass()
+        if found:
+            self.log.debug("pass", new=found, watermark_ms=cursor.watermark_ms)
+        return found
+
+    async def _hand_out(self, held: list[Entry], skip: bool) -> int:
+        for entry in oldest_first(held):
+            if skip:
+                self.shard.cursor.skip(entry)
+                continue
+            self.shard.cursor.start(entry)
+            await self.pool.put(WorkItem(self.shard, entry))
+        return len(held)

@@ -1,0 +1,42 @@
+"""A shard: one consumed prefix with its cursor, checkpoint store and handler."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from s3stream.checkpoint import CheckpointStore
+from s3stream.cursor import VersionCursor
+from s3stream.handlers import Handler
+from s3stream.message import Entry
+
+
+@dataclass(eq=False)
+class Shard:
+    """Everything the pipeline stages share about one prefix."""
+
+    bucket: str
+    prefix: str
+    handler: Handler
+    checkpoints: CheckpointStore
+    cursor: VersionCursor = field(default_factory=VersionCursor)
+    fresh: bool = True  # no checkpoint existed when the consumer started
+    exclude: str | None = None  # the control prefix, when it lies inside this prefix
+    saved_generation: int = -1
+    last_poll: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def wants(self, key: str) -> bool:
+        """False for keys s3stream itself writes (checkpoints under the control prefix)."""
+        return self.exclude is None or not key.startswith(self.exclude)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One version handed from a poller to the workers."""
+
+    shard: Shard
+    entry: Entry
