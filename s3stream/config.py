@@ -10,7 +10,6 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -107,11 +106,15 @@ class Settings(_Model):
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix/`` to ``("bucket", "some/prefix/")``."""
-    parsed = urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    """``s3://bucket/some/prefix/`` to ``("bucket", "some/prefix/")``.
+
+    Not ``urlparse``: ``?`` and ``#`` are legal in keys and must stay part of the prefix.
+    """
+    scheme, sep, rest = url.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if scheme != "s3" or not sep or not bucket:
         raise ValueError(f"expected s3://BUCKET/PREFIX, got {url!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return bucket, prefix
 
 
 def build_settings(data: dict[str, Any]) -> Settings:
@@ -129,8 +132,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(file.read_text(encoding="utf-8"))
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"config file not found: {file}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot be read: {exc.strerror or exc}") from None
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -147,6 +152,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             message = "unknown setting"
         got = err.get("input")
-        suffix = f" (got {got!r})" if err["type"] != "missing" and not isinstance(got, dict | list) else ""
+        shown = err["type"] != "missing" and not isinstance(got, dict | list) and "secret" not in field
+        suffix = f" (got {got!r})" if shown else ""
         parts.append(f"{field}: {message}{suffix}")
     return "invalid config: " + "; ".join(parts)

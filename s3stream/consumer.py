@@ -35,6 +35,7 @@ class Consumer:
         _check_overlaps(settings.sources)
         self.settings = settings
         self.shards: list[Shard] = []
+        self.pool: WorkerPool | None = None
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
@@ -65,6 +66,7 @@ class Consumer:
         checkpointer = Checkpointer(self.shards, interval=consumer.checkpoint.interval)
         pool = WorkerPool(store, queue_size=consumer.queue_size, handler_attempts=consumer.handler_attempts,
                           on_idle=checkpointer.wake.set)
+        self.pool = pool
         try:
             async with asyncio.TaskGroup() as tg:
                 pollers = [

@@ -56,7 +56,7 @@ def resolve(spec: str) -> Any:
             target: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 target = getattr(target, part)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # ImportError, but also ValueError/TypeError/SyntaxError from the module
             raise HandlerError(f"handler {spec!r} cannot be loaded: {exc}") from None
         return target
     found = entry_points(group="s3stream.handlers", name=spec)
@@ -92,6 +92,8 @@ def build_handler(spec: str, options: dict[str, Any] | None = None, *, name: str
 def as_handler(built: Any, name: str) -> Handler:
     """Wrap an async callable or a handle()/close() object as a :class:`Handler`."""
     if isinstance(built, HandlerObject):
+        if not (inspect.iscoroutinefunction(built.handle) and inspect.iscoroutinefunction(built.close)):
+            raise HandlerError(f"handler {name!r}: handle() and close() must both be async")
         return Handler(name=name, handle=built.handle, close=built.close)
     call = type(built).__call__ if not inspect.isfunction(built) else built
     if inspect.iscoroutinefunction(built) or inspect.iscoroutinefunction(call):

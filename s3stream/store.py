@@ -127,12 +127,13 @@ class Store:
         resp = await self._call("PutObject", self.client.put_object, **params)
         return resp.get("ETag", "").strip('"'), resp.get("VersionId")
 
-    async def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> None:
-        """Delete an object (a delete marker in a versioned bucket) or one version of it."""
+    async def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> str | None:
+        """Delete an object or one version of it; returns the delete marker's (or version's) id."""
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id is not None:
             params["VersionId"] = version_id
-        await self._call("DeleteObject", self.client.delete_object, **params)
+        resp = await self._call("DeleteObject", self.client.delete_object, **params)
+        return resp.get("VersionId")  # type: ignore[no-any-return]
 
     async def check_bucket(self, bucket: str, *, require_versioning: bool) -> None:
         """Fail with one clear error when the bucket is missing, unreachable or not versioned."""

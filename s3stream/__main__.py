@@ -1,0 +1,5 @@
+"""``python -m s3stream``."""
+
+from s3stream.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""Shared fixtures: a real moto S3 server over HTTP, fresh versioned buckets, and consumer helpers.
+
+Nothing here fakes the S3 client: every test talks HTTP to moto's server (``ThreadedMotoServer``),
+started once per session on a free port on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3stream.config import Settings, build_settings
+from s3stream.consumer import Consumer
+from s3stream.devserver import start_moto
+from s3stream.message import Message
+from s3stream.store import Store, open_store
+
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+)
+os.environ.pop("AWS_PROFILE", None)
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The URL of a moto S3 server running for the whole session."""
+    server, endpoint = start_moto(0)
+    yield endpoint
+    server.stop()
+
+
+def new_bucket_name(tag: str = "t") -> str:
+    """A bucket name no other test uses."""
+    return f"s3s-{tag}-{os.getpid()}-{next(_names)}"
+
+
+@pytest.fixture
+async def store(moto_endpoint: str) -> AsyncIterator[Store]:
+    """An s3stream Store talking to the moto server."""
+    settings = build_settings({"s3": {"endpoint_url": moto_endpoint, "addressing_style": "path"}}).s3
+    async with open_store(settings, max_connections=64) as st:
+        yield st
+
+
+@pytest.fixture
+async def bucket(store: Store) -> str:
+    """A fresh versioned bucket."""
+    name = new_bucket_name()
+    await store.create_bucket(name, versioning=True)
+    return name
+
+
+def make_settings(endpoint: str, url: str, *, handler: str = "rec", **consumer: Any) -> Settings:
+    """Settings for one source, with fast polling unless overridden."""
+    consumer = {"poll_interval": 0.05, "max_poll_interval": 0.2, "settle_window": 2.0, **consumer}
+    return build_settings({
+        "s3": {"endpoint_url": endpoint, "addressing_style": "path"},
+        "consumer": consumer,
+        "sources": [{"url": url, "handler": handler}],
+    })
+
+
+class Recorder:
+    """A handler that records every message and lets tests wait for conditions with a deadline."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def by_key(self) -> dict[str, list[str]]:
+        """Delivered version ids per key, in delivery order."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for m in self.messages:
+            out[m.key].append(m.version_id)
+        return dict(out)
+
+    def idents(self) -> list[tuple[str, str]]:
+        return [(m.key, m.version_id) for m in self.messages]
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds, failing the test after ``within`` seconds."""
+        async with self._changed:
+            try:
+                async with asyncio.timeout(within):
+                    await self._changed.wait_for(predicate)
+            except TimeoutError:
+                pytest.fail(f"condition not met within {within}s; {len(self.messages)} messages seen")
+
+    async def wait_count(self, count: int, within: float = 30.0) -> None:
+        await self.wait_for(lambda: len(self.messages) >= count, within)
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: Consumer) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a consumer in the background; stop it cleanly (and surface its error) on exit."""
+    task = asyncio.create_task(consumer.run())
+    started = asyncio.ensure_future(consumer.started.wait())
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        started.cancel()
+        task.result()
+    try:
+        yield task
+    finally:
+        consumer.stop()
+        async with asyncio.timeout(60):
+            await task
+
+
+async def wait_until(predicate: Callable[[], Any], within: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (sync or async) every 20 ms until true, failing after ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                result = predicate()
+                if asyncio.iscoroutine(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"{what} not reached within {within}s")
+
+
+def cli_command(*args: str) -> list[str]:
+    """The argv that runs the installed ``s3stream`` CLI with this interpreter."""
+    return [sys.executable, "-m", "s3stream", *args]
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path

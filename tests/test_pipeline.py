@@ -1,0 +1,219 @@
+"""Pipeline behaviour against moto: order and parallelism, bounded queue, start position, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from s3stream.checkpoint import S3CheckpointStore, decode
+from s3stream.consumer import Consumer
+from s3stream.cursor import Checkpoint
+from s3stream.errors import CheckpointConflict
+from s3stream.message import Message
+from s3stream.store import Store
+from tests.conftest import Recorder, make_settings, running, wait_until
+
+
+async def _put_many(store: Store, bucket: str, keys: list[str], per_key: int) -> dict[str, list[str]]:
+    async def one(key: str) -> tuple[str, list[str]]:
+        vids = []
+        for i in range(per_key):
+            _, vid = await store.put_object(bucket, key, f"{key}#{i}".encode())
+            vids.append(str(vid))
+        return key, vids
+
+    return dict(await asyncio.gather(*(one(k) for k in keys)))
+
+
+async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """Versions of one key reach the handler one at a time, oldest first, while different keys are
+    handled in parallel."""
+    active: Counter[str] = Counter()
+    max_per_key = 0
+    max_total = 0
+    seen: dict[str, list[str]] = {}
+
+    async def handler(message: Message) -> None:
+        nonlocal max_per_key, max_total
+        active[message.key] += 1
+        max_per_key = max(max_per_key, active[message.key])
+        max_total = max(max_total, sum(active.values()))
+        await asyncio.sleep(0.01)  # simulated work, so overlaps can happen
+        seen.setdefault(message.key, []).append(message.version_id)
+        active[message.key] -= 1
+
+    written = await _put_many(store, bucket, [f"o/k{i}" for i in range(12)], 8)
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/o/", concurrency=8))
+    consumer.register_handler("rec", handler)
+    async with running(consumer):
+        await wait_until(lambda: sum(map(len, seen.values())) == 96)
+    assert max_per_key == 1
+    assert max_total > 1
+    assert seen == written
+
+
+async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, moto_endpoint: str) -> None:
+    """With queue_size 5 and a stuck handler, no more than 5 items are handed out; once the handler
+    is released everything is delivered."""
+    release = asyncio.Event()
+    rec = Recorder()
+
+    async def handler(message: Message) -> None:
+        await release.wait()
+        await rec(message)
+
+    await _put_many(store, bucket, [f"q/k{i}" for i in range(30)], 1)
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/q/", concurrency=2, queue_size=5))
+    consumer.register_handler("rec", handler)
+    async with running(consumer):
+        pool = consumer.pool
+        assert pool is not None
+        await wait_until(lambda: pool.pending == 5, what="pool full")
+        await wait_until(lambda: consumer.shards[0].cursor.in_flight == 6, what="poller blocked on put")
+        assert pool.pending == 5
+        assert pool.queue.qsize() <= 5
+        release.set()
+        await rec.wait_count(30)
+    assert len(rec.messages) == 30
+
+
+async def test_new_group_from_latest_skips_history(store: Store, bucket: str, moto_endpoint: str) -> None:
+    """A group without a checkpoint started with start_from=latest delivers only what is written
+    after it started."""
+    await _put_many(store, bucket, ["l/a", "l/b"], 3)
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/l/", start_from="latest"))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    async with running(consumer):
+        await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0, what="first pass")
+        new = await _put_many(store, bucket, ["l/a", "l/c"], 2)
+        await rec.wait_count(4)
+    assert rec.by_key() == new
+
+
+async def test_restart_resumes_from_s3_checkpoint_without_redelivery(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A clean stop commits; a new consumer in the same group delivers only newer versions."""
+    first = await _put_many(store, bucket, ["r/a", "r/b"], 5)
+    rec1 = Recorder()
+    c1 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/r/"))
+    c1.register_handler("rec", rec1)
+    async with running(c1):
+        await rec1.wait_count(10)
+    assert rec1.by_key() == first
+
+    rec2 = Recorder()
+    c2 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/r/"))
+    c2.register_handler("rec", rec2)
+    async with running(c2):
+        second = await _put_many(store, bucket, ["r/a", "r/c"], 2)
+        await rec2.wait_count(4)
+        await wait_until(lambda: c2.shards[0].cursor.horizon_ms > 0)
+    assert rec2.by_key() == second
+
+
+async def test_file_checkpoint_store_resumes(store: Store, bucket: str, moto_endpoint: str,
+                                             tmp_path: Path) -> None:
+    """The local-file checkpoint store is an alternative to S3: a restart resumes from it, and no
+    checkpoint object is written to the bucket."""
+    checkpoint = {"store": "file", "directory": str(tmp_path / "ckpt")}
+    await _put_many(store, bucket, ["f/a"], 4)
+    rec1 = Recorder()
+    c1 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
+    c1.register_handler("rec", rec1)
+    async with running(c1):
+        await rec1.wait_count(4)
+    assert list((tmp_path / "ckpt").rglob("*.json"))
+
+    rec2 = Recorder()
+    c2 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
+    c2.register_handler("rec", rec2)
+    async with running(c2):
+        new = await _put_many(store, bucket, ["f/a"], 1)
+        await rec2.wait_count(1)
+    assert rec2.by_key() == new
+    listing = await store.list_versions(bucket, "_s3stream/")
+    assert listing.entries == []
+
+
+async def test_whole_bucket_source_ignores_its_own_control_prefix(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """Consuming s3://bucket/ (which contains the checkpoint objects) never delivers checkpoints."""
+    rec = Recorder()
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/"))
+    consumer.register_handler("rec", rec)
+    async with running(consumer):
+        await _put_many(store, bucket, ["x1"], 2)
+        await rec.wait_count(2)
+        await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0)
+        await _put_many(store, bucket, ["x2"], 1)
+        await rec.wait_count(3)
+    listing = await store.list_versions(bucket, "_s3stream/")
+    assert listing.entries, "a checkpoint was written into the consumed prefix"
+    assert all(not m.key.startswith("_s3stream/") for m in rec.messages)
+
+
+async def test_checkpoint_is_fenced_by_etag(store: Store, bucket: str) -> None:
+    """Two writers of one checkpoint cannot silently clobber each other: the stale one gets
+    CheckpointConflict (If-Match / If-None-Match), and the checkpoint keeps the winner's value."""
+    opts = {"bucket": bucket, "prefix": "t/", "control_prefix": "_s3stream/checkpoints", "group": "g"}
+    a = S3CheckpointStore(store, **opts)
+    b = S3CheckpointStore(store, **opts)
+    assert await a.load() is None
+    assert await b.load() is None
+    await a.save(Checkpoint(watermark_ms=1000))
+    with pytest.raises(CheckpointConflict, match="another consumer"):
+        await b.save(Checkpoint(watermark_ms=5))
+    await a.save(Checkpoint(watermark_ms=2000))
+    with pytest.raises(CheckpointConflict):
+        await b.save(Checkpoint(watermark_ms=5))
+    stored = await store.get_object(bucket, a.key)
+    assert decode(stored.body, where="test").watermark_ms == 2000
+    assert (await b.load()) == Checkpoint(watermark_ms=2000)
+    await b.save(Checkpoint(watermark_ms=3000))  # after re-reading, b may write
+
+
+async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: str,
+                                                          moto_endpoint: str) -> None:
+    """Once the settle window has passed, the committed checkpoint is the same size after 4,000
+    versions as after 1,000: it holds a watermark, not the history."""
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/h/", settle_window=1,
+                                      concurrency=32))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    key = f"_s3stream/checkpoints/default/{_shard_file('h/')}"
+
+    async def settled_checkpoint() -> bytes:
+        body = b""
+
+        async def empty() -> bool:
+            nonlocal body
+            body = (await store.get_object(bucket, key)).body
+            return decode(body, where=key).done == ()
+
+        await wait_until(empty, within=60, what="checkpoint settled")
+        return body
+
+    async with running(consumer):
+        await _put_many(store, bucket, [f"h/k{i:02d}" for i in range(50)], 20)
+        await rec.wait_count(1000, within=120)
+        size_1k = len(await settled_checkpoint())
+        await _put_many(store, bucket, [f"h/k{i:02d}" for i in range(50)], 60)
+        await rec.wait_count(4000, within=180)
+        size_4k = len(await settled_checkpoint())
+    assert len(rec.messages) == 4000
+    assert size_4k == size_1k
+    assert size_4k < 200
+
+
+def _shard_file(prefix: str) -> str:
+    from s3stream.checkpoint import shard_name
+
+    return f"{shard_name(prefix)}.json"
