@@ -22,7 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Install the package and its dependencies (uvloop included: a default dependency on Linux).
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY s3stream ./s3stream
 RUN pip install . \
     && python -c "import uvloop, s3stream" \

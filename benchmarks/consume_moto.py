@@ -101,7 +101,7 @@ def boto3_client(endpoint: str) -> Any:
 
 
 def body(seq: int) -> bytes:
-    """A 1 KiB message: a small JSON header padded with spaces."""
+    """A 1 KiB message: a small JSON document padded to size."""
     head = f'{{"seq": {seq}, "pad": "'.encode()
     return head + b"x" * (BODY_SIZE - len(head) - 2) + b'"}'
 
@@ -243,7 +243,8 @@ def plot(series: list[Series], path: Path, title: str) -> str:
     ax.set_xticks(range(runs), [f"run {r + 1}" for r in range(runs)])
     ax.set_ylabel("messages / s")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, max(max(s.rates) for s in series) * 1.35)  # room for the legend above the bars
+    ax.legend(fontsize=8, loc="upper right")
     fig.text(0.01, 0.01, "moto is the bottleneck: compare the ratio, not absolute numbers",
              fontsize=7, color="gray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))

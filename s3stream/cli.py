@@ -14,9 +14,9 @@ import click
 from s3stream import logs
 from s3stream.config import Settings, build_settings, load_settings, read_toml
 from s3stream.consumer import Consumer
-from s3stream.errors import ConfigError, HandlerError, PermanentError, S3StreamError
+from s3stream.errors import ConfigError, HandlerError, S3StreamError, StoreError
 
-_USAGE_ERRORS = (ConfigError, HandlerError, PermanentError)
+_USAGE_ERRORS = (ConfigError, HandlerError, StoreError)
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -36,7 +36,7 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def fail(exc: S3StreamError) -> None:
-    """Print ``exc`` as one line and exit: 2 for usage, config and permanent errors, else 1."""
+    """Print ``exc`` as one line and exit: 2 for config, handler and store errors, else 1."""
     click.echo(f"s3stream: error: {exc}", err=True)
     sys.exit(2 if isinstance(exc, _USAGE_ERRORS) else 1)
 

@@ -1,7 +1,7 @@
 """Settings: pydantic models, loaded from TOML, validated once at start.
 
 A bad value raises :class:`~s3stream.errors.ConfigError` whose message names the field
-(``consumer.concurrency: must be greater than 0, got -1``).
+(``consumer.concurrency: Input should be greater than 0 (got -1)``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
             ├── PreconditionFailed  412 on If-Match / If-None-Match
             └── VersioningNotEnabled
 
-The command line prints ``str(error)`` of any :class:`S3StreamError` as one line and exits 2.
+The command line prints ``str(error)`` of any :class:`S3StreamError` as one line. It exits 2 for
+``ConfigError``, ``HandlerError`` and ``StoreError`` (the setup is wrong or the store is unusable) and
+1 for the rest (``HandlerFailed``, ``CheckpointConflict``: the stream itself could not go on).
 """
 
 from __future__ import annotations

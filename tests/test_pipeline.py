@@ -185,7 +185,7 @@ async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: 
     """Once the settle window has passed, the committed checkpoint is the same size after 4,000
     versions as after 1,000: it holds a watermark, not the history."""
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/h/", settle_window=1,
-                                      concurrency=32))
+                                      concurrency=32, poll_interval=0.5, max_poll_interval=1))
     rec = Recorder()
     consumer.register_handler("rec", rec)
     key = f"_s3stream/checkpoints/default/{_shard_file('h/')}"
