@@ -17,13 +17,16 @@ import orjson
 
 from s3stream.cursor import Checkpoint
 from s3stream.errors import CheckpointConflict, ConfigError, NotFound, PreconditionFailed
+from s3stream.logcursor import LogCheckpoint
 from s3stream.store import Store
 
 FORMAT_VERSION = 1
 
 
-def encode(checkpoint: Checkpoint, *, bucket: str, prefix: str) -> bytes:
-    """The JSON form of a checkpoint; ``done`` is grouped by key to stay compact."""
+def encode(checkpoint: Checkpoint | LogCheckpoint, *, bucket: str, prefix: str) -> bytes:
+    """The JSON form of a checkpoint; ``done`` is grouped by key (or directory) to stay compact."""
+    if isinstance(checkpoint, LogCheckpoint):
+        return _encode_log(checkpoint, bucket=bucket, prefix=prefix)
     grouped: dict[str, list[list[Any]]] = {}
     for key, version_id, last_modified_ms in checkpoint.done:
         grouped.setdefault(key, []).append([version_id, last_modified_ms])
@@ -34,12 +37,36 @@ def encode(checkpoint: Checkpoint, *, bucket: str, prefix: str) -> bytes:
     return orjson.dumps(doc)
 
 
-def decode(data: bytes, *, where: str) -> Checkpoint:
+def _encode_log(checkpoint: LogCheckpoint, *, bucket: str, prefix: str) -> bytes:
+    done: dict[str, dict[str, list[list[int]]]] = {}
+    for dir_ms, producer, ranges in checkpoint.done:
+        done.setdefault(str(dir_ms), {})[producer] = [list(r) for r in ranges]
+    others: dict[str, list[str]] = {}
+    for dir_ms, key in checkpoint.others:
+        others.setdefault(str(dir_ms), []).append(key)
+    return orjson.dumps({
+        "format": FORMAT_VERSION, "layout": "log", "bucket": bucket, "prefix": prefix,
+        "sealed_ms": checkpoint.sealed_ms, "done": done, "others": others,
+    })
+
+
+def _decode_log(doc: dict[str, Any]) -> LogCheckpoint:
+    done = tuple(sorted(
+        (int(d), producer, tuple((int(lo), int(hi)) for lo, hi in ranges))
+        for d, producers in doc["done"].items() for producer, ranges in producers.items()
+    ))
+    others = tuple(sorted((int(d), str(k)) for d, keys in doc.get("others", {}).items() for k in keys))
+    return LogCheckpoint(sealed_ms=int(doc["sealed_ms"]), done=done, others=others)
+
+
+def decode(data: bytes, *, where: str) -> Checkpoint | LogCheckpoint:
     """Parse a stored checkpoint; a damaged one is a clear error, never a silent restart."""
     try:
         doc = orjson.loads(data)
         if doc.get("format") != FORMAT_VERSION:
             raise ValueError(f"unknown format {doc.get('format')!r}")
+        if doc.get("layout") == "log":
+            return _decode_log(doc)
         done = tuple(sorted(
             (key, str(vid), int(lm)) for key, versions in doc["done"].items() for vid, lm in versions
         ))
@@ -57,9 +84,9 @@ def shard_name(prefix: str) -> str:
 class CheckpointStore(Protocol):
     """Loads and saves one shard's checkpoint."""
 
-    async def load(self) -> Checkpoint | None: ...
+    async def load(self) -> Checkpoint | LogCheckpoint | None: ...
 
-    async def save(self, checkpoint: Checkpoint) -> None: ...
+    async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None: ...
 
 
 class S3CheckpointStore:
@@ -72,7 +99,7 @@ class S3CheckpointStore:
         self.key = f"{control_prefix.strip('/')}/{group}/{shard_name(prefix)}.json"
         self._etag: str | None = None
 
-    async def load(self) -> Checkpoint | None:
+    async def load(self) -> Checkpoint | LogCheckpoint | None:
         try:
             obj = await self._store.get_object(self._bucket, self.key)
         except NotFound:
@@ -81,7 +108,7 @@ class S3CheckpointStore:
         self._etag = obj.etag
         return decode(obj.body, where=f"s3://{self._bucket}/{self.key}")
 
-    async def save(self, checkpoint: Checkpoint) -> None:
+    async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None:
         body = encode(checkpoint, bucket=self._bucket, prefix=self._prefix)
         try:
             etag, _ = await self._store.put_object(
@@ -104,14 +131,14 @@ class FileCheckpointStore:
         self._prefix = prefix
         self.path = Path(directory) / group / bucket / f"{shard_name(prefix)}.json"
 
-    async def load(self) -> Checkpoint | None:
+    async def load(self) -> Checkpoint | LogCheckpoint | None:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
         return decode(data, where=str(self.path))
 
-    async def save(self, checkpoint: Checkpoint) -> None:
+    async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
@@ -119,3 +146,16 @@ class FileCheckpointStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+
+class MemoryCheckpointStore:
+    """Keeps the checkpoint in memory only: for ``tail`` and other throwaway readers."""
+
+    def __init__(self) -> None:
+        self.saved: Checkpoint | LogCheckpoint | None = None
+
+    async def load(self) -> Checkpoint | LogCheckpoint | None:
+        return self.saved
+
+    async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None:
+        self.saved = checkpoint

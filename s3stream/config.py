@@ -40,9 +40,9 @@ class S3Settings(_Model):
 
 
 class CheckpointSettings(_Model):
-    """Where cursors are committed: an S3 object (default) or a local file."""
+    """Where cursors are committed: an S3 object (default), a local file, or memory (not kept)."""
 
-    store: Literal["s3", "file"] = "s3"
+    store: Literal["s3", "file", "memory"] = "s3"
     prefix: str = Field(default="_s3stream/checkpoints", description="Control prefix for the s3 store.")
     directory: str = Field(default=".s3stream/checkpoints", description="Folder for the file store.")
     interval: float = Field(default=1.0, gt=0, description="Most seconds between commits while busy.")
@@ -62,6 +62,18 @@ class ConsumerSettings(_Model):
     handler_attempts: int = Field(default=5, ge=1)
     shutdown_grace: float = Field(default=30.0, ge=0)
     checkpoint: CheckpointSettings = CheckpointSettings()
+
+
+class ProducerSettings(_Model):
+    """The producer's knobs. Segments are on when ``segment_max_messages`` > 1 (log layout only)."""
+
+    concurrency: int = Field(default=32, gt=0, le=1024, description="PUTs in flight at once.")
+    segment_max_messages: int = Field(default=1, ge=1, description="Messages per segment object.")
+    segment_max_bytes: int = Field(default=1 << 20, gt=0, description="Flush a segment at this size.")
+    linger: float = Field(default=0.05, ge=0, description="Most seconds a message waits in a segment.")
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    multipart_threshold: int = Field(default=16 << 20, ge=5 << 20, description="Bodies above: multipart.")
+    multipart_part_size: int = Field(default=8 << 20, ge=5 << 20, description="Size of each part.")
 
 
 class SourceSettings(_Model):
@@ -101,6 +113,7 @@ class Settings(_Model):
 
     s3: S3Settings = S3Settings()
     consumer: ConsumerSettings = ConsumerSettings()
+    producer: ProducerSettings = ProducerSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
 

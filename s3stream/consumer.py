@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 
-from s3stream.checkpoint import CheckpointStore, FileCheckpointStore, S3CheckpointStore
+from s3stream.checkpoint import (
+    CheckpointStore,
+    FileCheckpointStore,
+    MemoryCheckpointStore,
+    S3CheckpointStore,
+)
 from s3stream.checkpointer import Checkpointer
-from s3stream.config import Settings, SourceSettings
-from s3stream.cursor import VersionCursor
+from s3stream.config import ConsumerSettings, Settings, SourceSettings
+from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.errors import ConfigError
 from s3stream.handlers import Handler, as_handler, build_handler
+from s3stream.logcursor import LogCheckpoint, LogCursor
+from s3stream.logpoller import LogPoller
 from s3stream.poller import Poller
 from s3stream.shard import Shard
 from s3stream.store import Store, open_store
+from s3stream.topics import Layout, resolve_topic
 from s3stream.workers import WorkerPool
 
 log = structlog.get_logger("s3stream.consumer")
@@ -54,7 +63,8 @@ class Consumer:
         self._build_handlers()
         try:
             async with open_store(self.settings.s3, max_connections=consumer.concurrency + 8) as store:
-                self.shards = [await self._open_shard(store, src) for src in self.settings.sources]
+                for src in self.settings.sources:
+                    self.shards += await self._open_shards(store, src)
                 await self._pipeline(store)
         finally:
             for handler in self._handlers.values():
@@ -70,7 +80,7 @@ class Consumer:
         try:
             async with asyncio.TaskGroup() as tg:
                 pollers = [
-                    tg.create_task(Poller(shard, store, pool, consumer, checkpointer.wake.set).run())
+                    tg.create_task(_poller(shard, store, pool, consumer, checkpointer.wake.set).run())
                     for shard in self.shards
                 ]
                 workers = [tg.create_task(pool.worker()) for _ in range(consumer.concurrency)]
@@ -110,28 +120,54 @@ class Consumer:
             else:
                 self._handlers[src.handler] = build_handler(src.handler)
 
-    async def _open_shard(self, store: Store, src: SourceSettings) -> Shard:
+    async def _open_shards(self, store: Store, src: SourceSettings) -> list[Shard]:
+        """One shard per prefix of the source: a topic's shards, or the plain prefix itself."""
+        await store.check_bucket(src.bucket)
+        topic = await resolve_topic(store, src.bucket, src.prefix)
+        if topic.layout == "versions":
+            await store.require_versioning(src.bucket)
+        prefixes = [src.prefix] if topic.plain else topic.prefixes
+        return [await self._open_shard(store, src, prefix, topic.layout) for prefix in prefixes]
+
+    async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: Layout) -> Shard:
         consumer = self.settings.consumer
-        await store.check_bucket(src.bucket, require_versioning=True)
         ckpt = consumer.checkpoint
         checkpoints: CheckpointStore
         if ckpt.store == "s3":
-            checkpoints = S3CheckpointStore(store, bucket=src.bucket, prefix=src.prefix,
+            checkpoints = S3CheckpointStore(store, bucket=src.bucket, prefix=prefix,
                                             control_prefix=ckpt.prefix, group=consumer.group)
-        else:
-            checkpoints = FileCheckpointStore(ckpt.directory, bucket=src.bucket, prefix=src.prefix,
+        elif ckpt.store == "file":
+            checkpoints = FileCheckpointStore(ckpt.directory, bucket=src.bucket, prefix=prefix,
                                               group=consumer.group)
+        else:
+            checkpoints = MemoryCheckpointStore()
         saved = await checkpoints.load()
+        cursor: VersionCursor | LogCursor
+        if layout == "log" and not isinstance(saved, Checkpoint):
+            cursor = LogCursor(prefix, saved)
+        elif layout == "versions" and not isinstance(saved, LogCheckpoint):
+            cursor = VersionCursor(saved)
+        else:
+            raise ConfigError(f"the checkpoint of s3://{src.bucket}/{prefix} (group {consumer.group!r}) "
+                              f"was written for another layout than {layout!r}")
         control = ckpt.prefix.strip("/") + "/"
         shard = Shard(
-            bucket=src.bucket, prefix=src.prefix, handler=self._handlers[src.handler],
-            checkpoints=checkpoints, cursor=VersionCursor(saved), fresh=saved is None,
-            exclude=control if control.startswith(src.prefix) else None,
+            bucket=src.bucket, prefix=prefix, handler=self._handlers[src.handler], checkpoints=checkpoints,
+            cursor=cursor, layout=layout, fresh=saved is None,
+            exclude=control if control.startswith(prefix) else None,
         )
-        shard.saved_generation = shard.cursor.generation if saved is not None else -1
-        log.info("shard opened", shard=shard.name, resumed=saved is not None,
+        shard.saved_generation = cursor.generation if saved is not None else -1
+        log.info("shard opened", shard=shard.name, layout=layout, resumed=saved is not None,
                  start_from=None if saved else consumer.start_from)
         return shard
+
+
+def _poller(shard: Shard, store: Store, pool: WorkerPool, settings: ConsumerSettings,
+            on_pass: Callable[[], None]) -> Poller | LogPoller:
+    if isinstance(shard.cursor, LogCursor):
+        return LogPoller(shard, shard.cursor, store, pool, settings, on_pass)
+    assert isinstance(shard.cursor, VersionCursor)
+    return Poller(shard, shard.cursor, store, pool, settings, on_pass)
 
 
 def _check_overlaps(sources: list[SourceSettings]) -> None:

@@ -111,6 +111,10 @@ def message_json(message: Message) -> bytes:
         "deleted": message.deleted,
         "size": message.size,
     }
+    if message.partition_key is not None:
+        doc["partition_key"] = message.partition_key
+    if message.offset is not None:
+        doc["offset"] = message.offset
     if not message.deleted:
         try:
             doc["body"] = message.body.decode("utf-8")

@@ -17,6 +17,7 @@ class Entry:
     size: int = 0
     etag: str = ""
     latest: bool = False
+    lane: str = ""  # versions of one lane run one at a time, in order; empty means the key
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -30,7 +31,8 @@ class Message:
 
     ``(bucket, key, version_id)`` identifies the message for good; a handler that records it can be
     idempotent across the redeliveries a crash may cause. A deletion (an S3 delete marker) arrives with
-    ``deleted=True``, its own ``version_id`` and an empty body.
+    ``deleted=True``, its own ``version_id`` and an empty body. In the log layout objects are not
+    versioned (``version_id`` is ``"null"``); a message from a segment is ``(bucket, key, offset)``.
     """
 
     bucket: str
@@ -42,6 +44,8 @@ class Message:
     body: bytes
     deleted: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    partition_key: str | None = None  # the producer's message key (log layout)
+    offset: int | None = None  # the message's line in a segment object (log layout)
 
     @property
     def text(self) -> str:

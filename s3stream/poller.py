@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from s3stream.config import ConsumerSettings
+from s3stream.cursor import VersionCursor
 from s3stream.errors import RetriableError
 from s3stream.message import Entry
 from s3stream.shard import Shard, WorkItem
@@ -35,12 +36,34 @@ def oldest_first(entries: list[Entry]) -> list[Entry]:
     return [entry for _, entry in ranked]
 
 
-class Poller:
-    """Lists one shard again and again, handing new versions to the worker pool."""
+async def poll_forever(poll_once: Callable[..., Awaitable[int]], shard: Shard, settings: ConsumerSettings,
+                       bound: structlog.typing.FilteringBoundLogger) -> None:
+    """Call ``poll_once`` until cancelled: at once after a pass that found a page's worth, after
+    ``poll_interval`` when it found something, backing off (doubling) up to ``max_poll_interval``
+    while idle or failing. A new group starting at ``latest`` skips what its first pass finds."""
+    delay = settings.poll_interval
+    skip = shard.fresh and settings.start_from == "latest"
+    while True:
+        try:
+            found = await poll_once(skip=skip)
+        except RetriableError as exc:
+            bound.warning("poll failed; will retry", error=str(exc))
+            delay = min(settings.max_poll_interval, delay * 2)
+        else:
+            skip = False
+            if found >= settings.page_size:
+                continue
+            delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
+        await asyncio.sleep(delay)
 
-    def __init__(self, shard: Shard, store: Store, pool: WorkerPool, settings: ConsumerSettings,
-                 on_pass: Callable[[], None]) -> None:
+
+class Poller:
+    """Lists one versions-layout shard again and again, handing new versions to the worker pool."""
+
+    def __init__(self, shard: Shard, cursor: VersionCursor, store: Store, pool: WorkerPool,
+                 settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
         self.shard = shard
+        self.cursor = cursor
         self.store = store
         self.pool = pool
         self.settings = settings
@@ -48,27 +71,12 @@ class Poller:
         self.log = log.bind(shard=shard.name)
 
     async def run(self) -> None:
-        """Poll until cancelled: at once after a pass that filled a page, backing off while idle."""
-        settings = self.settings
-        delay = settings.poll_interval
-        skip = self.shard.fresh and settings.start_from == "latest"
-        while True:
-            try:
-                found = await self.poll_once(skip=skip)
-            except RetriableError as exc:
-                self.log.warning("poll failed; will retry", error=str(exc))
-                found = 0
-                delay = min(settings.max_poll_interval, delay * 2)
-            else:
-                skip = False
-                if found >= settings.page_size:
-                    continue
-                delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
-            await asyncio.sleep(delay)
+        """Poll until cancelled."""
+        await poll_forever(self.poll_once, self.shard, self.settings, self.log)
 
     async def poll_once(self, *, skip: bool = False) -> int:
         """One full listing pass; returns how many versions were handed out (or skipped)."""
-        shard, cursor = self.shard, self.shard.cursor
+        shard, cursor = self.shard, self.cursor
         horizon_ms: int | None = None
         key_marker: str | None = None
         version_marker: str | None = None
@@ -101,8 +109,8 @@ class Poller:
     async def _hand_out(self, held: list[Entry], skip: bool) -> int:
         for entry in oldest_first(held):
             if skip:
-                self.shard.cursor.skip(entry)
+                self.cursor.skip(entry)
                 continue
-            self.shard.cursor.start(entry)
+            self.cursor.start(entry)
             await self.pool.put(WorkItem(self.shard, entry))
         return len(held)

@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from s3stream.checkpoint import CheckpointStore
 from s3stream.cursor import VersionCursor
 from s3stream.handlers import Handler
 from s3stream.message import Entry
+
+
+class Cursor(Protocol):
+    """What the pipeline needs of a cursor (``VersionCursor`` or ``LogCursor``)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def horizon_ms(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def watermark_ms(self) -> int: ...
+
+    def is_new(self, entry: Entry) -> bool: ...
+
+    def start(self, entry: Entry) -> None: ...
+
+    def complete(self, ident: tuple[str, str]) -> None: ...
+
+    def skip(self, entry: Entry) -> None: ...
+
+    def checkpoint(self) -> Any: ...
 
 
 @dataclass(eq=False)
@@ -19,7 +46,8 @@ class Shard:
     prefix: str
     handler: Handler
     checkpoints: CheckpointStore
-    cursor: VersionCursor = field(default_factory=VersionCursor)
+    cursor: Cursor = field(default_factory=VersionCursor)
+    layout: Literal["versions", "log"] = "versions"
     fresh: bool = True  # no checkpoint existed when the consumer started
     exclude: str | None = None  # the control prefix, when it lies inside this prefix
     saved_generation: int = -1

@@ -60,6 +60,16 @@ class VersionPage:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectPage:
+    """One page of ``ListObjectsV2`` (in whatever order the store gives: directory buckets shuffle)."""
+
+    entries: list[Entry]
+    prefixes: list[str]
+    next_token: str | None
+    server_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredObject:
     """A fetched object version."""
 
@@ -101,7 +111,7 @@ class Store:
             params["VersionId"] = version_id
 
         async def fetch() -> StoredObject:
-            with translate("GetObject"):
+            with translate("GetObject", bucket=bucket):
                 resp = await self.client.get_object(**params)
                 async with resp["Body"] as stream:
                     body = await stream.read()
@@ -112,9 +122,32 @@ class Store:
 
         return await self.retry.call(fetch, what=f"GetObject {key}")
 
+    async def list_objects(
+        self, bucket: str, prefix: str, *, delimiter: str | None = None, token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ObjectPage:
+        """One page of ``ListObjectsV2`` (no ``StartAfter``: directory buckets refuse it)."""
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        if token:
+            params["ContinuationToken"] = token
+        resp = await self._call("ListObjectsV2", self.client.list_objects_v2, **params)
+        entries = [
+            Entry(key=o["Key"], version_id="null", last_modified_ms=int(o["LastModified"].timestamp() * 1000),
+                  size=int(o.get("Size", 0)), etag=str(o.get("ETag", "")).strip('"'))
+            for o in resp.get("Contents", [])
+        ]
+        return ObjectPage(
+            entries=entries, prefixes=[p["Prefix"] for p in resp.get("CommonPrefixes", [])],
+            next_token=resp.get("NextContinuationToken") if resp.get("IsTruncated") else None,
+            server_time_ms=_server_time_ms(resp),
+        )
+
     async def put_object(
         self, bucket: str, key: str, body: bytes, *, if_match: str | None = None,
         if_none_match: bool = False, content_type: str | None = None,
+        metadata: dict[str, str] | None = None, content_encoding: str | None = None,
     ) -> tuple[str, str | None]:
         """Write an object, optionally conditional; returns ``(etag, version_id)``."""
         params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body}
@@ -124,8 +157,64 @@ class Store:
             params["IfNoneMatch"] = "*"
         if content_type:
             params["ContentType"] = content_type
+        if content_encoding:
+            params["ContentEncoding"] = content_encoding
+        if metadata:
+            params["Metadata"] = metadata
         resp = await self._call("PutObject", self.client.put_object, **params)
         return resp.get("ETag", "").strip('"'), resp.get("VersionId")
+
+    async def put_multipart(
+        self, bucket: str, key: str, body: bytes, *, part_size: int, if_none_match: bool = False,
+        metadata: dict[str, str] | None = None, content_type: str | None = None,
+    ) -> tuple[str, str | None]:
+        """Write a large object in parts; aborts the upload if any part fails for good."""
+        create: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": metadata or {}}
+        if content_type:
+            create["ContentType"] = content_type
+        upload = await self._call("CreateMultipartUpload", self.client.create_multipart_upload, **create)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, len(body), part_size), start=1):
+                resp = await self._call(
+                    "UploadPart", self.client.upload_part, Bucket=bucket, Key=key, UploadId=upload_id,
+                    PartNumber=number, Body=body[start:start + part_size],
+                )
+                parts.append({"ETag": resp["ETag"], "PartNumber": number})
+            complete: dict[str, Any] = {
+                "Bucket": bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts},
+            }
+            if if_none_match:
+                complete["IfNoneMatch"] = "*"
+            resp = await self._call("CompleteMultipartUpload", self.client.complete_multipart_upload,
+                                    **complete)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+        return str(resp.get("ETag", "")).strip('"'), resp.get("VersionId")
+
+    async def delete_versions(self, bucket: str, idents: list[tuple[str, str | None]]) -> None:
+        """Delete up to 1,000 objects or versions in one request; any per-key error is raised."""
+        objects = [{"Key": k, **({"VersionId": v} if v else {})} for k, v in idents]
+        resp = await self._call("DeleteObjects", self.client.delete_objects, Bucket=bucket,
+                                Delete={"Objects": objects, "Quiet": True})
+        if resp.get("Errors"):
+            first = resp["Errors"][0]
+            raise errors.PermanentError(
+                f"DeleteObjects: {len(resp['Errors'])} not deleted, e.g. {first.get('Key')}: "
+                f"{first.get('Code')} {first.get('Message', '')}", code=str(first.get("Code", "")),
+            )
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """Delete an empty bucket."""
+        await self._call("DeleteBucket", self.client.delete_bucket, Bucket=bucket)
+
+    async def versioning_status(self, bucket: str) -> str:
+        """``Enabled``, ``Suspended`` or ``""`` (never enabled)."""
+        resp = await self._call("GetBucketVersioning", self.client.get_bucket_versioning, Bucket=bucket)
+        return str(resp.get("Status") or "")
 
     async def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> str | None:
         """Delete an object or one version of it; returns the delete marker's (or version's) id."""
@@ -135,20 +224,22 @@ class Store:
         resp = await self._call("DeleteObject", self.client.delete_object, **params)
         return resp.get("VersionId")  # type: ignore[no-any-return]
 
-    async def check_bucket(self, bucket: str, *, require_versioning: bool) -> None:
-        """Fail with one clear error when the bucket is missing, unreachable or not versioned."""
+    async def check_bucket(self, bucket: str, *, require_versioning: bool = False) -> None:
+        """Fail with one clear error when the bucket is missing or unreachable (or not versioned)."""
         await self._call("HeadBucket", self.client.head_bucket, Bucket=bucket)
         if require_versioning:
-            resp = await self._call(
-                "GetBucketVersioning", self.client.get_bucket_versioning, Bucket=bucket
+            await self.require_versioning(bucket)
+
+    async def require_versioning(self, bucket: str) -> None:
+        """Fail with one clear error when the bucket is not versioned."""
+        status = await self.versioning_status(bucket)
+        if status != "Enabled":
+            status = status or "never enabled"
+            raise errors.VersioningNotEnabled(
+                f"versioning is not enabled on bucket {bucket!r} ({status}); enable it with "
+                f"`aws s3api put-bucket-versioning --bucket {bucket} "
+                "--versioning-configuration Status=Enabled`, or use a log-layout topic"
             )
-            if resp.get("Status") != "Enabled":
-                status = resp.get("Status") or "never enabled"
-                raise errors.VersioningNotEnabled(
-                    f"versioning is not enabled on bucket {bucket!r} ({status}); enable it with "
-                    f"`aws s3api put-bucket-versioning --bucket {bucket} "
-                    "--versioning-configuration Status=Enabled`"
-                )
 
     async def create_bucket(self, bucket: str, *, versioning: bool, region: str = "us-east-1") -> None:
         """Create a bucket (idempotent for its owner) and optionally enable versioning."""
@@ -240,6 +331,8 @@ def _from_client_error(exc: ClientError, operation: str, bucket: str | None) -> 
         return errors.Conflict(f"{operation}: conflict ({detail})", **kw)
     if code in _NOT_FOUND_CODES or status == 404:
         return errors.NotFound(f"{operation}: not found ({detail})", **kw)
+    if code == "NotImplemented" or status == 501:
+        return errors.PermanentError(f"{operation} is not supported by this bucket or store ({detail})", **kw)
     if code in _THROTTLE_CODES or status in {429, 503}:
         return errors.Throttled(f"{operation}: throttled ({code or status})", **kw)
     if status >= 500:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import structlog
 
+from s3stream import segments
 from s3stream.errors import HandlerFailed, NotFound, RetriableError
 from s3stream.message import Message, ms_to_datetime
 from s3stream.retry import RetryPolicy
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
+from s3stream.topics import KEY_METADATA, parse_log_key
 
 log = structlog.get_logger("s3stream.workers")
 
@@ -59,7 +62,7 @@ class WorkerPool:
         """One worker: runs until cancelled."""
         while True:
             item = await self.queue.get()
-            lane = (id(item.shard), item.entry.key)
+            lane = (id(item.shard), item.entry.lane or item.entry.key)
             parked = self._active.get(lane)
             if parked is not None:
                 parked.append(item)
@@ -75,8 +78,7 @@ class WorkerPool:
     async def _run(self, item: WorkItem) -> None:
         shard, entry = item.shard, item.entry
         bound = log.bind(shard=shard.name, key=entry.key, version_id=entry.version_id)
-        message = await self._fetch(item, bound)
-        if message is not None:
+        for message in await self._fetch(item, bound):
             await self._dispatch(shard, message, bound)
         shard.cursor.complete(entry.ident)
         self._pending -= 1
@@ -85,26 +87,39 @@ class WorkerPool:
             self._idle.set()
             self._on_idle()
 
-    async def _fetch(self, item: WorkItem, bound: structlog.typing.FilteringBoundLogger) -> Message | None:
+    async def _fetch(self, item: WorkItem, bound: structlog.typing.FilteringBoundLogger) -> list[Message]:
+        """The message(s) of one item: a version, a deletion, a log object or a segment's lines."""
         shard, entry = item.shard, item.entry
-        body, metadata = b"", {}
-        if not entry.deleted:
-            while True:
-                try:
-                    obj = await self.store.get_object(shard.bucket, entry.key, entry.version_id)
-                    break
-                except NotFound:
-                    bound.warning("version vanished before it was fetched; skipping")
-                    return None
-                except RetriableError as exc:  # the store's policy gave up; the item must not be lost
-                    bound.warning("fetch keeps failing; retrying", error=str(exc))
-                    await asyncio.sleep(self.store.retry.cap)
-            body, metadata = obj.body, obj.metadata
-        return Message(
-            bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
-            last_modified=ms_to_datetime(entry.last_modified_ms), size=len(body), etag=entry.etag,
-            body=body, deleted=entry.deleted, metadata=metadata,
-        )
+        when = ms_to_datetime(entry.last_modified_ms)
+        if entry.deleted:
+            return [Message(bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
+                            last_modified=when, size=0, etag="", body=b"", deleted=True)]
+        version = entry.version_id if shard.layout == "versions" else None
+        while True:
+            try:
+                obj = await self.store.get_object(shard.bucket, entry.key, version)
+                break
+            except NotFound:
+                bound.warning("object vanished before it was fetched; skipping")
+                return []
+            except RetriableError as exc:  # the store's policy gave up; the item must not be lost
+                bound.warning("fetch keeps failing; retrying", error=str(exc))
+                await asyncio.sleep(self.store.retry.cap)
+
+        def make(body: bytes, partition_key: str | None, offset: int | None = None) -> Message:
+            return Message(bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
+                           last_modified=when, size=len(body), etag=entry.etag or obj.etag, body=body,
+                           metadata=obj.metadata, partition_key=partition_key, offset=offset)
+
+        name = parse_log_key(entry.key) if shard.layout == "log" else None
+        if name is not None and name.is_segment:
+            try:
+                lines = segments.decode(obj.body, name.suffix)
+            except segments.SegmentError as exc:
+                raise HandlerFailed(f"s3://{shard.bucket}/{entry.key}: {exc}") from None
+            return [make(body, key, i) for i, (key, body) in enumerate(lines)]
+        quoted = obj.metadata.get(KEY_METADATA)
+        return [make(obj.body, unquote(quoted) if quoted is not None else None)]
 
     async def _dispatch(self, shard: Shard, message: Message,
                         bound: structlog.typing.FilteringBoundLogger) -> None:

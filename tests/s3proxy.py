@@ -3,23 +3,30 @@
 :class:`S3Proxy` forwards every request (method, path, query, headers, body) upstream and relays the
 response, unless a :class:`Rule` fires: rules match by method and a predicate over the incoming
 :class:`aiohttp.web.Request`, optionally only for the first N matches or a seeded-random fraction, and
-then answer with an :class:`S3Error`, :class:`Delay` the request, or :class:`Drop` the connection.
+then answer with an :class:`S3Error`, :class:`Delay` the request, :class:`Drop` the connection, or
+forward it and :class:`Transform` the upstream response before relaying it.
 It runs its own event loop in a background thread, so sync tests (spawning the CLI) and async tests
 alike can use it::
 
     with S3Proxy(moto_endpoint, [Rule(S3Error(503, "SlowDown"), method="GET", first=2)]) as proxy:
         ...  # point the client at proxy.endpoint
+
+:func:`directory_bucket_rules` makes moto look like an S3 Express One Zone directory bucket::
+
+    with S3Proxy(moto_endpoint, directory_bucket_rules(seed=1)) as proxy:
+        ...
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 from xml.sax.saxutils import escape
 
@@ -56,7 +63,32 @@ class Drop:
     reset: bool = True
 
 
-Action = S3Error | Delay | Drop
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """An upstream response on its way back to the client.
+
+    ``headers`` excludes hop-by-hop and framing headers; ``body`` is the raw bytes upstream sent (the
+    proxy never decompresses). ``Content-Length`` is recomputed from whatever body is finally relayed.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """Forward the request upstream, then relay ``rewrite(request, response)`` instead of the response.
+
+    ``rewrite`` may change the status, headers and body (:func:`dataclasses.replace` on the
+    :class:`Relayed` it gets). It runs on the proxy's event loop, so it must be quick and not block.
+    The upstream side effects (a PUT storing its object, say) happen whatever the client is told.
+    """
+
+    rewrite: Callable[[web.Request, Relayed], Relayed]
+
+
+Action = S3Error | Delay | Drop | Transform
 
 
 @dataclass(slots=True)
@@ -190,7 +222,7 @@ class S3Proxy:
             self._drop(request, reset=action.reset)
         if isinstance(action, Delay):
             await asyncio.sleep(action.seconds)
-        return await self._forward(request)
+        return await self._forward(request, action.rewrite if isinstance(action, Transform) else None)
 
     def _drop(self, request: web.Request, *, reset: bool) -> NoReturn:
         if (transport := request.transport) is not None:
@@ -199,7 +231,9 @@ class S3Proxy:
             transport.abort()
         raise asyncio.CancelledError  # aiohttp treats this as a vanished peer: nothing is written
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, rewrite: Callable[[web.Request, Relayed], Relayed] | None = None,
+    ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}
         body = await request.read()
@@ -207,17 +241,126 @@ class S3Proxy:
             request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers,
             data=body if body else None, allow_redirects=False,
         ) as upstream:
-            payload = await upstream.read()
-            reply = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for key, value in upstream.headers.items():
-                if key.lower() not in _SKIP_HEADERS:
-                    reply.headers.add(key, value)
-            if request.method != "HEAD":
-                reply.content_length = len(payload)
-            elif (length := upstream.headers.get("Content-Length")) is not None:
-                reply.headers["Content-Length"] = length  # HEAD: the size of the body not sent
-            await reply.prepare(request)
-            if payload and request.method != "HEAD":
-                await reply.write(payload)
-            await reply.write_eof()
-            return reply
+            relayed = Relayed(
+                upstream.status,
+                tuple((k, v) for k, v in upstream.headers.items() if k.lower() not in _SKIP_HEADERS),
+                await upstream.read(),
+            )
+            reason: str | None = upstream.reason
+            head_length = upstream.headers.get("Content-Length")
+        if rewrite is not None:
+            rewritten = rewrite(request, relayed)
+            if rewritten.status != relayed.status:
+                reason = None  # let aiohttp pick the phrase that goes with the new status
+            relayed = rewritten
+        reply = web.StreamResponse(status=relayed.status, reason=reason)
+        for key, value in relayed.headers:
+            if key.lower() not in _SKIP_HEADERS:
+                reply.headers.add(key, value)
+        if request.method != "HEAD":
+            reply.content_length = len(relayed.body)
+        elif head_length is not None:
+            reply.headers["Content-Length"] = head_length  # HEAD: the size of the body not sent
+        await reply.prepare(request)
+        if relayed.body and request.method != "HEAD":
+            await reply.write(relayed.body)
+        await reply.write_eof()
+        return reply
+
+
+# --- S3 Express One Zone directory buckets ---------------------------------------------------------
+#
+# moto emulates general purpose buckets only; these rules make it answer like a directory bucket where
+# s3stream could notice the difference. Sources (AWS documentation unless said otherwise):
+#
+# [1] S3 User Guide, "Differences for directory buckets",
+#     https://docs.aws.amazon.com/AmazonS3/latest/userguide/s3-express-differences.html: "ListObjectsV2
+#     does not return objects in lexicographical (alphabetical) order. Additionally, prefixes must end
+#     in a delimiter and only "/" can be specified as the delimiter." The same page lists the API
+#     operations directory buckets support and the S3 features they do not (versioning among them).
+# [2] S3 API Reference, ListObjectsV2, StartAfter: "This functionality is not supported for directory
+#     buckets." https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html
+# [3] The wire answer to an unaligned prefix, as seen from real directory buckets (not in the docs):
+#     code InvalidRequest with the message below (github.com/awslabs/aws-s3-transfer-manager-rs
+#     pull 112), HTTP status 400 (github.com/eclipse-store/store issue 224).
+# [4] S3 API Reference, "Error responses", https://docs.aws.amazon.com/AmazonS3/latest/API/
+#     ErrorResponses.html: NotImplemented is 501 ("...functionality that is not implemented"),
+#     InvalidRequest is 400.
+#
+# NOT confirmed: the wire answers to ?versions, PUT ?versioning, start-after and a delimiter other
+# than "/" on a directory bucket; no public source found shows them. We answer as S3 does for
+# unsupported things [4]: 501 NotImplemented for an operation the bucket type lacks, 400
+# InvalidRequest for a ListObjectsV2 parameter it refuses (as AWS does for the prefix, [3]).
+
+UNALIGNED_PREFIX_MESSAGE = (
+    "This bucket does not support a prefix that does not end in a delimiter. "
+    "Specify a prefix path ending with a delimiter and try again."
+)
+_CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.DOTALL)
+
+
+def _list_v2(request: web.Request) -> bool:
+    return request.query.get("list-type") == "2"
+
+
+def _unaligned_prefix(request: web.Request) -> bool:
+    prefix = request.query.get("prefix", "")
+    return _list_v2(request) and prefix != "" and not prefix.endswith("/")
+
+
+def shuffle_contents(body: bytes, rng: random.Random) -> bytes:
+    """``body`` with its ``<Contents>`` elements permuted by ``rng`` and every other byte in place.
+
+    Each element moves into another's slot, so what surrounds them (``IsTruncated``,
+    ``NextContinuationToken``, ``CommonPrefixes``, ``KeyCount``...) is untouched.
+    """
+    spans = [match.span() for match in _CONTENTS.finditer(body)]
+    pieces = [body[start:end] for start, end in spans]
+    rng.shuffle(pieces)
+    out, pos = bytearray(), 0
+    for (start, end), piece in zip(spans, pieces, strict=True):
+        out += body[pos:start] + piece
+        pos = end
+    return bytes(out + body[pos:])
+
+
+def directory_bucket_rules(seed: int = 0) -> list[Rule]:
+    """Rules under which the proxied moto answers like an S3 Express One Zone directory bucket.
+
+    In order (the first rule that fires answers the request):
+
+    ===========================================  ==================================================
+    ``GET ?versions`` (ListObjectVersions)       501 NotImplemented
+    ``PUT ?versioning`` (PutBucketVersioning)    501 NotImplemented
+    ListObjectsV2 with ``start-after``           400 InvalidRequest
+    ListObjectsV2, ``prefix`` not ending in /    400 InvalidRequest, AWS's message
+    ListObjectsV2, ``delimiter`` other than /    400 InvalidRequest
+    any other ListObjectsV2                      forwarded; a 200's ``<Contents>`` shuffled
+    ===========================================  ==================================================
+
+    Everything else (PutObject, GetObject, HeadBucket, GetBucketVersioning...) is forwarded as is.
+    The shuffle draws from one generator seeded with ``seed``, so a run's listing order is
+    reproducible. It permutes the keys *within* each page only: moto has already cut the page and
+    computed ``NextContinuationToken`` from its sorted order, so the pages still partition the keys
+    and a paginated listing returns every key exactly once. AWS promises no order at all [1], so this
+    is enough to catch a client that relies on key order, within a page or across pages.
+    """
+    rng = random.Random(seed)
+
+    def shuffle(_request: web.Request, response: Relayed) -> Relayed:
+        if response.status != 200:
+            return response
+        return replace(response, body=shuffle_contents(response.body, rng))
+
+    return [
+        Rule(S3Error(501, "NotImplemented", "directory buckets do not support ListObjectVersions"),
+             method="GET", when=lambda r: "versions" in r.query),
+        Rule(S3Error(501, "NotImplemented", "directory buckets do not support PutBucketVersioning"),
+             method="PUT", when=lambda r: "versioning" in r.query),
+        Rule(S3Error(400, "InvalidRequest", "StartAfter is not supported for directory buckets"),
+             method="GET", when=lambda r: _list_v2(r) and "start-after" in r.query),
+        Rule(S3Error(400, "InvalidRequest", UNALIGNED_PREFIX_MESSAGE), method="GET", when=_unaligned_prefix),
+        Rule(S3Error(400, "InvalidRequest", 'directory buckets only support "/" as the delimiter'),
+             method="GET", when=lambda r: _list_v2(r) and r.query.get("delimiter", "/") != "/"),
+        Rule(Transform(shuffle), method="GET", when=_list_v2),
+    ]

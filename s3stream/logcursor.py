@@ -1,0 +1,169 @@
+"""The log-layout cursor: a pure state machine, no I/O.
+
+In the log layout every message is a new object ``<shard>/<minute dir>/<ms>-<producer>-<seq>-…``.
+Directory buckets list in no particular order and refuse ``StartAfter``, so the cursor does not rely on
+key order at all. Its state is:
+
+* ``sealed_ms``: every minute directory that starts before it is **sealed**: it was listed in full
+  after ``dir end + settle window`` (server clock), and everything listed in it was handled;
+* for each **open** directory, what was handled, as ranges of sequence numbers per producer
+  (``{producer: [[first, last], ...]}``): a producer numbers its objects 1, 2, 3…, so a whole minute of
+  one producer is usually one range. Names written by other tools are kept as plain keys.
+
+A sealed directory's record is dropped, so the state holds only the open window (about
+``settle_window`` + 2 minutes of directories), whatever the topic's history. A producer whose clock
+runs behind writes into an older directory; that is still delivered as long as the directory is open,
+that is while the producer is less than ``settle_window`` behind.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass
+
+from s3stream.message import Entry
+from s3stream.topics import MINUTE_MS, dir_start_ms, parse_log_key
+
+Ident = tuple[str, str]
+
+
+class RangeSet:
+    """A set of integers kept as sorted, disjoint, inclusive ``[lo, hi]`` ranges."""
+
+    def __init__(self, ranges: list[list[int]] | None = None) -> None:
+        self.ranges: list[list[int]] = sorted([lo, hi] for lo, hi in (ranges or []))
+
+    def __contains__(self, value: int) -> bool:
+        i = bisect.bisect_right(self.ranges, [value, float("inf")]) - 1
+        return i >= 0 and self.ranges[i][0] <= value <= self.ranges[i][1]
+
+    def add(self, value: int) -> None:
+        if value in self:
+            return
+        i = bisect.bisect_right(self.ranges, [value, float("inf")])
+        joins_left = i > 0 and self.ranges[i - 1][1] == value - 1
+        joins_right = i < len(self.ranges) and self.ranges[i][0] == value + 1
+        if joins_left and joins_right:
+            self.ranges[i - 1][1] = self.ranges[i][1]
+            del self.ranges[i]
+        elif joins_left:
+            self.ranges[i - 1][1] = value
+        elif joins_right:
+            self.ranges[i][0] = value
+        else:
+            self.ranges.insert(i, [value, value])
+
+
+@dataclass(frozen=True, slots=True)
+class LogCheckpoint:
+    """A committed log cursor: the sealed boundary and what was handled in each open directory."""
+
+    sealed_ms: int
+    done: tuple[tuple[int, str, tuple[tuple[int, int], ...]], ...] = ()  # (dir_ms, producer, ranges)
+    others: tuple[tuple[int, str], ...] = ()  # (dir_ms, key) of objects s3stream did not name
+
+
+class LogCursor:
+    """Tracks which log objects of one shard are done, in flight, or new."""
+
+    def __init__(self, prefix: str, checkpoint: LogCheckpoint | None = None, *, start_ms: int = 0) -> None:
+        self.prefix = prefix
+        self.sealed_ms = checkpoint.sealed_ms if checkpoint else start_ms - start_ms % MINUTE_MS
+        self._done: dict[int, dict[str, RangeSet]] = {}
+        self._others: dict[int, set[str]] = {}
+        self._inflight: dict[str, int] = {}
+        self._inflight_dirs: Counter[int] = Counter()
+        self.horizon_ms = 0
+        self.generation = 0
+        self._noted_ms = self.sealed_ms
+        for dir_ms, producer, ranges in checkpoint.done if checkpoint else ():
+            self._done.setdefault(dir_ms, {})[producer] = RangeSet([list(r) for r in ranges])
+        for dir_ms, key in checkpoint.others if checkpoint else ():
+            self._others.setdefault(dir_ms, set()).add(key)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def watermark_ms(self) -> int:
+        """Same meaning as the versions cursor's: everything before it is handled."""
+        return self.sealed_ms
+
+    def open_dirs(self, now_ms: int, settle_ms: int, limit: int) -> list[int]:
+        """Directories to list this pass: from the sealed boundary up to ``now + settle`` (clocks
+        ahead), at most ``limit`` of them."""
+        last = now_ms + settle_ms
+        return list(range(self.sealed_ms, last - last % MINUTE_MS + 1, MINUTE_MS))[:limit]
+
+    def dir_of(self, key: str) -> int | None:
+        """The directory start of a key under this shard, or None for keys outside any directory."""
+        rel = key[len(self.prefix):]
+        head, sep, _ = rel.partition("/")
+        if not sep or len(head) != 12 or not head.isdigit():
+            return None
+        return dir_start_ms(head)
+
+    def is_new(self, entry: Entry) -> bool:
+        key = entry.key
+        dir_ms = self.dir_of(key)
+        if dir_ms is None or dir_ms < self.sealed_ms or key in self._inflight:
+            return False
+        name = parse_log_key(key)
+        if name is None:
+            return key not in self._others.get(dir_ms, ())
+        ranges = self._done.get(dir_ms, {}).get(name.producer)
+        return ranges is None or name.seq not in ranges
+
+    def start(self, entry: Entry) -> None:
+        dir_ms = self.dir_of(entry.key)
+        assert dir_ms is not None
+        self._inflight[entry.key] = dir_ms
+        self._inflight_dirs[dir_ms] += 1
+
+    def complete(self, ident: Ident) -> None:
+        key = ident[0]
+        dir_ms = self._inflight.pop(key)
+        self._inflight_dirs[dir_ms] -= 1
+        if not self._inflight_dirs[dir_ms]:
+            del self._inflight_dirs[dir_ms]
+        self._mark(key, dir_ms)
+
+    def skip(self, entry: Entry) -> None:
+        dir_ms = self.dir_of(entry.key)
+        if dir_ms is not None:
+            self._mark(entry.key, dir_ms)
+
+    def pass_complete(self, listed: list[int], pass_start_ms: int, settle_ms: int) -> None:
+        """Seal directories, oldest first, that this pass listed in full after ``end + settle`` and
+        that have nothing in flight."""
+        self.horizon_ms = max(self.horizon_ms, pass_start_ms)
+        for dir_ms in listed:
+            if dir_ms != self.sealed_ms or dir_ms + MINUTE_MS + settle_ms > pass_start_ms:
+                break
+            if self._inflight_dirs.get(dir_ms):
+                break
+            self.sealed_ms = dir_ms + MINUTE_MS
+            dropped = [self._done.pop(dir_ms, None), self._others.pop(dir_ms, None)]
+            if any(d is not None for d in dropped) or self.sealed_ms - self._noted_ms >= 10 * MINUTE_MS:
+                self._noted_ms = self.sealed_ms  # idle shards commit every 10 minutes of sealing
+                self.generation += 1
+
+    def checkpoint(self) -> LogCheckpoint:
+        done = tuple(sorted(
+            (d, p, tuple((lo, hi) for lo, hi in rs.ranges))
+            for d, producers in self._done.items() if d >= self.sealed_ms for p, rs in producers.items()
+        ))
+        others = tuple(sorted(
+            (d, k) for d, keys in self._others.items() if d >= self.sealed_ms for k in keys
+        ))
+        return LogCheckpoint(sealed_ms=self.sealed_ms, done=done, others=others)
+
+    def _mark(self, key: str, dir_ms: int) -> None:
+        name = parse_log_key(key)
+        if name is None:
+            self._others.setdefault(dir_ms, set()).add(key)
+        else:
+            self._done.setdefault(dir_ms, {}).setdefault(name.producer, RangeSet()).add(name.seq)
+        self.generation += 1

@@ -1,0 +1,131 @@
+"""Log-layout pollers: list the open minute directories of one shard with ListObjectsV2.
+
+Nothing here depends on key order or ``StartAfter`` (S3 Express directory buckets offer neither).
+Each pass lists every open directory in full, oldest first; new objects of a directory are handed out
+sorted by the time, producer and sequence in their names. After the pass, the cursor seals the
+directories that were listed after their end plus the settle window and have nothing in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import structlog
+
+from s3stream.config import ConsumerSettings
+from s3stream.logcursor import LogCursor
+from s3stream.message import Entry
+from s3stream.poller import poll_forever
+from s3stream.shard import Shard, WorkItem
+from s3stream.store import Store
+from s3stream.topics import MINUTE_MS, dir_start_ms, minute_dir, parse_log_key
+from s3stream.workers import WorkerPool
+
+log = structlog.get_logger("s3stream.logpoller")
+MAX_DIRS_PER_PASS = 60
+
+
+def delivery_order(entry: Entry) -> tuple[int, str, int, str]:
+    """Objects s3stream named sort by (time, producer, sequence); others by LastModified, key."""
+    name = parse_log_key(entry.key)
+    if name is None:
+        return (entry.last_modified_ms, "", 0, entry.key)
+    return (name.ms, name.producer, name.seq, entry.key)
+
+
+def with_lane(entry: Entry) -> Entry:
+    """Messages with the same key share a lane (in order, one at a time); keyless ones do not."""
+    name = parse_log_key(entry.key)
+    lane = name.lane if name is not None and name.lane != "_" else entry.key
+    return dataclasses.replace(entry, lane=lane)
+
+
+class LogPoller:
+    """Lists one log-layout shard again and again, handing new objects to the worker pool."""
+
+    def __init__(self, shard: Shard, cursor: LogCursor, store: Store, pool: WorkerPool,
+                 settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
+        self.shard = shard
+        self.cursor = cursor
+        self.store = store
+        self.pool = pool
+        self.settings = settings
+        self.on_pass = on_pass
+        self.log = log.bind(shard=shard.name)
+        self._clock_offset_ms = 0  # server clock minus ours, from the last Date header
+        self._placed = not shard.fresh
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        await poll_forever(self.poll_once, self.shard, self.settings, self.log)
+
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000) + self._clock_offset_ms
+
+    async def poll_once(self, *, skip: bool = False) -> int:
+        """One pass over the open directories; returns how many objects were handed out (or skipped)."""
+        settle_ms = int(self.settings.settle_window * 1000)
+        if not self._placed:
+            await self._place_new_group(settle_ms)
+        dirs = self.cursor.open_dirs(self._now_ms(), settle_ms, MAX_DIRS_PER_PASS)
+        pass_start: int | None = None
+        found = 0
+        for dir_ms in dirs:
+            prefix = f"{self.shard.prefix}{minute_dir(dir_ms)}/"
+            new, server_ms = await self._list_new(prefix)
+            pass_start = server_ms if pass_start is None else pass_start
+            for entry in sorted(new, key=delivery_order):
+                if skip:
+                    self.cursor.skip(entry)
+                    continue
+                entry = with_lane(entry)
+                self.cursor.start(entry)
+                await self.pool.put(WorkItem(self.shard, entry))
+            found += len(new)
+        self.cursor.pass_complete(dirs, (pass_start or self._now_ms()) - 1000, settle_ms)
+        self.shard.last_poll = time.monotonic()
+        self.on_pass()
+        return found
+
+    async def _list_new(self, prefix: str) -> tuple[list[Entry], int]:
+        """Every new object under one directory (all pages), and the server time of the first page."""
+        new: list[Entry] = []
+        token: str | None = None
+        first_ms: int | None = None
+        while True:
+            page = await self.store.list_objects(self.shard.bucket, prefix, token=token)
+            if first_ms is None:
+                first_ms = page.server_time_ms
+                self._clock_offset_ms = page.server_time_ms - int(time.time() * 1000)
+            new.extend(e for e in page.entries if self.shard.wants(e.key) and self.cursor.is_new(e))
+            token = page.next_token
+            if token is None:
+                return new, first_ms
+
+    async def _place_new_group(self, settle_ms: int) -> None:
+        """A group without a checkpoint starts at the oldest directory (earliest) or now (latest)."""
+        self._placed = True
+        start = self._now_ms() - settle_ms
+        if self.settings.start_from == "earliest":
+            oldest = await self._oldest_dir()
+            if oldest is not None:
+                start = oldest
+        self.cursor.sealed_ms = start - start % MINUTE_MS
+
+    async def _oldest_dir(self) -> int | None:
+        token: str | None = None
+        oldest: int | None = None
+        while True:
+            page = await self.store.list_objects(self.shard.bucket, self.shard.prefix, delimiter="/",
+                                                 token=token)
+            self._clock_offset_ms = page.server_time_ms - int(time.time() * 1000)
+            for p in page.prefixes:
+                name = p[len(self.shard.prefix):].rstrip("/")
+                if len(name) == 12 and name.isdigit():
+                    start = dir_start_ms(name)
+                    oldest = start if oldest is None else min(oldest, start)
+            token = page.next_token
+            if token is None:
+                return oldest

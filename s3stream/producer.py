@@ -1,0 +1,194 @@
+"""The producer: publish messages to a topic, one PUT each or batched into segments.
+
+``async with Producer(settings) as p: await p.publish("s3://bucket/topic", body, key="k")``
+
+* versions layout: a PUT to ``topic/<shard>/<key>``; each PUT is a new version of that key.
+* log layout: a PUT of a new, unique, time-ordered name with ``If-None-Match: *``, so a PUT retried
+  after a lost response can never store the message twice (a 412 on the retry means it is there).
+  With ``segment_max_messages`` > 1, messages are gathered per shard into segment objects, flushed by
+  count, size or ``linger``; ``publish`` returns once its segment is stored.
+
+Bodies above ``multipart_threshold`` are uploaded in parts. PUTs in flight are bounded by
+``concurrency``; throttling and 5xx answers are retried by the store's retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from urllib.parse import quote
+
+from s3stream import segments
+from s3stream.config import Settings, parse_s3_url
+from s3stream.errors import PreconditionFailed
+from s3stream.store import Store, open_store
+from s3stream.topics import KEY_METADATA, Topic, lane_of, log_key, resolve_topic
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where a message was stored: its object, and its line in a segment if it went into one."""
+
+    key: str
+    etag: str
+    version_id: str | None = None
+    offset: int | None = None
+
+
+@dataclass
+class _Segment:
+    topic: Topic
+    shard: int
+    items: list[tuple[str | None, bytes, asyncio.Future[Published]]] = field(default_factory=list)
+    size: int = 0
+    timer: asyncio.Task[None] | None = None
+
+
+class Producer:
+    """Publishes to topics (``s3://bucket/topic``) or plain prefixes."""
+
+    def __init__(self, settings: Settings | None = None, *, store: Store | None = None) -> None:
+        self.settings = settings or Settings()
+        self.id = secrets.token_hex(4)
+        self._store = store
+        self._stack = contextlib.AsyncExitStack()
+        self._topics: dict[str, Topic] = {}
+        self._seq: defaultdict[tuple[str, str, int], int] = defaultdict(int)
+        self._slots = asyncio.Semaphore(self.settings.producer.concurrency)
+        self._segments: dict[tuple[str, str, int], _Segment] = {}
+
+    async def __aenter__(self) -> Producer:
+        if self._store is None:
+            self._store = await self._stack.enter_async_context(
+                open_store(self.settings.s3, max_connections=self.settings.producer.concurrency + 4)
+            )
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self._stack.aclose()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("use the producer as `async with Producer(...) as p`")
+        return self._store
+
+    async def topic(self, url: str) -> Topic:
+        """The topic at ``s3://bucket/name`` (metadata read once and cached)."""
+        if url not in self._topics:
+            bucket, prefix = parse_s3_url(url)
+            self._topics[url] = await resolve_topic(self.store, bucket, prefix)
+        return self._topics[url]
+
+    async def publish(self, url: str, body: bytes | str, *, key: str | None = None,
+                      metadata: dict[str, str] | None = None) -> Published:
+        """Publish one message and return once it is durably stored."""
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        topic = await self.topic(url)
+        if topic.layout == "versions":
+            return await self._publish_version(topic, data, key, metadata)
+        if self.settings.producer.segment_max_messages > 1 and not metadata:
+            return await self._add_to_segment(topic, data, key)
+        return await self._publish_object(topic, data, key, metadata)
+
+    async def publish_many(self, url: str,
+                           messages: Iterable[tuple[str | None, bytes | str]]) -> list[Published]:
+        """Publish ``(key, body)`` pairs concurrently (bounded); results in input order."""
+        return list(await asyncio.gather(*(self.publish(url, body, key=key) for key, body in messages)))
+
+    async def flush(self) -> None:
+        """Write every pending segment now."""
+        pending = list(self._segments.values())
+        self._segments.clear()
+        await asyncio.gather(*(self._write_segment(seg) for seg in pending))
+
+    async def _publish_version(self, topic: Topic, data: bytes, key: str | None,
+                               metadata: dict[str, str] | None) -> Published:
+        name = topic.shard_prefix(topic.shard_of(key)) + (key if key is not None else uuid.uuid4().hex)
+        etag, version = await self._put(topic.bucket, name, data, create_only=False, metadata=metadata)
+        return Published(key=name, etag=etag, version_id=version)
+
+    async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
+                              metadata: dict[str, str] | None) -> Published:
+        shard = topic.shard_of(key)
+        name = self._next_name(topic, shard, lane_of(key), "")
+        meta = dict(metadata or {})
+        if key is not None:
+            meta[KEY_METADATA] = quote(key, safe="")
+        etag, version = await self._put(topic.bucket, name, data, create_only=True, metadata=meta)
+        return Published(key=name, etag=etag, version_id=version)
+
+    async def _add_to_segment(self, topic: Topic, data: bytes, key: str | None) -> Published:
+        shard = topic.shard_of(key)
+        ident = (topic.bucket, topic.name, shard)
+        seg = self._segments.get(ident)
+        if seg is None:
+            seg = self._segments[ident] = _Segment(topic, shard)
+            seg.timer = asyncio.create_task(self._linger(ident, seg))
+        future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
+        seg.items.append((key, data, future))
+        seg.size += len(data) + 32
+        settings = self.settings.producer
+        if len(seg.items) >= settings.segment_max_messages or seg.size >= settings.segment_max_bytes:
+            del self._segments[ident]
+            await self._write_segment(seg)
+        return await future
+
+    async def _linger(self, ident: tuple[str, str, int], seg: _Segment) -> None:
+        await asyncio.sleep(self.settings.producer.linger)
+        if self._segments.get(ident) is seg:
+            del self._segments[ident]
+            await self._write_segment(seg)
+
+    async def _write_segment(self, seg: _Segment) -> None:
+        if seg.timer is not None and seg.timer is not asyncio.current_task():
+            seg.timer.cancel()
+        compression = self.settings.producer.compression
+        name = self._next_name(seg.topic, seg.shard, "_", segments.SUFFIXES[compression])
+        try:
+            body = segments.encode([(k, b) for k, b, _ in seg.items], compression)
+            etag, _ = await self._put(seg.topic.bucket, name, body, create_only=True, metadata=None)
+        except BaseException as exc:
+            for _, _, future in seg.items:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for offset, (_, _, future) in enumerate(seg.items):
+            if not future.done():
+                future.set_result(Published(key=name, etag=etag, offset=offset))
+
+    def _next_name(self, topic: Topic, shard: int, lane: str, suffix: str) -> str:
+        counter = (topic.bucket, topic.name, shard)
+        self._seq[counter] += 1
+        ms = int(time.time() * 1000)
+        return log_key(topic.shard_prefix(shard), ms, self.id, self._seq[counter], lane, suffix)
+
+    async def _put(self, bucket: str, name: str, data: bytes, *, create_only: bool,
+                   metadata: dict[str, str] | None) -> tuple[str, str | None]:
+        settings = self.settings.producer
+        async with self._slots:
+            try:
+                if len(data) > settings.multipart_threshold:
+                    return await self.store.put_multipart(
+                        bucket, name, data, part_size=settings.multipart_part_size,
+                        if_none_match=create_only, metadata=metadata,
+                    )
+                return await self.store.put_object(bucket, name, data, if_none_match=create_only,
+                                                   metadata=metadata)
+            except PreconditionFailed:
+                if not create_only:
+                    raise
+                return "", None  # a retry of a PUT that had already succeeded: the name is ours alone
