@@ -48,5 +48,5 @@ class Checkpointer:
             await shard.checkpoints.save(snapshot)
             shard.saved_generation = generation
             self.commits += 1
-            log.debug("committed", shard=shard.name, watermark_ms=snapshot.watermark_ms,
+            log.debug("committed", shard=shard.name, watermark_ms=shard.cursor.watermark_ms,
                       done=len(snapshot.done))

@@ -20,7 +20,7 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import quote
@@ -54,8 +54,10 @@ class _Segment:
 class Producer:
     """Publishes to topics (``s3://bucket/topic``) or plain prefixes."""
 
-    def __init__(self, settings: Settings | None = None, *, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings or Settings()
+        self.clock = clock  # seconds since the epoch; names carry this producer's time
         self.id = secrets.token_hex(4)
         self._store = store
         self._stack = contextlib.AsyncExitStack()
@@ -173,7 +175,7 @@ class Producer:
     def _next_name(self, topic: Topic, shard: int, lane: str, suffix: str) -> str:
         counter = (topic.bucket, topic.name, shard)
         self._seq[counter] += 1
-        ms = int(time.time() * 1000)
+        ms = int(self.clock() * 1000)
         return log_key(topic.shard_prefix(shard), ms, self.id, self._seq[counter], lane, suffix)
 
     async def _put(self, bucket: str, name: str, data: bytes, *, create_only: bool,

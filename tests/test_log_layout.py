@@ -1,0 +1,184 @@
+"""The log layout consumed with ListObjectsV2: on moto and through a proxy with S3 Express
+directory-bucket semantics (shuffled listings, no StartAfter, no ListObjectVersions)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from s3stream.checkpoint import decode
+from s3stream.config import build_settings
+from s3stream.consumer import Consumer
+from s3stream.logcursor import LogCheckpoint
+from s3stream.producer import Producer
+from s3stream.store import Store
+from s3stream.topics import MINUTE_MS, create_topic
+from tests.conftest import Recorder, make_settings, running, wait_until
+from tests.s3proxy import Delay, Rule, S3Proxy, directory_bucket_rules
+
+
+def _producer(endpoint: str, *, behind: float = 0.0, **producer: object) -> Producer:
+    settings = build_settings({"s3": {"endpoint_url": endpoint, "addressing_style": "path"},
+                               "producer": producer})
+    return Producer(settings, clock=lambda: time.time() - behind)
+
+
+@pytest.fixture
+def express(moto_endpoint: str) -> AsyncIterator[S3Proxy]:
+    """moto behind a proxy that answers like an S3 Express One Zone directory bucket."""
+    with S3Proxy(moto_endpoint, directory_bucket_rules(seed=11)) as proxy:
+        yield proxy
+
+
+def _per_key_in_order(rec: Recorder, expected: dict[str, list[bytes]]) -> None:
+    got: dict[str, list[bytes]] = {}
+    for m in rec.messages:
+        got.setdefault(m.partition_key or "", []).append(m.body)
+    assert got == expected
+
+
+async def test_log_topic_on_directory_bucket_semantics(store: Store, bucket: str, moto_endpoint: str,
+                                                       express: S3Proxy) -> None:
+    """Two producers write 300 keyed messages to a 4-shard log topic through a directory-bucket
+    proxy; the consumer (also through it) delivers each exactly once, each key in publish order,
+    without ever asking for ListObjectVersions or StartAfter."""
+    await create_topic(store, bucket, "ev", shards=4, layout="log")
+    consumer = Consumer(make_settings(express.endpoint, f"s3://{bucket}/ev", concurrency=16))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    expected: dict[str, list[bytes]] = {}
+
+    async def produce(tag: str) -> None:
+        async with _producer(express.endpoint) as p:
+            for i in range(15):
+                for k in range(10):
+                    key = f"{tag}-{k}"
+                    expected.setdefault(key, []).append(f"{key}#{i}".encode())
+                    await p.publish(f"s3://{bucket}/ev", f"{key}#{i}", key=key)
+
+    async with running(consumer):
+        await asyncio.gather(produce("a"), produce("b"))
+        await rec.wait_count(300)
+    assert len(rec.messages) == 300
+    _per_key_in_order(rec, expected)
+    asked = " ".join(path for _, path, _ in express.requests)
+    assert "versions" not in asked
+    assert "start-after" not in asked
+
+
+async def test_producer_clock_behind_lands_in_older_directory_and_is_delivered(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A producer whose clock runs 40 s behind writes into an older minute directory; with a 60 s
+    settle window that directory is still open and its messages are delivered."""
+    await create_topic(store, bucket, "skew", layout="log")
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/skew", settle_window=60))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    async with running(consumer), _producer(moto_endpoint) as on_time, \
+            _producer(moto_endpoint, behind=40) as late:
+        await on_time.publish(f"s3://{bucket}/skew", "now-1")
+        await rec.wait_count(1)
+        behind = await late.publish(f"s3://{bucket}/skew", "behind")
+        await on_time.publish(f"s3://{bucket}/skew", "now-2")
+        await rec.wait_count(3)
+    assert sorted(m.body for m in rec.messages) == [b"behind", b"now-1", b"now-2"]
+    assert any(m.key == behind.key for m in rec.messages)
+
+
+async def test_producer_clock_beyond_settle_window_is_the_documented_bound(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A producer 10 minutes behind writes into a directory already sealed under a 5 s window: it
+    is not delivered, which is the bound the README documents."""
+    await create_topic(store, bucket, "bound", layout="log")
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/bound", settle_window=5))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    async with running(consumer), _producer(moto_endpoint) as on_time, \
+            _producer(moto_endpoint, behind=600) as late:
+        await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0, what="first pass")
+        await late.publish(f"s3://{bucket}/bound", "too-late")
+        await on_time.publish(f"s3://{bucket}/bound", "after")
+        written_ms = time.time() * 1000
+        await rec.wait_count(1)
+        await wait_until(lambda: consumer.shards[0].cursor.horizon_ms >= written_ms,
+                         what="a pass that started after both writes")
+    assert [m.body for m in rec.messages] == [b"after"]
+
+
+async def test_slow_put_is_delivered(store: Store, bucket: str, moto_endpoint: str) -> None:
+    """A PUT held back 3 s by the network becomes visible after later messages; it is delivered."""
+    await create_topic(store, bucket, "slow", layout="log")
+    rule = Rule(Delay(3.0), method="PUT", when=lambda r: "/slow/" in r.path, first=1)
+    with S3Proxy(moto_endpoint, [rule]) as proxy:
+        consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/slow", settle_window=30))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        async with running(consumer), _producer(proxy.endpoint) as p:
+            slow = asyncio.create_task(p.publish(f"s3://{bucket}/slow", "slow"))
+            await wait_until(lambda: rule.applied == 1, what="slow PUT under way")
+            for i in range(5):
+                await p.publish(f"s3://{bucket}/slow", f"fast-{i}")
+            await rec.wait_count(5)
+            await slow
+            await rec.wait_count(6)
+    assert rec.messages[-1].body == b"slow"
+
+
+async def test_segments_are_split_into_messages(store: Store, bucket: str, moto_endpoint: str) -> None:
+    """zstd segments of up to 50 messages are split back into 120 messages, each with its key and
+    its offset inside the segment object, in order."""
+    await create_topic(store, bucket, "segs", shards=2, layout="log")
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/segs"))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    async with running(consumer), _producer(moto_endpoint, segment_max_messages=50,
+                                            compression="zstd") as p:
+        await p.publish_many(f"s3://{bucket}/segs", [(f"k{i % 7}", f"m{i}") for i in range(120)])
+        await rec.wait_count(120)
+    assert sorted(m.body for m in rec.messages) == sorted(f"m{i}".encode() for i in range(120))
+    for key in {m.key for m in rec.messages}:
+        offsets = [m.offset for m in rec.messages if m.key == key]
+        assert offsets == list(range(len(offsets)))
+    assert {m.partition_key for m in rec.messages} == {f"k{i}" for i in range(7)}
+
+
+async def test_restart_resumes_without_redelivery_and_state_stays_small(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """History written 5 minutes ago is delivered to a new group, its directories are sealed and
+    dropped from the checkpoint; after a restart only new messages arrive."""
+    await create_topic(store, bucket, "hist", layout="log")
+    async with _producer(moto_endpoint, behind=300) as old:
+        await old.publish_many(f"s3://{bucket}/hist", [(None, f"old-{i}") for i in range(40)])
+    settings = make_settings(moto_endpoint, f"s3://{bucket}/hist", settle_window=1)
+    first = Consumer(settings)
+    rec1 = Recorder()
+    first.register_handler("rec", rec1)
+    key = ""
+    async with running(first):
+        await rec1.wait_count(40)
+        cursor = first.shards[0].cursor
+        await wait_until(lambda: cursor.watermark_ms > time.time() * 1000 - 4 * MINUTE_MS,
+                         what="old directories sealed")
+        key = first.shards[0].checkpoints.key  # type: ignore[attr-defined]
+    saved = decode((await store.get_object(bucket, key)).body, where=key)
+    assert isinstance(saved, LogCheckpoint)
+    assert saved.sealed_ms > time.time() * 1000 - 4 * MINUTE_MS
+    assert all(d >= saved.sealed_ms for d, _, _ in saved.done)
+
+    second = Consumer(settings)
+    rec2 = Recorder()
+    second.register_handler("rec", rec2)
+    async with running(second), _producer(moto_endpoint) as p:
+        await p.publish(f"s3://{bucket}/hist", "new")
+        written_ms = time.time() * 1000
+        await rec2.wait_count(1)
+        await wait_until(lambda: second.shards[0].cursor.horizon_ms >= written_ms,
+                         what="a pass that started after the write")
+    assert [m.body for m in rec2.messages] == [b"new"]
+    assert len(rec1.messages) == 40

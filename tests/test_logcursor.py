@@ -1,0 +1,85 @@
+"""Pure tests of the log-layout cursor: ranges, sealing, and state that does not grow with history."""
+
+from __future__ import annotations
+
+from s3stream.logcursor import LogCheckpoint, LogCursor, RangeSet
+from s3stream.message import Entry
+from s3stream.topics import MINUTE_MS, log_key
+
+PREFIX = "t/00/"
+T0 = 1_795_000_020_000 - 1_795_000_020_000 % MINUTE_MS  # a minute boundary
+
+
+def _entry(ms: int, producer: str = "p1", seq: int = 1) -> Entry:
+    return Entry(key=log_key(PREFIX, ms, producer, seq, "_"), version_id="null", last_modified_ms=ms)
+
+
+def test_rangeset_merges_neighbours() -> None:
+    """Adding 1..5 in any order gives one range; a gap keeps two; membership is exact."""
+    rs = RangeSet()
+    for v in (3, 1, 5, 2, 4, 9):
+        rs.add(v)
+    assert rs.ranges == [[1, 5], [9, 9]]
+    assert 4 in rs
+    assert 6 not in rs
+    rs.add(7)
+    rs.add(8)
+    rs.add(6)
+    assert rs.ranges == [[1, 9]]
+
+
+def test_done_producer_sequence_is_compact() -> None:
+    """10,000 messages of one producer in one directory are one range in the checkpoint."""
+    cursor = LogCursor(PREFIX, start_ms=T0)
+    for seq in range(1, 10_001):
+        e = _entry(T0 + seq, seq=seq)
+        assert cursor.is_new(e)
+        cursor.start(e)
+        cursor.complete(e.ident)
+        assert not cursor.is_new(e)
+    cp = cursor.checkpoint()
+    assert cp.done == ((T0, "p1", ((1, 10_000),)),)
+
+
+def test_directory_seals_only_after_settle_and_when_nothing_in_flight() -> None:
+    """A directory seals once a pass started after its end plus the settle window and nothing in
+    it is in flight; sealing drops its record, so the checkpoint holds only open directories."""
+    cursor = LogCursor(PREFIX, start_ms=T0)
+    e = _entry(T0 + 5)
+    cursor.start(e)
+    cursor.pass_complete([T0], T0 + MINUTE_MS + 10_000, settle_ms=30_000)
+    assert cursor.sealed_ms == T0  # too early: end + settle not reached
+    cursor.pass_complete([T0], T0 + MINUTE_MS + 31_000, settle_ms=30_000)
+    assert cursor.sealed_ms == T0  # in flight
+    cursor.complete(e.ident)
+    assert cursor.checkpoint().done != ()
+    cursor.pass_complete([T0, T0 + MINUTE_MS], T0 + MINUTE_MS + 31_000, settle_ms=30_000)
+    assert cursor.sealed_ms == T0 + MINUTE_MS
+    assert cursor.checkpoint() == LogCheckpoint(sealed_ms=T0 + MINUTE_MS)
+    assert not cursor.is_new(_entry(T0 + 7, seq=2))  # sealed: a straggler there is out of bounds
+
+
+def test_open_dirs_span_sealed_boundary_to_now_plus_settle() -> None:
+    """Listing covers every directory from the sealed boundary to now + settle (clocks ahead)."""
+    cursor = LogCursor(PREFIX, start_ms=T0)
+    dirs = cursor.open_dirs(T0 + 2 * MINUTE_MS + 40_000, settle_ms=30_000, limit=60)
+    assert dirs == [T0, T0 + MINUTE_MS, T0 + 2 * MINUTE_MS, T0 + 3 * MINUTE_MS]
+    capped = cursor.open_dirs(T0 + 100 * MINUTE_MS, settle_ms=0, limit=5)
+    assert capped == [T0 + i * MINUTE_MS for i in range(5)]
+
+
+def test_checkpoint_round_trip_and_foreign_names() -> None:
+    """A cursor rebuilt from its checkpoint knows what was done, including keys other tools wrote."""
+    cursor = LogCursor(PREFIX, start_ms=T0)
+    ours = _entry(T0 + 1)
+    foreign = Entry(key=f"{PREFIX}{log_key('', T0, 'x', 1, '_').split('/')[0]}/hand-written.json",
+                    version_id="null", last_modified_ms=T0)
+    outside = Entry(key=f"{PREFIX}not-a-directory.json", version_id="null", last_modified_ms=T0)
+    for e in (ours, foreign):
+        cursor.start(e)
+        cursor.complete(e.ident)
+    assert not cursor.is_new(outside)
+    again = LogCursor(PREFIX, cursor.checkpoint())
+    assert not again.is_new(ours)
+    assert not again.is_new(foreign)
+    assert again.is_new(_entry(T0 + 2, seq=2))
