@@ -147,3 +147,25 @@ async def test_plain_prefix_without_metadata_is_the_seed_layout(moto_endpoint: s
         published = await producer.publish(f"s3://{bucket}/topic/", b'{"id": "1"}', key="id-1.json")
         assert published.key == "topic/id-1.json"
         assert (await st.get_object(bucket, "topic/id-1.json")).body == b'{"id": "1"}'
+
+
+async def test_consuming_a_sharded_versions_topic_runs_a_poller_per_shard(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """`consume` on a 4-shard versions topic reads its metadata, opens one shard per prefix, and
+    delivers every version published through the producer, each key in order."""
+    from s3stream.consumer import Consumer
+    from tests.conftest import Recorder, make_settings, running
+
+    topic = await create_topic(store, bucket, "sharded", shards=4, layout="versions")
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/sharded"))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    async with running(consumer), Producer(_settings(moto_endpoint)) as producer:
+        assert [s.prefix for s in consumer.shards] == topic.prefixes
+        for i in range(3):
+            await producer.publish_many(f"s3://{bucket}/sharded", [(f"k{k}", f"{k}:{i}") for k in range(12)])
+        await rec.wait_count(36)
+    for k in range(12):
+        bodies = [m.body for m in rec.messages if m.key.endswith(f"/k{k}")]
+        assert bodies == [f"{k}:{i}".encode() for i in range(3)]
