@@ -7,16 +7,20 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from s3stream import logs
+from s3stream import admin, commands, describe, live, logs
+from s3stream.commands import command_settings
 from s3stream.config import Settings, build_settings, load_settings, read_toml
 from s3stream.consumer import Consumer
 from s3stream.errors import ConfigError, HandlerError, S3StreamError, StoreError
+from s3stream.topics import Layout, TopicExists
 
-_USAGE_ERRORS = (ConfigError, HandlerError, StoreError)
+_USAGE_ERRORS = (ConfigError, HandlerError, StoreError, TopicExists)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -87,6 +91,21 @@ def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
     return build_settings(data)
 
 
+def s3_options(func: F) -> F:
+    """``--endpoint-url`` and ``--config``, shared by every command that talks to S3."""
+    func = click.option("--config", "config", type=click.Path(dir_okay=False),
+                        help="TOML config file ([s3] and the command's own sections).")(func)
+    return click.option("--endpoint-url", help="S3 endpoint (falls back to AWS_ENDPOINT_URL).")(func)
+
+
+def quiet_logs() -> None:
+    """Interactive commands log warnings and errors only, unless a log level was asked for."""
+    root = click.get_current_context().find_root()
+    if (root.get_parameter_source("log_level") is ParameterSource.DEFAULT
+            and "S3STREAM_LOG_LEVEL" not in os.environ):
+        logs.configure("warning")
+
+
 @main.command()
 @click.argument("url")
 @click.option("--group", help="Consumer group (its own checkpoint). [default: default]")
@@ -96,9 +115,8 @@ def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
 @click.option("--settle-window", type=float, help="Seconds a version may become visible late.")
 @click.option("--poll-interval", type=float, help="Seconds between polls while busy.")
 @click.option("--concurrency", type=int, help="Workers fetching and handling in parallel.")
-@click.option("--endpoint-url", help="S3 endpoint (falls back to AWS_ENDPOINT_URL).")
 @click.option("--checkpoint-dir", help="Keep checkpoints in this local folder instead of S3.")
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML config file.")
+@s3_options
 def consume(url: str, config: str | None, **opts: Any) -> None:
     """Stream every version under s3://BUCKET/PREFIX to a handler until SIGTERM/SIGINT."""
     try:
@@ -152,3 +170,148 @@ def demo() -> None:
     from s3stream.demo import run_demo
 
     run_async(run_demo)
+
+
+# --- buckets and topics ------------------------------------------------------------------------------
+
+
+@main.group()
+def bucket() -> None:
+    """Create and decommission buckets."""
+
+
+@bucket.command("create")
+@click.argument("name")
+@click.option("--versioning", is_flag=True, help="Turn on versioning (versions-layout topics need it).")
+@s3_options
+def bucket_create(name: str, versioning: bool, endpoint_url: str | None, config: str | None) -> None:
+    """Create bucket NAME (a directory bucket for NAME--AZID--x-s3)."""
+    run_async(lambda: admin.create_bucket(command_settings(config, endpoint_url), name,
+                                          versioning=versioning))
+
+
+@bucket.command("decommission")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Confirm: everything in the bucket is deleted for good.")
+@s3_options
+def bucket_decommission(name: str, yes: bool, endpoint_url: str | None, config: str | None) -> None:
+    """Delete every version, delete marker and object in bucket NAME, then the bucket."""
+    run_async(lambda: admin.decommission(command_settings(config, endpoint_url), name, yes=yes))
+
+
+@main.group()
+def topic() -> None:
+    """Create, list, describe and delete topics."""
+
+
+@topic.command("create")
+@click.argument("url")
+@click.option("--shards", type=int, default=1, show_default=True, help="Shards (prefixes) to spread load.")
+@click.option("--layout", type=click.Choice(["versions", "log"]), default="versions", show_default=True,
+              help="versions: a PUT per key, each a version; log: a new object per message.")
+@s3_options
+def topic_create(url: str, shards: int, layout: str, endpoint_url: str | None, config: str | None) -> None:
+    """Create the topic s3://BUCKET/TOPIC (creating it twice is an error)."""
+    chosen: Layout = "log" if layout == "log" else "versions"
+    run_async(lambda: admin.topic_create(command_settings(config, endpoint_url), url, shards=shards,
+                                         layout=chosen))
+
+
+@topic.command("list")
+@click.argument("url")
+@s3_options
+def topic_list(url: str, endpoint_url: str | None, config: str | None) -> None:
+    """List the topics of s3://BUCKET: name, layout, shards, creation time."""
+    run_async(lambda: admin.topic_list(command_settings(config, endpoint_url), url))
+
+
+@topic.command("describe")
+@click.argument("url")
+@s3_options
+def topic_describe(url: str, endpoint_url: str | None, config: str | None) -> None:
+    """Layout, shards, what each shard holds, and each consumer group's position and lag."""
+    run_async(lambda: describe.describe(
+        command_settings(config, endpoint_url, sections=("s3", "consumer")), url))
+
+
+@topic.command("delete")
+@click.argument("url")
+@click.option("--data", is_flag=True, help="Also delete the shards' messages and the groups' checkpoints.")
+@click.option("--yes", is_flag=True, help="Confirm --data.")
+@s3_options
+def topic_delete(url: str, data: bool, yes: bool, endpoint_url: str | None, config: str | None) -> None:
+    """Delete the topic's metadata (with --data --yes, its messages too)."""
+    run_async(lambda: admin.topic_delete(
+        command_settings(config, endpoint_url, sections=("s3", "consumer")), url, data=data, yes=yes))
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("url")
+@click.option("--key", help="Message key (versions layout: the object's name in its shard).")
+@click.option("--body", help="The message body. [default: standard input]")
+@click.option("--lines", is_flag=True, help="One message per non-empty line, published concurrently.")
+@s3_options
+def publish(url: str, key: str | None, body: str | None, lines: bool, endpoint_url: str | None,
+            config: str | None) -> None:
+    """Publish to s3://BUCKET/TOPIC; prints the stored key and version id (--lines: a summary)."""
+    data = body.encode("utf-8") if body is not None else None
+    run_async(lambda: commands.publish(command_settings(config, endpoint_url, sections=("s3", "producer")),
+                                       url, key=key, body=data, lines=lines))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--version-id", help="This version instead of the latest.")
+@click.option("--key", help="Read URL as s3://BUCKET/TOPIC and address this message key in it.")
+@s3_options
+def get(url: str, version_id: str | None, key: str | None, endpoint_url: str | None,
+        config: str | None) -> None:
+    """Print the latest (or given) version of s3://BUCKET/KEY, byte for byte."""
+    run_async(lambda: commands.get(command_settings(config, endpoint_url), url, version_id=version_id,
+                                   key=key))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="s3stream's JSON lines instead of text lines.")
+@click.option("--key", help="Read URL as s3://BUCKET/TOPIC and address this message key in it.")
+@s3_options
+def history(url: str, as_json: bool, key: str | None, endpoint_url: str | None, config: str | None) -> None:
+    """Every version and delete marker of s3://BUCKET/KEY, oldest first: TIME  VERSION_ID  BODY."""
+    run_async(lambda: commands.history(command_settings(config, endpoint_url), url, key=key, as_json=as_json))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--from", "start_from", type=click.Choice(["earliest", "latest"]), default="latest",
+              show_default=True, help="Show the existing messages too (earliest), or only new ones.")
+@click.option("--json", "as_json", is_flag=True, help="s3stream's JSON lines instead of the bodies.")
+@click.option("--poll-interval", type=float, default=0.5, show_default=True, help="Seconds between polls.")
+@click.option("--concurrency", type=int, default=1, show_default=True,
+              help="Messages handled at once (1 keeps the order they are listed in).")
+@s3_options
+def tail(url: str, start_from: str, as_json: bool, poll_interval: float, concurrency: int,
+         endpoint_url: str | None, config: str | None) -> None:
+    """Print messages of s3://BUCKET/PREFIX_OR_TOPIC as they arrive, until SIGINT/SIGTERM."""
+    quiet_logs()
+    begin: Literal["earliest", "latest"] = "earliest" if start_from == "earliest" else "latest"
+    run_async(lambda: live.tail(
+        command_settings(config, endpoint_url, **live.live_config(
+            url, start_from=begin, poll_interval=poll_interval, concurrency=concurrency)),
+        as_json=as_json, serve=serve))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--user", envvar="S3CHAT_USER", help="Your name. [default: $S3CHAT_USER, $USER, login name]")
+@s3_options
+def chat(url: str, user: str | None, endpoint_url: str | None, config: str | None) -> None:
+    """Chat in the room s3://BUCKET/ROOM (created if missing): stdin lines out, everyone's in; /exit quits."""
+    quiet_logs()
+    name = user or live.default_user()
+    run_async(lambda: live.chat(
+        command_settings(config, endpoint_url, sections=("s3", "producer"), **live.live_config(url)),
+        url, user=name, serve=serve))

@@ -257,6 +257,14 @@ class Store:
                 Bucket=bucket, VersioningConfiguration={"Status": "Enabled"},
             )
 
+    async def create_directory_bucket(self, bucket: str, zone: str) -> None:
+        """Create an S3 Express One Zone directory bucket in the availability zone ``zone`` (an AZ ID
+        such as ``use1-az4``). Directory buckets have no versioning."""
+        config = {"Location": {"Type": "AvailabilityZone", "Name": zone},
+                  "Bucket": {"Type": "Directory", "DataRedundancy": "SingleAvailabilityZone"}}
+        await self._call("CreateBucket", self.client.create_bucket, Bucket=bucket,
+                         CreateBucketConfiguration=config)
+
     async def _call(self, operation: str, method: Any, **params: Any) -> Any:
         async def once() -> Any:
             with translate(operation, bucket=params.get("Bucket")):

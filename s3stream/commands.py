@@ -1,0 +1,191 @@
+"""One-shot commands on messages: ``publish``, ``get`` and ``history``, and what the commands share.
+
+Each command takes validated :class:`~s3stream.config.Settings` and raises
+:class:`~s3stream.errors.S3StreamError` on failure; the command line turns that into one line on
+stderr and an exit code. Output goes to stdout; summaries and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import click
+
+from s3stream.config import Settings, build_settings, parse_s3_url, read_toml
+from s3stream.errors import ConfigError, NotFound
+from s3stream.handlers import message_json
+from s3stream.message import Entry, Message, ms_to_datetime
+from s3stream.poller import oldest_first
+from s3stream.producer import Producer, Published
+from s3stream.store import Store, StoredObject, open_store
+from s3stream.topics import resolve_topic
+
+PUBLISH_BATCH = 1000  # lines read from the input and published concurrently at a time
+FETCH_WINDOW = 16  # versions fetched concurrently by `history`
+
+
+def command_settings(config: str | None, endpoint_url: str | None, *, sections: tuple[str, ...] = ("s3",),
+                     **extra: Any) -> Settings:
+    """Settings from the given ``sections`` of a TOML config file, ``--endpoint-url`` and ``extra``
+    (a dict value is merged into its section, anything else replaces it)."""
+    read = read_toml(config) if config else {}
+    data: dict[str, Any] = {name: read[name] for name in sections if name in read}
+    if endpoint_url:
+        data.setdefault("s3", {})["endpoint_url"] = endpoint_url
+    for name, value in extra.items():
+        if isinstance(value, dict):
+            data.setdefault(name, {}).update(value)
+        else:
+            data[name] = value
+    return build_settings(data)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/rest`` to ``(bucket, rest)``, or a ConfigError naming the URL."""
+    try:
+        return parse_s3_url(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC (``2026-11-23T14:46:00Z``, milliseconds when there are some)."""
+    spec = "milliseconds" if ms % 1000 else "seconds"
+    return ms_to_datetime(ms).isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+async def key_versions(store: Store, bucket: str, key: str) -> list[Entry]:
+    """Every version and delete marker of exactly ``key`` (not of keys it is a prefix of), oldest first."""
+    found: list[Entry] = []
+    key_marker: str | None = None
+    version_marker: str | None = None
+    while True:
+        page = await store.list_versions(bucket, key, key_marker=key_marker, version_id_marker=version_marker)
+        found.extend(e for e in page.entries if e.key == key)
+        if not page.truncated:
+            return oldest_first(found)
+        key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
+
+
+async def object_key(store: Store, url: str, message_key: str | None) -> tuple[str, str]:
+    """The ``(bucket, object key)`` a command addresses: the URL itself, or with ``--key`` the object of
+    that message key in the topic at the URL (its shard's prefix plus the key; versions layout only)."""
+    bucket, path = split_url(url)
+    if message_key is None:
+        if not path:
+            raise ConfigError(f"{url}: expected s3://BUCKET/KEY")
+        return bucket, path
+    topic = await resolve_topic(store, bucket, path)
+    if topic.layout != "versions":
+        raise ConfigError(f"topic {topic.name!r} has the log layout: its messages are not stored under "
+                          "their key; give the object key in the URL instead of --key")
+    return bucket, topic.shard_prefix(topic.shard_of(message_key)) + message_key
+
+
+def published_line(published: Published) -> str:
+    """``KEY [VERSION_ID]`` (plus ``offset N`` for a message stored in a segment)."""
+    parts = [published.key]
+    if published.version_id:
+        parts.append(published.version_id)
+    if published.offset is not None:
+        parts.append(f"offset {published.offset}")
+    return " ".join(parts)
+
+
+async def publish(settings: Settings, url: str, *, key: str | None, body: bytes | None, lines: bool) -> None:
+    """Publish ``body`` (stdin when None) as one message, or with ``lines`` one message per non-empty
+    line, concurrently in batches (one at a time when they share a key in the versions layout, so that
+    the key's versions keep the input's order)."""
+    async with Producer(settings) as producer:
+        versions = (await producer.topic(url)).layout == "versions"
+
+        def key_of() -> str | None:
+            # A keyless message of the versions layout gets a random name, as the producer would give
+            # it, but chosen here so that it is hashed to a shard: keyless messages spread over shards.
+            return uuid.uuid4().hex if key is None and versions else key
+
+        if not lines:
+            data = sys.stdin.buffer.read() if body is None else body
+            click.echo(published_line(await producer.publish(url, data, key=key_of())))
+            return
+        source = sys.stdin.buffer if body is None else io.BytesIO(body)
+        started = time.monotonic()
+        count = 0
+        for batch in _batches(source, 1 if key is not None and versions else PUBLISH_BATCH):
+            await producer.publish_many(url, [(key_of(), line) for line in batch])
+            count += len(batch)
+    elapsed = time.monotonic() - started
+    rate = count / elapsed if elapsed > 0 else 0.0
+    click.echo(f"published {count} messages in {elapsed:.2f}s ({rate:.0f} msg/s)", err=True)
+
+
+def _batches(source: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """The non-empty lines of ``source`` (without their line ends), ``size`` at a time."""
+    batch: list[bytes] = []
+    for raw in source:
+        line = raw.rstrip(b"\r\n")
+        if line.strip():
+            batch.append(line)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def get(settings: Settings, url: str, *, version_id: str | None, key: str | None) -> None:
+    """Write the latest (or the given) version's body to stdout, byte for byte."""
+    async with open_store(settings.s3, max_connections=4) as store:
+        bucket, name = await object_key(store, url, key)
+        try:
+            obj = await store.get_object(bucket, name, version_id)
+        except NotFound as exc:
+            what = f"version {version_id} of s3://{bucket}/{name}" if version_id else f"s3://{bucket}/{name}"
+            raise NotFound(f"{what} does not exist (or its latest version is a delete marker)",
+                           code=exc.code, operation=exc.operation) from None
+    sys.stdout.buffer.write(obj.body)
+    sys.stdout.buffer.flush()
+
+
+async def history(settings: Settings, url: str, *, key: str | None, as_json: bool) -> None:
+    """Print every version and delete marker of one key, oldest first, one line each."""
+    async with open_store(settings.s3, max_connections=FETCH_WINDOW + 2) as store:
+        bucket, name = await object_key(store, url, key)
+        entries = await key_versions(store, bucket, name)
+        if not entries:
+            raise NotFound(f"s3://{bucket}/{name} has no versions", operation="ListObjectVersions")
+        for start in range(0, len(entries), FETCH_WINDOW):
+            window = entries[start:start + FETCH_WINDOW]
+            fetched = await asyncio.gather(*(_fetch(store, bucket, e) for e in window))
+            for entry, obj in zip(window, fetched, strict=True):
+                click.echo(_history_line(bucket, entry, obj, as_json), nl=False)
+
+
+async def _fetch(store: Store, bucket: str, entry: Entry) -> StoredObject | None:
+    if entry.deleted:
+        return None
+    return await store.get_object(bucket, entry.key, entry.version_id)
+
+
+def _history_line(bucket: str, entry: Entry, obj: StoredObject | None, as_json: bool) -> str:
+    """``LAST_MODIFIED  VERSION_ID  BODY`` (the body on one line), or the message's JSON line."""
+    body = obj.body if obj is not None else b""
+    if as_json:
+        message = Message(bucket=bucket, key=entry.key, version_id=entry.version_id,
+                          last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size,
+                          etag=entry.etag, body=body, deleted=entry.deleted)
+        return message_json(message).decode("utf-8")
+    text = "(delete marker)" if entry.deleted else one_line(body)
+    return f"{iso(entry.last_modified_ms)}  {entry.version_id}  {text}\n"
+
+
+def one_line(body: bytes) -> str:
+    """A body as text on one line: trailing line ends dropped, inner ones shown as ``\\n``."""
+    text = body.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -1,0 +1,87 @@
+"""Dead letters: messages a handler kept failing on (or that could not be decoded), set aside.
+
+Each dead letter is one JSON object under the control prefix,
+``_s3stream/dead-letters/<group>/<shard>/<time>-<id>.json``, holding the original bucket, key,
+version and offset, the error, the number of attempts, the time, and the body (base64) when it is at
+most ``BODY_LIMIT`` bytes. The stream moves on and the checkpoint passes the message: the dead letter
+is now where it lives. ``s3stream dlq list|replay|purge`` work on them.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+from s3stream.checkpoint import shard_name
+from s3stream.message import Message
+from s3stream.store import Store
+
+BODY_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter as stored."""
+
+    key: str  # where the dead letter itself is stored
+    original_bucket: str
+    original_key: str
+    version_id: str
+    offset: int | None
+    error: str
+    attempts: int
+    time_ms: int
+    body: bytes | None
+
+    @classmethod
+    def from_json(cls, key: str, data: bytes) -> DeadLetter:
+        doc = orjson.loads(data)
+        body = base64.b64decode(doc["body_b64"]) if doc.get("body_b64") is not None else None
+        return cls(key=key, original_bucket=doc["bucket"], original_key=doc["key"],
+                   version_id=doc["version_id"], offset=doc.get("offset"), error=doc["error"],
+                   attempts=int(doc["attempts"]), time_ms=int(doc["time_ms"]), body=body)
+
+
+def group_prefix(control_prefix: str, group: str) -> str:
+    return f"{control_prefix.strip('/')}/dead-letters/{group}/"
+
+
+class DeadLetters:
+    """Writes the dead letters of one consumer group."""
+
+    def __init__(self, store: Store, *, control_prefix: str, group: str) -> None:
+        self.store = store
+        self.prefix = group_prefix(control_prefix, group)
+
+    async def add(self, shard_prefix: str, message: Message, *, error: str, attempts: int) -> str:
+        """Store a dead letter next to the original's bucket; returns its key."""
+        now_ms = int(time.time() * 1000)
+        key = f"{self.prefix}{shard_name(shard_prefix)}/{now_ms:013d}-{uuid.uuid4().hex[:12]}.json"
+        doc = {
+            "bucket": message.bucket, "key": message.key, "version_id": message.version_id,
+            "offset": message.offset, "partition_key": message.partition_key, "deleted": message.deleted,
+            "error": error[:4000], "attempts": attempts, "time_ms": now_ms,
+            "body_b64": base64.b64encode(message.body).decode() if len(message.body) <= BODY_LIMIT else None,
+        }
+        await self.store.put_object(message.bucket, key, orjson.dumps(doc), if_none_match=True,
+                                    content_type="application/json")
+        return key
+
+
+async def iter_dead_letters(store: Store, bucket: str, control_prefix: str,
+                            group: str) -> AsyncIterator[DeadLetter]:
+    """Every dead letter of ``group`` in ``bucket``, oldest first within each shard."""
+    prefix, token = group_prefix(control_prefix, group), None
+    while True:
+        page = await store.list_objects(bucket, prefix, token=token)
+        for entry in sorted(page.entries, key=lambda e: e.key):
+            obj = await store.get_object(bucket, entry.key)
+            yield DeadLetter.from_json(entry.key, obj.body)
+        token = page.next_token
+        if token is None:
+            return
