@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
+from s3stream import metrics
 from s3stream.errors import RetriableError
 from s3stream.shard import Shard
 
@@ -33,10 +35,21 @@ class Checkpointer:
                 async with asyncio.timeout(self.interval):
                     await self.wake.wait()
             self.wake.clear()
+            self.observe_lag()
             try:
                 await self.flush()
             except RetriableError as exc:
                 log.warning("checkpoint commit failed; will retry", error=str(exc))
+
+    def observe_lag(self) -> None:
+        """Per-shard lag gauges: unfinished items, and the age of the oldest of them."""
+        now_ms = time.time() * 1000
+        for shard in self.shards:
+            oldest = shard.cursor.oldest_in_flight_ms()
+            metrics.LAG_ITEMS.labels(shard=shard.name).set(shard.cursor.in_flight)
+            metrics.LAG_SECONDS.labels(shard=shard.name).set(
+                0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000)
+            )
 
     async def flush(self) -> None:
         """Commit every shard whose done set changed since its last commit."""
@@ -48,5 +61,6 @@ class Checkpointer:
             await shard.checkpoints.save(snapshot)
             shard.saved_generation = generation
             self.commits += 1
+            metrics.CHECKPOINT_COMMITS.labels(shard=shard.name).inc()
             log.debug("committed", shard=shard.name, watermark_ms=shard.cursor.watermark_ms,
                       done=len(snapshot.done))

@@ -59,7 +59,9 @@ class ConsumerSettings(_Model):
     settle_window: float = Field(default=30.0, ge=0, description="How late a version may become visible.")
     start_from: Literal["earliest", "latest"] = "earliest"
     page_size: int = Field(default=1000, gt=0, le=1000)
-    handler_attempts: int = Field(default=5, ge=1)
+    handler_attempts: int = Field(default=5, ge=1, description="Tries before dead-lettering.")
+    handler_timeout: float | None = Field(default=300.0, gt=0, description="Seconds per handler call.")
+    dead_letters: bool = Field(default=True, description="Set failing messages aside (else stop).")
     shutdown_grace: float = Field(default=30.0, ge=0)
     checkpoint: CheckpointSettings = CheckpointSettings()
 
@@ -74,6 +76,14 @@ class ProducerSettings(_Model):
     compression: Literal["none", "gzip", "zstd"] = "none"
     multipart_threshold: int = Field(default=16 << 20, ge=5 << 20, description="Bodies above: multipart.")
     multipart_part_size: int = Field(default=8 << 20, ge=5 << 20, description="Size of each part.")
+
+
+class MetricsSettings(_Model):
+    """The HTTP endpoint for ``/metrics``, ``/healthz`` and ``/readyz`` (off unless a port is set)."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    ready_after: float = Field(default=60.0, gt=0, description="A shard not polled for this long: not ready.")
 
 
 class SourceSettings(_Model):
@@ -114,6 +124,7 @@ class Settings(_Model):
     s3: S3Settings = S3Settings()
     consumer: ConsumerSettings = ConsumerSettings()
     producer: ProducerSettings = ProducerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
 

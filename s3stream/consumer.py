@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import structlog
@@ -22,14 +23,16 @@ from s3stream.checkpoint import (
 from s3stream.checkpointer import Checkpointer
 from s3stream.config import ConsumerSettings, Settings, SourceSettings
 from s3stream.cursor import Checkpoint, VersionCursor
+from s3stream.deadletter import DeadLetters
 from s3stream.errors import ConfigError
 from s3stream.handlers import Handler, as_handler, build_handler
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
+from s3stream.metrics import HealthServer
 from s3stream.poller import Poller
 from s3stream.shard import Shard
 from s3stream.store import Store, open_store
-from s3stream.topics import Layout, resolve_topic
+from s3stream.topics import CONTROL_PREFIX, Layout, resolve_topic
 from s3stream.workers import WorkerPool
 
 log = structlog.get_logger("s3stream.consumer")
@@ -45,6 +48,7 @@ class Consumer:
         self.settings = settings
         self.shards: list[Shard] = []
         self.pool: WorkerPool | None = None
+        self.health: HealthServer | None = None
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
@@ -61,12 +65,18 @@ class Consumer:
         """Run until :meth:`stop`; raises the first fatal error (after committing completed work)."""
         consumer = self.settings.consumer
         self._build_handlers()
+        health = self._health_server()
         try:
+            if health is not None:
+                await health.start()
+                log.info("metrics and health endpoints", url=f"http://{health.host}:{health.port}/metrics")
             async with open_store(self.settings.s3, max_connections=consumer.concurrency + 8) as store:
                 for src in self.settings.sources:
                     self.shards += await self._open_shards(store, src)
                 await self._pipeline(store)
         finally:
+            if health is not None:
+                await health.stop()
             for handler in self._handlers.values():
                 with contextlib.suppress(Exception):
                     await handler.close()
@@ -74,7 +84,10 @@ class Consumer:
     async def _pipeline(self, store: Store) -> None:
         consumer = self.settings.consumer
         checkpointer = Checkpointer(self.shards, interval=consumer.checkpoint.interval)
+        dead_letters = (DeadLetters(store, control_prefix=CONTROL_PREFIX, group=consumer.group)
+                        if consumer.dead_letters else None)
         pool = WorkerPool(store, queue_size=consumer.queue_size, handler_attempts=consumer.handler_attempts,
+                          handler_timeout=consumer.handler_timeout, dead_letters=dead_letters,
                           on_idle=checkpointer.wake.set)
         self.pool = pool
         try:
@@ -100,6 +113,21 @@ class Consumer:
                     task.cancel()
         finally:
             await asyncio.shield(self._final_commit(checkpointer))
+
+    def _health_server(self) -> HealthServer | None:
+        settings = self.settings.metrics
+        if settings.port is None:
+            return None
+        self.health = HealthServer(settings.host, settings.port, self.readiness)
+        return self.health
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the pipeline runs and every shard completed a poll within ``ready_after`` s."""
+        if not self.started.is_set() or self._stopping.is_set():
+            return False, "starting" if not self._stopping.is_set() else "stopping"
+        limit = self.settings.metrics.ready_after
+        stale = [s.name for s in self.shards if time.monotonic() - s.last_poll > limit]
+        return (not stale, f"not polled for {limit:.0f}s: {', '.join(stale)}" if stale else "ok")
 
     async def _final_commit(self, checkpointer: Checkpointer) -> None:
         try:
@@ -150,11 +178,11 @@ class Consumer:
         else:
             raise ConfigError(f"the checkpoint of s3://{src.bucket}/{prefix} (group {consumer.group!r}) "
                               f"was written for another layout than {layout!r}")
-        control = ckpt.prefix.strip("/") + "/"
+        control = {f"{CONTROL_PREFIX}/", ckpt.prefix.strip("/") + "/"}
         shard = Shard(
             bucket=src.bucket, prefix=prefix, handler=self._handlers[src.handler], checkpoints=checkpoints,
             cursor=cursor, layout=layout, fresh=saved is None,
-            exclude=control if control.startswith(prefix) else None,
+            exclude=tuple(sorted(c for c in control if c.startswith(prefix))),
         )
         shard.saved_generation = cursor.generation if saved is not None else -1
         log.info("shard opened", shard=shard.name, layout=layout, resumed=saved is not None,

@@ -60,6 +60,13 @@ class VersionCursor:
         """Every version stamped before this was visible to a complete listing pass."""
         return self._horizon_ms
 
+    def oldest_in_flight_ms(self) -> int | None:
+        """LastModified of the oldest version handed out and not complete (None when idle)."""
+        heap = self._inflight_heap
+        while heap and (heap[0][1], heap[0][2]) not in self._inflight:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
     def is_new(self, entry: Entry) -> bool:
         """True when ``entry`` has not been handled and is not being handled."""
         if entry.last_modified_ms < self.watermark_ms:
@@ -100,10 +107,8 @@ class VersionCursor:
         self.generation += 1
 
     def _advance(self) -> None:
-        heap = self._inflight_heap
-        while heap and (heap[0][1], heap[0][2]) not in self._inflight:
-            heapq.heappop(heap)  # completed since it was pushed
-        target = self._horizon_ms if not heap else min(self._horizon_ms, heap[0][0])
+        oldest = self.oldest_in_flight_ms()
+        target = self._horizon_ms if oldest is None else min(self._horizon_ms, oldest)
         if target <= self.watermark_ms:
             return
         self.watermark_ms = target

@@ -73,6 +73,7 @@ class LogCursor:
         self._done: dict[int, dict[str, RangeSet]] = {}
         self._others: dict[int, set[str]] = {}
         self._inflight: dict[str, int] = {}
+        self._inflight_ms: dict[str, int] = {}
         self._inflight_dirs: Counter[int] = Counter()
         self.horizon_ms = 0
         self.generation = 0
@@ -90,6 +91,10 @@ class LogCursor:
     def watermark_ms(self) -> int:
         """Same meaning as the versions cursor's: everything before it is handled."""
         return self.sealed_ms
+
+    def oldest_in_flight_ms(self) -> int | None:
+        """LastModified of the oldest object handed out and not complete (None when idle)."""
+        return min(self._inflight_ms.values(), default=None)
 
     def open_dirs(self, now_ms: int, settle_ms: int, limit: int) -> list[int]:
         """Directories to list this pass: from the sealed boundary up to ``now + settle`` (clocks
@@ -120,11 +125,13 @@ class LogCursor:
         dir_ms = self.dir_of(entry.key)
         assert dir_ms is not None
         self._inflight[entry.key] = dir_ms
+        self._inflight_ms[entry.key] = entry.last_modified_ms
         self._inflight_dirs[dir_ms] += 1
 
     def complete(self, ident: Ident) -> None:
         key = ident[0]
         dir_ms = self._inflight.pop(key)
+        del self._inflight_ms[key]
         self._inflight_dirs[dir_ms] -= 1
         if not self._inflight_dirs[dir_ms]:
             del self._inflight_dirs[dir_ms]

@@ -11,7 +11,8 @@ from typing import TypeVar
 
 import structlog
 
-from s3stream.errors import RetriableError
+from s3stream import metrics
+from s3stream.errors import RetriableError, Throttled
 
 log = structlog.get_logger("s3stream.retry")
 T = TypeVar("T")
@@ -47,5 +48,29 @@ class RetryPolicy:
                 wait = self.delay(attempt - 1)
                 if attempt >= self.attempts or time.monotonic() + wait > deadline:
                     raise
+                metrics.RETRIES.labels(what=what.split(" ")[0] or "call").inc()
                 log.debug("retrying", what=what, attempt=attempt, error=str(exc), wait=round(wait, 3))
                 await asyncio.sleep(wait)
+
+
+class Throttle:
+    """Adaptive pacing shared by every S3 call of one client: slows down when S3 says SlowDown.
+
+    Each ``Throttled`` answer doubles a pause taken before every request (from 10 ms up to
+    ``max_pause``); each success shrinks it by 10 %. So pollers and producers back off together
+    while S3 scales a prefix, instead of hammering it, and return to full speed once it has.
+    """
+
+    def __init__(self, max_pause: float = 2.0) -> None:
+        self.pause = 0.0
+        self.max_pause = max_pause
+
+    async def wait(self) -> None:
+        if self.pause > 0.001:
+            await asyncio.sleep(self.pause)
+
+    def observe(self, exc: BaseException | None) -> None:
+        if isinstance(exc, Throttled):
+            self.pause = min(self.max_pause, max(0.01, self.pause * 2))
+        elif exc is None and self.pause:
+            self.pause = self.pause * 0.9 if self.pause > 0.001 else 0.0

@@ -29,6 +29,8 @@ class Cursor(Protocol):
 
     def is_new(self, entry: Entry) -> bool: ...
 
+    def oldest_in_flight_ms(self) -> int | None: ...
+
     def start(self, entry: Entry) -> None: ...
 
     def complete(self, ident: tuple[str, str]) -> None: ...
@@ -49,7 +51,7 @@ class Shard:
     cursor: Cursor = field(default_factory=VersionCursor)
     layout: Literal["versions", "log"] = "versions"
     fresh: bool = True  # no checkpoint existed when the consumer started
-    exclude: str | None = None  # the control prefix, when it lies inside this prefix
+    exclude: tuple[str, ...] = ()  # control prefixes (checkpoints, dead letters) inside this prefix
     saved_generation: int = -1
     last_poll: float = field(default_factory=time.monotonic)
 
@@ -58,8 +60,8 @@ class Shard:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def wants(self, key: str) -> bool:
-        """False for keys s3stream itself writes (checkpoints under the control prefix)."""
-        return self.exclude is None or not key.startswith(self.exclude)
+        """False for keys s3stream itself writes (checkpoints, topics, dead letters)."""
+        return not key.startswith(self.exclude) if self.exclude else True
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,10 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from s3stream import errors
+from s3stream import errors, metrics
 from s3stream.config import S3Settings
 from s3stream.message import Entry
-from s3stream.retry import RetryPolicy
+from s3stream.retry import RetryPolicy, Throttle
 
 _ENTRIES = "S3StreamEntries"
 
@@ -85,6 +85,7 @@ class Store:
     def __init__(self, client: Any, retry: RetryPolicy) -> None:
         self.client = client
         self.retry = retry
+        self.throttle = Throttle()
 
     async def list_versions(
         self, bucket: str, prefix: str, *, key_marker: str | None = None,
@@ -111,7 +112,7 @@ class Store:
             params["VersionId"] = version_id
 
         async def fetch() -> StoredObject:
-            with translate("GetObject", bucket=bucket):
+            async with self._paced("GetObject", bucket):
                 resp = await self.client.get_object(**params)
                 async with resp["Body"] as stream:
                     body = await stream.read()
@@ -267,10 +268,23 @@ class Store:
 
     async def _call(self, operation: str, method: Any, **params: Any) -> Any:
         async def once() -> Any:
-            with translate(operation, bucket=params.get("Bucket")):
+            async with self._paced(operation, params.get("Bucket")):
                 return await method(**params)
 
         return await self.retry.call(once, what=operation)
+
+    @contextlib.asynccontextmanager
+    async def _paced(self, operation: str, bucket: str | None) -> AsyncIterator[None]:
+        """One attempt of one request: paced by the throttle, counted, errors translated."""
+        await self.throttle.wait()
+        metrics.S3_REQUESTS.labels(operation=operation).inc()
+        try:
+            with translate(operation, bucket=bucket):
+                yield
+        except errors.StoreError as exc:
+            self.throttle.observe(exc)
+            raise
+        self.throttle.observe(None)
 
 
 @contextlib.asynccontextmanager

@@ -10,13 +10,15 @@ bounded, and pollers wait when it is reached.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from urllib.parse import unquote
 
 import structlog
 
-from s3stream import segments
+from s3stream import metrics, segments
+from s3stream.deadletter import DeadLetters
 from s3stream.errors import HandlerFailed, NotFound, RetriableError
 from s3stream.message import Message, ms_to_datetime
 from s3stream.retry import RetryPolicy
@@ -31,6 +33,7 @@ class WorkerPool:
     """A bounded queue of :class:`WorkItem` and the workers that drain it."""
 
     def __init__(self, store: Store, *, queue_size: int, handler_attempts: int,
+                 handler_timeout: float | None = None, dead_letters: DeadLetters | None = None,
                  on_idle: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=queue_size)
@@ -40,6 +43,8 @@ class WorkerPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._handler_retry = RetryPolicy(attempts=handler_attempts, max_elapsed=float("inf"))
+        self._handler_timeout = handler_timeout
+        self._dead_letters = dead_letters
         self._on_idle = on_idle
 
     @property
@@ -53,6 +58,8 @@ class WorkerPool:
         self._pending += 1
         self._idle.clear()
         self.queue.put_nowait(item)
+        metrics.QUEUE_DEPTH.set(self.queue.qsize())
+        metrics.IN_FLIGHT.set(self._pending)
 
     async def wait_idle(self) -> None:
         """Return once every handed-out item has completed."""
@@ -62,6 +69,7 @@ class WorkerPool:
         """One worker: runs until cancelled."""
         while True:
             item = await self.queue.get()
+            metrics.QUEUE_DEPTH.set(self.queue.qsize())
             lane = (id(item.shard), item.entry.lane or item.entry.key)
             parked = self._active.get(lane)
             if parked is not None:
@@ -78,10 +86,19 @@ class WorkerPool:
     async def _run(self, item: WorkItem) -> None:
         shard, entry = item.shard, item.entry
         bound = log.bind(shard=shard.name, key=entry.key, version_id=entry.version_id)
-        for message in await self._fetch(item, bound):
+        try:
+            messages = await self._fetch(item, bound)
+        except segments.SegmentError as exc:  # nothing to retry: set it aside with the reason
+            raw = Message(bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
+                          last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size,
+                          etag=entry.etag, body=b"")
+            await self._dead_letter(shard, raw, f"undecodable: {exc}", 0, bound)
+            messages = []
+        for message in messages:
             await self._dispatch(shard, message, bound)
         shard.cursor.complete(entry.ident)
         self._pending -= 1
+        metrics.IN_FLIGHT.set(self._pending)
         self._slots.release()
         if self._pending == 0:
             self._idle.set()
@@ -113,31 +130,55 @@ class WorkerPool:
 
         name = parse_log_key(entry.key) if shard.layout == "log" else None
         if name is not None and name.is_segment:
-            try:
-                lines = segments.decode(obj.body, name.suffix)
-            except segments.SegmentError as exc:
-                raise HandlerFailed(f"s3://{shard.bucket}/{entry.key}: {exc}") from None
+            lines = segments.decode(obj.body, name.suffix)
             return [make(body, key, i) for i, (key, body) in enumerate(lines)]
         quoted = obj.metadata.get(KEY_METADATA)
         return [make(obj.body, unquote(quoted) if quoted is not None else None)]
 
     async def _dispatch(self, shard: Shard, message: Message,
                         bound: structlog.typing.FilteringBoundLogger) -> None:
+        """Call the handler under the retry policy and timeout; dead-letter it if it keeps failing."""
         attempts = 0
+        handler = shard.handler
 
         async def once() -> None:
             nonlocal attempts
             attempts += 1
+            started = time.perf_counter()
             try:
-                await shard.handler.handle(message)
+                async with asyncio.timeout(self._handler_timeout):
+                    await handler.handle(message)
             except Exception as exc:
+                metrics.ERRORS.labels(kind=f"handler:{metrics.error_kind(exc)}").inc()
                 bound.warning("handler failed", attempt=attempts, error=repr(exc))
                 raise
+            finally:
+                metrics.HANDLER_SECONDS.labels(handler=handler.name).observe(time.perf_counter() - started)
 
         try:
             await self._handler_retry.call(once, what="handler", retry_on=(Exception,))
         except Exception as exc:
-            raise HandlerFailed(
-                f"handler {shard.handler.name!r} failed {attempts} times on "
-                f"s3://{message.bucket}/{message.key} version {message.version_id}: {exc!r}"
-            ) from exc
+            error = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+            if self._dead_letters is None:
+                raise HandlerFailed(
+                    f"handler {handler.name!r} failed {attempts} times on "
+                    f"s3://{message.bucket}/{message.key} version {message.version_id}: {error}"
+                ) from exc
+            await self._dead_letter(shard, message, error, attempts, bound)
+            return
+        metrics.MESSAGES_CONSUMED.labels(shard=shard.name).inc()
+        metrics.BYTES_CONSUMED.labels(shard=shard.name).inc(len(message.body))
+
+    async def _dead_letter(self, shard: Shard, message: Message, error: str, attempts: int,
+                           bound: structlog.typing.FilteringBoundLogger) -> None:
+        if self._dead_letters is None:
+            raise HandlerFailed(f"s3://{message.bucket}/{message.key}: {error}")
+        while True:
+            try:
+                where = await self._dead_letters.add(shard.prefix, message, error=error, attempts=attempts)
+                break
+            except RetriableError as exc:  # the message must land somewhere before it is passed
+                bound.warning("dead letter write keeps failing; retrying", error=str(exc))
+                await asyncio.sleep(self.store.retry.cap)
+        metrics.DEAD_LETTERS.labels(shard=shard.name).inc()
+        bound.error("dead-lettered", attempts=attempts, error=error, dead_letter=where)
