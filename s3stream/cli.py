@@ -14,7 +14,7 @@ from click.core import ParameterSource
 
 from s3stream import admin, commands, describe, live, logs
 from s3stream.commands import command_settings
-from s3stream.config import Settings, build_settings, load_settings, read_toml
+from s3stream.config import Settings, build_settings, read_toml
 from s3stream.consumer import Consumer
 from s3stream.errors import ConfigError, HandlerError, S3StreamError, StoreError
 from s3stream.topics import Layout, TopicExists
@@ -87,6 +87,8 @@ def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
         consumer.setdefault("checkpoint", {}).update(store="file", directory=opts["checkpoint_dir"])
     if opts.get("endpoint_url") is not None:
         data.setdefault("s3", {})["endpoint_url"] = opts["endpoint_url"]
+    if opts.get("metrics_port") is not None:
+        data.setdefault("metrics", {})["port"] = opts["metrics_port"]
     data["sources"] = [{"url": url, "handler": opts.get("handler") or "stdout"}]
     return build_settings(data)
 
@@ -116,6 +118,7 @@ def quiet_logs() -> None:
 @click.option("--poll-interval", type=float, help="Seconds between polls while busy.")
 @click.option("--concurrency", type=int, help="Workers fetching and handling in parallel.")
 @click.option("--checkpoint-dir", help="Keep checkpoints in this local folder instead of S3.")
+@click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
 @s3_options
 def consume(url: str, config: str | None, **opts: Any) -> None:
     """Stream every version under s3://BUCKET/PREFIX to a handler until SIGTERM/SIGINT."""
@@ -129,10 +132,14 @@ def consume(url: str, config: str | None, **opts: Any) -> None:
 
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="TOML config file.")
-def run(config: str) -> None:
+@click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
+def run(config: str, metrics_port: int | None) -> None:
     """Run the consumer described by a config file (several sources and handlers)."""
     try:
-        consumer = Consumer(load_settings(config))
+        data = read_toml(config)
+        if metrics_port is not None:
+            data.setdefault("metrics", {})["port"] = metrics_port
+        consumer = Consumer(build_settings(data))
     except S3StreamError as exc:
         fail(exc)
     run_async(lambda: serve(consumer))
@@ -315,3 +322,8 @@ def chat(url: str, user: str | None, endpoint_url: str | None, config: str | Non
     run_async(lambda: live.chat(
         command_settings(config, endpoint_url, sections=("s3", "producer"), **live.live_config(url)),
         url, user=name, serve=serve))
+
+
+from s3stream import opscli as _opscli  # noqa: E402  (registers `config` and `dlq` on `main`)
+
+__all__ = ["_opscli", "main"]

@@ -6,8 +6,10 @@ A bad value raises :class:`~s3stream.errors.ConfigError` whose message names the
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,12 +143,46 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def build_settings(data: dict[str, Any]) -> Settings:
-    """Validate a plain dict (as read from TOML) into :class:`Settings`, or raise ConfigError."""
+ENV_PREFIX = "S3STREAM_"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """``S3STREAM_SECTION__KEY=value`` variables as ``{(section, key): (variable, value)}``.
+
+    Values are read as TOML values when they parse (``8``, ``true``, ``2.5``, ``"x"``), else as
+    strings. Variables without ``__`` (such as ``S3STREAM_LOG_LEVEL``) are not config.
+    """
+    out: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[path] = (name, value)
+    return out
+
+
+def build_settings(data: dict[str, Any], *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate a plain dict (as read from TOML), with ``S3STREAM_…`` overrides from ``environ``
+    (the process environment unless given), into :class:`Settings`, or raise ConfigError."""
+    overrides = env_overrides(os.environ if environ is None else environ)
+    data = copy.deepcopy(data)
+    for path, (_, value) in overrides.items():
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        origins = {".".join(path): name for path, (name, _) in overrides.items()}
+        raise ConfigError(describe_validation_error(exc, origins)) from None
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -167,8 +203,9 @@ def load_settings(path: str | Path) -> Settings:
     return build_settings(read_toml(path))
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """pydantic's errors as ``field.path: what is wrong (got VALUE)`` lines joined by ``; ``."""
+def describe_validation_error(exc: ValidationError, origins: Mapping[str, str] | None = None) -> str:
+    """pydantic's errors as ``field.path: what is wrong (got VALUE)`` lines joined by ``; ``;
+    a field set from the environment names its variable."""
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "config"
@@ -178,5 +215,6 @@ def describe_validation_error(exc: ValidationError) -> str:
         got = err.get("input")
         shown = err["type"] != "missing" and not isinstance(got, dict | list) and "secret" not in field
         suffix = f" (got {got!r})" if shown else ""
-        parts.append(f"{field}: {message}{suffix}")
+        origin = (origins or {}).get(field)
+        parts.append(f"{field}: {message}{suffix}" + (f" (from {origin})" if origin else ""))
     return "invalid config: " + "; ".join(parts)

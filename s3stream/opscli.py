@@ -1,0 +1,141 @@
+"""Operations commands: ``config check|show`` and ``dlq list|replay|purge``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from s3stream.cli import fail, main, run_async, s3_options
+from s3stream.commands import command_settings, iso, split_url
+from s3stream.config import Settings, build_settings, read_toml
+from s3stream.deadletter import DeadLetter, iter_dead_letters
+from s3stream.errors import ConfigError, S3StreamError
+from s3stream.handlers import build_handler
+from s3stream.message import Message, ms_to_datetime
+from s3stream.store import open_store
+from s3stream.topics import CONTROL_PREFIX
+
+
+@main.group("config")
+def config_group() -> None:
+    """Validate and show configuration."""
+
+
+def _settings(path: str | None) -> Settings:
+    return build_settings(read_toml(path) if path else {})
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Validate FILE (with S3STREAM_… overrides); exit 2 naming the bad field."""
+    try:
+        settings = _settings(file)
+        for src in settings.sources:
+            spec = settings.handlers.get(src.handler)
+            build_handler(spec.use if spec else src.handler, spec.options() if spec else None)
+    except S3StreamError as exc:
+        fail(exc)
+    click.echo(f"{file}: ok ({len(settings.sources)} source(s), {len(settings.handlers)} handler(s))")
+
+
+@config_group.command("show")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+def config_show(file: str | None) -> None:
+    """Print the effective config as JSON: defaults, FILE, then S3STREAM_… overrides. Secrets masked."""
+    try:
+        settings = _settings(file)
+    except S3StreamError as exc:
+        fail(exc)
+    doc = settings.model_dump(mode="json")
+    if doc["s3"].get("secret_access_key"):
+        doc["s3"]["secret_access_key"] = "**********"
+    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters of a consumer group: list, replay through a handler, purge."""
+
+
+def _dlq_options(func: Any) -> Any:
+    func = s3_options(func)
+    func = click.option("--group", default="default", show_default=True, help="Consumer group.")(func)
+    return click.argument("url")(func)
+
+
+async def _matching(settings: Settings, url: str, group: str) -> list[DeadLetter]:
+    bucket, prefix = split_url(url)
+    async with open_store(settings.s3) as store:
+        return [dl async for dl in iter_dead_letters(store, bucket, CONTROL_PREFIX, group)
+                if dl.original_key.startswith(prefix)]
+
+
+@dlq.command("list")
+@_dlq_options
+def dlq_list(url: str, group: str, endpoint_url: str | None, config: str | None) -> None:
+    """One line per dead letter under s3://BUCKET/PREFIX: time, key, version, attempts, error."""
+
+    async def go() -> None:
+        for dl in await _matching(command_settings(config, endpoint_url), url, group):
+            where = dl.original_key + (f"#{dl.offset}" if dl.offset is not None else "")
+            click.echo(f"{iso(dl.time_ms)}  {where}  {dl.version_id}  attempts={dl.attempts}  {dl.error}")
+
+    run_async(go)
+
+
+@dlq.command("purge")
+@_dlq_options
+@click.option("--yes", is_flag=True, help="Confirm: the dead letters are deleted for good.")
+def dlq_purge(url: str, group: str, yes: bool, endpoint_url: str | None, config: str | None) -> None:
+    """Delete the dead letters under s3://BUCKET/PREFIX."""
+    if not yes:
+        fail(ConfigError("dlq purge deletes dead letters for good: add --yes"))
+
+    async def go() -> None:
+        settings = command_settings(config, endpoint_url)
+        found = await _matching(settings, url, group)
+        bucket, _ = split_url(url)
+        async with open_store(settings.s3) as store:
+            for start in range(0, len(found), 1000):
+                await store.delete_versions(bucket, [(dl.key, None) for dl in found[start:start + 1000]])
+        click.echo(f"purged {len(found)} dead letter(s)", err=True)
+
+    run_async(go)
+
+
+@dlq.command("replay")
+@_dlq_options
+@click.option("--handler", "spec", default="stdout", show_default=True, help="Handler to replay into.")
+def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config: str | None) -> None:
+    """Hand each dead letter to a handler again; those it accepts are deleted, the rest stay."""
+
+    async def go() -> None:
+        settings = command_settings(config, endpoint_url, sections=("s3", "handlers"))
+        named = settings.handlers.get(spec)
+        handler = build_handler(named.use, named.options(), name=spec) if named else build_handler(spec)
+        bucket, _ = split_url(url)
+        done = failed = 0
+        async with open_store(settings.s3) as store:
+            for dl in await _matching(settings, url, group):
+                body = dl.body
+                if body is None:
+                    body = (await store.get_object(dl.original_bucket, dl.original_key, dl.version_id)).body
+                message = Message(bucket=dl.original_bucket, key=dl.original_key, version_id=dl.version_id,
+                                  last_modified=ms_to_datetime(dl.time_ms), size=len(body), etag="",
+                                  body=body, offset=dl.offset)
+                try:
+                    await handler.handle(message)
+                except Exception as exc:
+                    failed += 1
+                    click.echo(f"still failing: {dl.original_key}: {exc!r}", err=True)
+                    continue
+                await store.delete_object(bucket, dl.key)
+                done += 1
+        await handler.close()
+        click.echo(f"replayed {done}, still failing {failed}", err=True)
+
+    run_async(go)
