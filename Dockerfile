@@ -1,7 +1,7 @@
 # s3stream: consume every version under an S3 prefix and hand it to handler plugins.
 #
 #   docker build -t s3stream .
-#   docker run --rm \
+#   docker run --rm -p 127.0.0.1:9464:9464 \
 #       -v "$PWD/config/minimal.toml:/etc/s3stream/config.toml:ro" \
 #       -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY \
 #       s3stream
@@ -35,6 +35,14 @@ RUN groupadd --gid 10001 s3stream \
     && mkdir -p /etc/s3stream
 USER 10001:10001
 WORKDIR /var/lib/s3stream
+
+# Metrics and health on 9464 (inside the container's own network namespace, so 0.0.0.0 here only
+# exposes it to what you publish with -p); /healthz answers while the process is alive.
+ENV S3STREAM_METRICS__PORT=9464 \
+    S3STREAM_METRICS__HOST=0.0.0.0
+EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"]
 
 # Exec form: s3stream is PID 1 and receives SIGTERM itself, stopping gracefully within
 # consumer.shutdown_grace (keep `docker stop -t` / terminationGracePeriodSeconds above it).

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import quote
 
-from s3stream import segments
+from s3stream import metrics, segments
 from s3stream.config import Settings, parse_s3_url
 from s3stream.errors import PreconditionFailed
 from s3stream.store import Store, open_store
@@ -119,6 +119,7 @@ class Producer:
                                metadata: dict[str, str] | None) -> Published:
         name = topic.shard_prefix(topic.shard_of(key)) + (key if key is not None else uuid.uuid4().hex)
         etag, version = await self._put(topic.bucket, name, data, create_only=False, metadata=metadata)
+        _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
     async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
@@ -129,6 +130,7 @@ class Producer:
         if key is not None:
             meta[KEY_METADATA] = quote(key, safe="")
         etag, version = await self._put(topic.bucket, name, data, create_only=True, metadata=meta)
+        _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
     async def _add_to_segment(self, topic: Topic, data: bytes, key: str | None) -> Published:
@@ -168,6 +170,7 @@ class Producer:
             if not isinstance(exc, Exception):
                 raise
             return
+        _count(seg.topic, len(seg.items), sum(len(b) for _, b, _ in seg.items))
         for offset, (_, _, future) in enumerate(seg.items):
             if not future.done():
                 future.set_result(Published(key=name, etag=etag, offset=offset))
@@ -194,3 +197,9 @@ class Producer:
                 if not create_only:
                     raise
                 return "", None  # a retry of a PUT that had already succeeded: the name is ours alone
+
+
+def _count(topic: Topic, messages: int, size: int) -> None:
+    label = f"{topic.bucket}/{topic.name}"
+    metrics.MESSAGES_PRODUCED.labels(topic=label).inc(messages)
+    metrics.BYTES_PRODUCED.labels(topic=label).inc(size)
