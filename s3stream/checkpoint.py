@@ -116,11 +116,22 @@ class S3CheckpointStore:
                 content_type="application/json",
             )
         except PreconditionFailed:
+            etag = await self._landed_anyway(body)
+        self._etag = etag
+
+    async def _landed_anyway(self, body: bytes) -> str:
+        """After a 412: our own earlier attempt may have landed with its answer lost. If the stored
+        checkpoint is exactly what we wrote, adopt its ETag; otherwise someone else wrote it."""
+        try:
+            stored = await self._store.get_object(self._bucket, self.key)
+        except NotFound:
+            stored = None
+        if stored is None or stored.body != body:
             raise CheckpointConflict(
                 f"checkpoint s3://{self._bucket}/{self.key} was changed by another consumer; "
                 "is a second consumer running with the same group?"
             ) from None
-        self._etag = etag
+        return stored.etag
 
 
 class FileCheckpointStore:

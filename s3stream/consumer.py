@@ -106,7 +106,7 @@ class Consumer:
                     task.cancel()
                 try:
                     async with asyncio.timeout(consumer.shutdown_grace):
-                        await pool.wait_idle()
+                        await pool.drain()
                 except TimeoutError:
                     log.warning("grace period over; unfinished work will be redelivered", left=pool.pending)
                 for task in [*workers, committer]:

@@ -10,6 +10,7 @@ is now where it lives. ``s3stream dlq list|replay|purge`` work on them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from s3stream.checkpoint import shard_name
+from s3stream.errors import PreconditionFailed
 from s3stream.message import Message
 from s3stream.store import Store
 
@@ -68,8 +70,10 @@ class DeadLetters:
             "error": error[:4000], "attempts": attempts, "time_ms": now_ms,
             "body_b64": base64.b64encode(message.body).decode() if len(message.body) <= BODY_LIMIT else None,
         }
-        await self.store.put_object(message.bucket, key, orjson.dumps(doc), if_none_match=True,
-                                    content_type="application/json")
+        # A 412 is a retry of our own write whose answer was lost: the key is unique to this call.
+        with contextlib.suppress(PreconditionFailed):
+            await self.store.put_object(message.bucket, key, orjson.dumps(doc), if_none_match=True,
+                                        content_type="application/json")
         return key
 
 

@@ -11,11 +11,11 @@ import orjson
 from s3stream.cli import fail, main, run_async, s3_options
 from s3stream.commands import command_settings, iso, split_url
 from s3stream.config import Settings, build_settings, read_toml
-from s3stream.deadletter import DeadLetter, iter_dead_letters
+from s3stream.deadletter import DeadLetter, group_prefix, iter_dead_letters
 from s3stream.errors import ConfigError, S3StreamError
 from s3stream.handlers import build_handler
 from s3stream.message import Message, ms_to_datetime
-from s3stream.store import open_store
+from s3stream.store import Store, open_store
 from s3stream.topics import CONTROL_PREFIX
 
 
@@ -97,14 +97,35 @@ def dlq_purge(url: str, group: str, yes: bool, endpoint_url: str | None, config:
 
     async def go() -> None:
         settings = command_settings(config, endpoint_url)
-        found = await _matching(settings, url, group)
+        found = {dl.key for dl in await _matching(settings, url, group)}
         bucket, _ = split_url(url)
         async with open_store(settings.s3) as store:
-            for start in range(0, len(found), 1000):
-                await store.delete_versions(bucket, [(dl.key, None) for dl in found[start:start + 1000]])
+            idents = await _all_versions(store, bucket, group_prefix(CONTROL_PREFIX, group), found)
+            for start in range(0, len(idents), 1000):
+                await store.delete_versions(bucket, idents[start:start + 1000])
         click.echo(f"purged {len(found)} dead letter(s)", err=True)
 
     run_async(go)
+
+
+async def _all_versions(store: Store, bucket: str, prefix: str,
+                        keys: set[str]) -> list[tuple[str, str | None]]:
+    """Every version and delete marker of ``keys`` (in a versioned bucket a plain delete would leave
+    the dead letter behind as a noncurrent version)."""
+    idents: list[tuple[str, str | None]] = []
+    key_marker: str | None = None
+    version_marker: str | None = None
+    while True:
+        page = await store.list_versions(bucket, prefix, key_marker=key_marker,
+                                         version_id_marker=version_marker)
+        idents += [(e.key, e.version_id if e.version_id != "null" else None)
+                   for e in page.entries if e.key in keys]
+        if not page.truncated:
+            break
+        key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
+    if not idents:  # an unversioned bucket: ListObjectVersions still lists plain objects as "null"
+        idents = [(k, None) for k in keys]
+    return idents
 
 
 @dlq.command("replay")

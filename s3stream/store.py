@@ -7,6 +7,7 @@ retries are switched off so the two never multiply).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import xml.etree.ElementTree as ET
@@ -327,11 +328,24 @@ def translate(operation: str, *, bucket: str | None = None) -> Iterator[None]:
         ) from exc
     except (BotoConnectionError, HTTPClientError, ReadTimeoutError, aiohttp.ClientError,
             TimeoutError, ConnectionError) as exc:
+        if _cancelling():
+            raise asyncio.CancelledError from exc
         raise errors.EndpointUnreachable(
             f"{operation}: cannot reach the S3 endpoint: {exc}", operation=operation
         ) from exc
     except BotoCoreError as exc:
         raise errors.StoreError(f"{operation}: {exc}", operation=operation) from exc
+
+
+def _cancelling() -> bool:
+    """True in a task that was asked to cancel. A cancellation can surface as a connection error (uvloop's
+    ``sock_connect`` cancelled, then aiohappyeyeballs' ``sock.close()`` fails with EBADF): it must stay a
+    cancellation, or the request is retried and the cancelled task (a poller at shutdown) runs on."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 def _from_client_error(exc: ClientError, operation: str, bucket: str | None) -> errors.StoreError:

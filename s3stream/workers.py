@@ -42,6 +42,10 @@ class WorkerPool:
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._running = 0
+        self._none_running = asyncio.Event()
+        self._none_running.set()
+        self._stopping = False
         self._handler_retry = RetryPolicy(attempts=handler_attempts, max_elapsed=float("inf"))
         self._handler_timeout = handler_timeout
         self._dead_letters = dead_letters
@@ -65,11 +69,19 @@ class WorkerPool:
         """Return once every handed-out item has completed."""
         await self._idle.wait()
 
+    async def drain(self) -> None:
+        """Shutdown: start nothing new; return once the items already running have completed.
+        Items still queued or parked stay in flight in their cursor and are redelivered later."""
+        self._stopping = True
+        await self._none_running.wait()
+
     async def worker(self) -> None:
         """One worker: runs until cancelled."""
-        while True:
+        while not self._stopping:
             item = await self.queue.get()
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
+            if self._stopping:
+                return
             lane = (id(item.shard), item.entry.lane or item.entry.key)
             parked = self._active.get(lane)
             if parked is not None:
@@ -78,12 +90,22 @@ class WorkerPool:
             parked = self._active[lane] = deque()
             try:
                 await self._run(item)
-                while parked:
+                while parked and not self._stopping:
                     await self._run(parked.popleft())
             finally:
                 del self._active[lane]
 
     async def _run(self, item: WorkItem) -> None:
+        self._running += 1
+        self._none_running.clear()
+        try:
+            await self._handle(item)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._none_running.set()
+
+    async def _handle(self, item: WorkItem) -> None:
         shard, entry = item.shard, item.entry
         bound = log.bind(shard=shard.name, key=entry.key, version_id=entry.version_id)
         try:

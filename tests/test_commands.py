@@ -18,13 +18,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
+import aiohttp
 import pytest
 
 from s3stream.checkpoint import S3CheckpointStore
 from s3stream.cursor import Checkpoint
-from s3stream.errors import BucketNotFound
+from s3stream.errors import BucketNotFound, EndpointUnreachable
 from s3stream.producer import Producer
-from s3stream.store import Store
+from s3stream.store import Store, translate
 from s3stream.topics import create_topic, load_topic
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.test_cli import assert_one_line_error, child_env
@@ -395,6 +396,31 @@ async def test_tail_json_follows_a_log_topic(store: Store, moto_endpoint: str, t
     records = [json.loads(line) for line in complete_lines(tmp_path / "tail.out")]
     assert [(r["body"], r["partition_key"]) for r in records] == [(f"event {i}", "user-7") for i in range(3)]
     assert all(r["key"].startswith("events/00/") for r in records)
+
+
+async def test_a_cancellation_that_surfaces_as_a_connection_error_stays_a_cancellation() -> None:
+    """A request cancelled while connecting can come back as a connection error (uvloop's sock_connect
+    cancelled, then aiohappyeyeballs' close fails with EBADF); the store must raise CancelledError, not
+    a retriable EndpointUnreachable, or a stopped poller keeps polling and ``chat``/``tail`` never exit."""
+
+    async def request_hit_by_a_cancellation() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # the library loses the cancellation...
+            await asyncio.sleep(TIMEOUT)
+        with translate("ListObjectsV2"):  # ...and reports a connection error instead
+            raise aiohttp.ClientConnectionError("Cannot connect to host: [Bad file descriptor]")
+
+    task = asyncio.create_task(request_hit_by_a_cancellation())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def plain_failure() -> None:
+        with translate("ListObjectsV2"):
+            raise aiohttp.ClientConnectionError("Connection refused")
+
+    with pytest.raises(EndpointUnreachable):
+        await plain_failure()
 
 
 async def _chat_line(stream: asyncio.StreamReader, pattern: str) -> str:
