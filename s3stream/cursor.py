@@ -19,7 +19,6 @@ window of versions: the checkpoint's size follows the write rate, never the topi
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from s3stream.message import Entry
@@ -121,10 +120,3 @@ class VersionCursor:
         if pruned:
             self.generation += 1
 
-
-def initial_cursor(checkpoint: Checkpoint | None, entries: Iterable[Entry] = ()) -> VersionCursor:
-    """A cursor from a checkpoint, with ``entries`` already counted as done."""
-    cursor = VersionCursor(checkpoint)
-    for entry in entries:
-        cursor.skip(entry)
-    return cursor

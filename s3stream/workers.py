@@ -40,8 +40,6 @@ class WorkerPool:
         self._slots = asyncio.Semaphore(queue_size)
         self._active: dict[tuple[int, str], deque[WorkItem]] = {}
         self._pending = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._running = 0
         self._none_running = asyncio.Event()
         self._none_running.set()
@@ -60,14 +58,9 @@ class WorkerPool:
         """Hand an item to the pool, waiting while the pool is full."""
         await self._slots.acquire()
         self._pending += 1
-        self._idle.clear()
         self.queue.put_nowait(item)
         metrics.QUEUE_DEPTH.set(self.queue.qsize())
         metrics.IN_FLIGHT.set(self._pending)
-
-    async def wait_idle(self) -> None:
-        """Return once every handed-out item has completed."""
-        await self._idle.wait()
 
     async def drain(self) -> None:
         """Shutdown: start nothing new; return once the items already running have completed.
@@ -123,7 +116,6 @@ class WorkerPool:
         metrics.IN_FLIGHT.set(self._pending)
         self._slots.release()
         if self._pending == 0:
-            self._idle.set()
             self._on_idle()
 
     async def _fetch(self, item: WorkItem, bound: structlog.typing.FilteringBoundLogger) -> list[Message]:

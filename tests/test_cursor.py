@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from s3stream.checkpoint import decode, encode, shard_name
-from s3stream.cursor import Checkpoint, VersionCursor, initial_cursor
+from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.errors import ConfigError
 from s3stream.message import Entry
 from s3stream.poller import oldest_first
@@ -254,15 +254,6 @@ def test_skip_marks_done_without_handing_out() -> None:
     assert not cursor.is_new(e)
     assert cursor.checkpoint().done == (("k", "v1", 10 * SECOND),)
     assert not VersionCursor(cursor.checkpoint()).is_new(e)
-
-
-def test_initial_cursor_counts_entries_as_done() -> None:
-    """``initial_cursor`` starts from a checkpoint with the given entries already done."""
-    seen = [entry("k", "v1", 10 * SECOND), entry("k", "v2", 10 * SECOND)]
-    cursor = initial_cursor(None, seen)
-    assert all(not cursor.is_new(e) for e in seen)
-    assert cursor.is_new(entry("k", "v3", 10 * SECOND))
-    assert cursor.in_flight == 0
 
 
 def test_same_second_versions_are_tracked_individually() -> None:
