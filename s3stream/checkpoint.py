@@ -98,6 +98,7 @@ class S3CheckpointStore:
         self._prefix = prefix
         self.key = f"{control_prefix.strip('/')}/{group}/{shard_name(prefix)}.json"
         self._etag: str | None = None
+        self._unconfirmed: list[bytes] = []  # bodies sent whose outcome we never learned
 
     async def load(self) -> Checkpoint | LogCheckpoint | None:
         try:
@@ -111,27 +112,40 @@ class S3CheckpointStore:
     async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None:
         body = encode(checkpoint, bucket=self._bucket, prefix=self._prefix)
         try:
-            etag, _ = await self._store.put_object(
-                self._bucket, self.key, body, if_match=self._etag, if_none_match=self._etag is None,
-                content_type="application/json",
-            )
+            etag = await self._put(body)
         except PreconditionFailed:
-            etag = await self._landed_anyway(body)
+            etag = await self._recover(body)
         self._etag = etag
+        self._unconfirmed.clear()
 
-    async def _landed_anyway(self, body: bytes) -> str:
-        """After a 412: our own earlier attempt may have landed with its answer lost. If the stored
-        checkpoint is exactly what we wrote, adopt its ETag; otherwise someone else wrote it."""
+    async def _put(self, body: bytes) -> str:
+        self._unconfirmed = [*self._unconfirmed[-3:], body]  # until the answer arrives
+        etag, _ = await self._store.put_object(
+            self._bucket, self.key, body, if_match=self._etag, if_none_match=self._etag is None,
+            content_type="application/json",
+        )
+        return etag
+
+    async def _recover(self, body: bytes) -> str:
+        """After a 412: one of our own writes may have landed without our learning it (its answer
+        was lost, or it was cancelled at shutdown). If the stored checkpoint is what we wrote, adopt
+        it; otherwise someone else wrote it."""
         try:
             stored = await self._store.get_object(self._bucket, self.key)
         except NotFound:
             stored = None
-        if stored is None or stored.body != body:
-            raise CheckpointConflict(
-                f"checkpoint s3://{self._bucket}/{self.key} was changed by another consumer; "
-                "is a second consumer running with the same group?"
-            ) from None
-        return stored.etag
+        if stored is not None and stored.body == body:
+            return stored.etag
+        if stored is not None and stored.body in self._unconfirmed:
+            self._etag = stored.etag
+            try:
+                return await self._put(body)
+            except PreconditionFailed:
+                pass
+        raise CheckpointConflict(
+            f"checkpoint s3://{self._bucket}/{self.key} was changed by another consumer; "
+            "is a second consumer running with the same group?"
+        ) from None
 
 
 class FileCheckpointStore:

@@ -51,9 +51,11 @@ class S3Error:
 
 @dataclass(frozen=True, slots=True)
 class Delay:
-    """Wait ``seconds`` before forwarding the request."""
+    """Wait ``seconds`` before forwarding the request, or (``after=True``) forward it at once and
+    hold the answer back: the request takes effect upstream while the client is still waiting."""
 
     seconds: float
+    after: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +222,11 @@ class S3Proxy:
                                 body=error_body(action, request.path))
         if isinstance(action, Drop):
             self._drop(request, reset=action.reset)
-        if isinstance(action, Delay):
+        if isinstance(action, Delay) and not action.after:
             await asyncio.sleep(action.seconds)
-        return await self._forward(request, action.rewrite if isinstance(action, Transform) else None)
+        hold = action.seconds if isinstance(action, Delay) and action.after else 0.0
+        return await self._forward(request, action.rewrite if isinstance(action, Transform) else None,
+                                   hold=hold)
 
     def _drop(self, request: web.Request, *, reset: bool) -> NoReturn:
         if (transport := request.transport) is not None:
@@ -233,6 +237,7 @@ class S3Proxy:
 
     async def _forward(
         self, request: web.Request, rewrite: Callable[[web.Request, Relayed], Relayed] | None = None,
+        *, hold: float = 0.0,
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}
@@ -248,6 +253,8 @@ class S3Proxy:
             )
             reason: str | None = upstream.reason
             head_length = upstream.headers.get("Content-Length")
+        if hold:
+            await asyncio.sleep(hold)
         if rewrite is not None:
             rewritten = rewrite(request, relayed)
             if rewritten.status != relayed.status:

@@ -217,3 +217,43 @@ def _shard_file(prefix: str) -> str:
     from s3stream.checkpoint import shard_name
 
     return f"{shard_name(prefix)}.json"
+
+
+async def test_checkpoint_write_cancelled_in_flight_does_not_block_the_next(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A checkpoint PUT cancelled at shutdown can land without the consumer learning its ETag; the
+    next save (the final commit) recognises its own write and succeeds instead of reporting a
+    conflict. A write by someone else is still a conflict."""
+    from s3stream.config import build_settings
+    from s3stream.store import open_store
+    from tests.s3proxy import Delay, Rule, S3Proxy
+
+    opts = {"bucket": bucket, "prefix": "c/", "control_prefix": "_s3stream/checkpoints", "group": "g"}
+    held = Rule(Delay(5.0, after=True), method="PUT", when=lambda r: "checkpoints" in r.path, first=1)
+    with S3Proxy(moto_endpoint) as proxy:
+        s3 = build_settings({"s3": {"endpoint_url": proxy.endpoint, "addressing_style": "path"}}).s3
+        async with open_store(s3) as slow_store:
+            ckpt = S3CheckpointStore(slow_store, **opts)
+            await ckpt.save(Checkpoint(watermark_ms=1000))
+            proxy.add(held)
+            interrupted = asyncio.create_task(ckpt.save(Checkpoint(watermark_ms=2000)))
+            await wait_until(lambda: held.applied == 1, what="PUT held by the proxy")
+            await wait_until(lambda: _stored_watermark(store, bucket, ckpt.key), what="PUT landed")
+            interrupted.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await interrupted
+            await ckpt.save(Checkpoint(watermark_ms=3000))
+            assert await _stored_watermark(store, bucket, ckpt.key) == 3000
+            other = S3CheckpointStore(store, **opts)
+            await other.load()
+            await other.save(Checkpoint(watermark_ms=4000))
+            with pytest.raises(CheckpointConflict):
+                await ckpt.save(Checkpoint(watermark_ms=5000))
+
+
+async def _stored_watermark(store: Store, bucket: str, key: str) -> int | None:
+    """The stored checkpoint's watermark once it is past the first save (None before)."""
+    stored = decode((await store.get_object(bucket, key)).body, where=key)
+    assert isinstance(stored, Checkpoint)
+    return stored.watermark_ms if stored.watermark_ms > 1000 else None
