@@ -12,18 +12,15 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import structlog
-
 from s3stream.config import ConsumerSettings
 from s3stream.logcursor import LogCursor
 from s3stream.message import Entry
-from s3stream.poller import poll_forever
+from s3stream.poller import ShardPoller
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
 from s3stream.topics import MINUTE_MS, dir_start_ms, minute_dir, parse_log_key
 from s3stream.workers import WorkerPool
 
-log = structlog.get_logger("s3stream.logpoller")
 MAX_DIRS_PER_PASS = 60
 
 
@@ -42,24 +39,14 @@ def with_lane(entry: Entry) -> Entry:
     return dataclasses.replace(entry, lane=lane)
 
 
-class LogPoller:
+class LogPoller(ShardPoller[LogCursor]):
     """Lists one log-layout shard again and again, handing new objects to the worker pool."""
 
     def __init__(self, shard: Shard, cursor: LogCursor, store: Store, pool: WorkerPool,
                  settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
-        self.shard = shard
-        self.cursor = cursor
-        self.store = store
-        self.pool = pool
-        self.settings = settings
-        self.on_pass = on_pass
-        self.log = log.bind(shard=shard.name)
+        super().__init__(shard, cursor, store, pool, settings, on_pass)
         self._clock_offset_ms = 0  # server clock minus ours, from the last Date header
         self._placed = not shard.fresh
-
-    async def run(self) -> None:
-        """Poll until cancelled."""
-        await poll_forever(self.poll_once, self.shard, self.settings, self.log)
 
     def _now_ms(self) -> int:
         return int(time.time() * 1000) + self._clock_offset_ms

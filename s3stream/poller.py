@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -36,31 +37,14 @@ def oldest_first(entries: list[Entry]) -> list[Entry]:
     return [entry for _, entry in ranked]
 
 
-async def poll_forever(poll_once: Callable[..., Awaitable[int]], shard: Shard, settings: ConsumerSettings,
-                       bound: structlog.typing.FilteringBoundLogger) -> None:
-    """Call ``poll_once`` until cancelled: at once after a pass that found a page's worth, after
-    ``poll_interval`` when it found something, backing off (doubling) up to ``max_poll_interval``
-    while idle or failing. A new group starting at ``latest`` skips what its first pass finds."""
-    delay = settings.poll_interval
-    skip = shard.fresh and settings.start_from == "latest"
-    while True:
-        try:
-            found = await poll_once(skip=skip)
-        except RetriableError as exc:
-            bound.warning("poll failed; will retry", error=str(exc))
-            delay = min(settings.max_poll_interval, delay * 2)
-        else:
-            skip = False
-            if found >= settings.page_size:
-                continue
-            delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
-        await asyncio.sleep(delay)
+C = TypeVar("C")
 
 
-class Poller:
-    """Lists one versions-layout shard again and again, handing new versions to the worker pool."""
+class ShardPoller(Generic[C]):
+    """What every poller shares: its shard and cursor, the store, the pool, and the polling loop.
+    Subclasses provide ``poll_once`` (one pass over their layout's listing)."""
 
-    def __init__(self, shard: Shard, cursor: VersionCursor, store: Store, pool: WorkerPool,
+    def __init__(self, shard: Shard, cursor: C, store: Store, pool: WorkerPool,
                  settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
         self.shard = shard
         self.cursor = cursor
@@ -70,9 +54,32 @@ class Poller:
         self.on_pass = on_pass
         self.log = log.bind(shard=shard.name)
 
+    async def poll_once(self, *, skip: bool = False) -> int:
+        raise NotImplementedError
+
     async def run(self) -> None:
-        """Poll until cancelled."""
-        await poll_forever(self.poll_once, self.shard, self.settings, self.log)
+        """Poll until cancelled: at once after a pass that found a page's worth, after
+        ``poll_interval`` when it found something, backing off (doubling) up to ``max_poll_interval``
+        while idle or failing. A new group starting at ``latest`` skips what its first pass finds."""
+        settings = self.settings
+        delay = settings.poll_interval
+        skip = self.shard.fresh and settings.start_from == "latest"
+        while True:
+            try:
+                found = await self.poll_once(skip=skip)
+            except RetriableError as exc:
+                self.log.warning("poll failed; will retry", error=str(exc))
+                delay = min(settings.max_poll_interval, delay * 2)
+            else:
+                skip = False
+                if found >= settings.page_size:
+                    continue
+                delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
+            await asyncio.sleep(delay)
+
+
+class Poller(ShardPoller[VersionCursor]):
+    """Lists one versions-layout shard again and again, handing new versions to the worker pool."""
 
     async def poll_once(self, *, skip: bool = False) -> int:
         """One full listing pass; returns how many versions were handed out (or skipped)."""
