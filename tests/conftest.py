@@ -71,6 +71,25 @@ def make_settings(endpoint: str, url: str, *, handler: str = "rec", **consumer: 
     })
 
 
+async def put_key(store: Store, bucket: str, key: str, count: int,
+                  sem: asyncio.Semaphore | None = None) -> list[str]:
+    """Write ``count`` versions of ``key`` in order (bodies ``KEY#i``); their version ids."""
+    versions = []
+    for i in range(count):
+        async with sem or contextlib.nullcontext():
+            _, vid = await store.put_object(bucket, key, f"{key}#{i}".encode())
+        versions.append(str(vid))
+    return versions
+
+
+async def put_versions(store: Store, bucket: str, keys: list[str], per_key: int,
+                       *, concurrency: int = 16) -> dict[str, list[str]]:
+    """Write ``per_key`` versions of each key (keys in parallel, each in order); ids per key."""
+    sem = asyncio.Semaphore(concurrency)
+    written = await asyncio.gather(*(put_key(store, bucket, key, per_key, sem) for key in keys))
+    return dict(zip(keys, written, strict=True))
+
+
 class Recorder:
     """A handler that records every message and lets tests wait for conditions with a deadline."""
 

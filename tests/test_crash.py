@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from s3stream.store import Store
-from tests.conftest import cli_command, wait_until
+from tests.conftest import cli_command, put_versions, wait_until
 
 
 def _config(tmp: Path, endpoint: str, out: Path) -> Path:
@@ -52,17 +52,8 @@ def _delivered(out: Path) -> list[tuple[str, str]]:
 
 
 async def _publish(store: Store, bucket: str, keys: int, per_key: int) -> dict[str, list[str]]:
-    sem = asyncio.Semaphore(8)
-
-    async def one(k: int) -> tuple[str, list[str]]:
-        key, vids = f"topic/k{k:03d}", []
-        for i in range(per_key):
-            async with sem:
-                _, vid = await store.put_object(bucket, key, f'{{"k": {k}, "i": {i}}}'.encode())
-            vids.append(str(vid))
-        return key, vids
-
-    return dict(await asyncio.gather(*(one(k) for k in range(keys))))
+    return await put_versions(store, bucket, [f"topic/k{k:03d}" for k in range(keys)], per_key,
+                              concurrency=8)
 
 
 def _first_delivery_order(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:

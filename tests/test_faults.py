@@ -30,6 +30,7 @@ from s3stream.errors import NotFound
 from s3stream.message import Message
 from s3stream.store import Store
 from s3stream.topics import create_topic, log_key
+from tests import conftest
 from tests.conftest import Recorder, cli_command, running, wait_until
 from tests.s3proxy import Delay, Drop, Relayed, Rule, S3Error, S3Proxy, Transform, error_body
 
@@ -86,17 +87,8 @@ def is_checkpoint_put(request: web.Request) -> bool:
 async def put_versions(store: Store, bucket: str, prefix: str, keys: int, per_key: int,
                        tag: str = "") -> dict[str, list[str]]:
     """Write ``per_key`` versions of ``keys`` keys straight to moto; version ids per key, in order."""
-    sem = asyncio.Semaphore(16)
-
-    async def one(k: int) -> tuple[str, list[str]]:
-        key, vids = f"{prefix}k{tag}{k:03d}", []
-        for i in range(per_key):
-            async with sem:
-                _, vid = await store.put_object(bucket, key, f"{key}#{i}".encode())
-            vids.append(str(vid))
-        return key, vids
-
-    return dict(await asyncio.gather(*(one(k) for k in range(keys))))
+    return await conftest.put_versions(store, bucket, [f"{prefix}k{tag}{k:03d}" for k in range(keys)],
+                                       per_key)
 
 
 def first_deliveries(rec: Recorder) -> dict[str, list[str]]:

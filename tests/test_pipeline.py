@@ -14,18 +14,7 @@ from s3stream.cursor import Checkpoint
 from s3stream.errors import CheckpointConflict
 from s3stream.message import Message
 from s3stream.store import Store
-from tests.conftest import Recorder, make_settings, running, wait_until
-
-
-async def _put_many(store: Store, bucket: str, keys: list[str], per_key: int) -> dict[str, list[str]]:
-    async def one(key: str) -> tuple[str, list[str]]:
-        vids = []
-        for i in range(per_key):
-            _, vid = await store.put_object(bucket, key, f"{key}#{i}".encode())
-            vids.append(str(vid))
-        return key, vids
-
-    return dict(await asyncio.gather(*(one(k) for k in keys)))
+from tests.conftest import Recorder, make_settings, put_versions, running, wait_until
 
 
 async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
@@ -47,7 +36,7 @@ async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
         seen.setdefault(message.key, []).append(message.version_id)
         active[message.key] -= 1
 
-    written = await _put_many(store, bucket, [f"o/k{i}" for i in range(12)], 8)
+    written = await put_versions(store, bucket, [f"o/k{i}" for i in range(12)], 8)
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/o/", concurrency=8))
     consumer.register_handler("rec", handler)
     async with running(consumer):
@@ -67,7 +56,7 @@ async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, moto
         await release.wait()
         await rec(message)
 
-    await _put_many(store, bucket, [f"q/k{i}" for i in range(30)], 1)
+    await put_versions(store, bucket, [f"q/k{i}" for i in range(30)], 1)
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/q/", concurrency=2, queue_size=5))
     consumer.register_handler("rec", handler)
     async with running(consumer):
@@ -85,13 +74,13 @@ async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, moto
 async def test_new_group_from_latest_skips_history(store: Store, bucket: str, moto_endpoint: str) -> None:
     """A group without a checkpoint started with start_from=latest delivers only what is written
     after it started."""
-    await _put_many(store, bucket, ["l/a", "l/b"], 3)
+    await put_versions(store, bucket, ["l/a", "l/b"], 3)
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/l/", start_from="latest"))
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
         await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0, what="first pass")
-        new = await _put_many(store, bucket, ["l/a", "l/c"], 2)
+        new = await put_versions(store, bucket, ["l/a", "l/c"], 2)
         await rec.wait_count(4)
     assert rec.by_key() == new
 
@@ -100,7 +89,7 @@ async def test_restart_resumes_from_s3_checkpoint_without_redelivery(
     store: Store, bucket: str, moto_endpoint: str
 ) -> None:
     """A clean stop commits; a new consumer in the same group delivers only newer versions."""
-    first = await _put_many(store, bucket, ["r/a", "r/b"], 5)
+    first = await put_versions(store, bucket, ["r/a", "r/b"], 5)
     rec1 = Recorder()
     c1 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/r/"))
     c1.register_handler("rec", rec1)
@@ -112,7 +101,7 @@ async def test_restart_resumes_from_s3_checkpoint_without_redelivery(
     c2 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/r/"))
     c2.register_handler("rec", rec2)
     async with running(c2):
-        second = await _put_many(store, bucket, ["r/a", "r/c"], 2)
+        second = await put_versions(store, bucket, ["r/a", "r/c"], 2)
         await rec2.wait_count(4)
         await wait_until(lambda: c2.shards[0].cursor.horizon_ms > 0)
     assert rec2.by_key() == second
@@ -123,7 +112,7 @@ async def test_file_checkpoint_store_resumes(store: Store, bucket: str, moto_end
     """The local-file checkpoint store is an alternative to S3: a restart resumes from it, and no
     checkpoint object is written to the bucket."""
     checkpoint = {"store": "file", "directory": str(tmp_path / "ckpt")}
-    await _put_many(store, bucket, ["f/a"], 4)
+    await put_versions(store, bucket, ["f/a"], 4)
     rec1 = Recorder()
     c1 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
     c1.register_handler("rec", rec1)
@@ -135,7 +124,7 @@ async def test_file_checkpoint_store_resumes(store: Store, bucket: str, moto_end
     c2 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
     c2.register_handler("rec", rec2)
     async with running(c2):
-        new = await _put_many(store, bucket, ["f/a"], 1)
+        new = await put_versions(store, bucket, ["f/a"], 1)
         await rec2.wait_count(1)
     assert rec2.by_key() == new
     listing = await store.list_versions(bucket, "_s3stream/")
@@ -150,10 +139,10 @@ async def test_whole_bucket_source_ignores_its_own_control_prefix(
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/"))
     consumer.register_handler("rec", rec)
     async with running(consumer):
-        await _put_many(store, bucket, ["x1"], 2)
+        await put_versions(store, bucket, ["x1"], 2)
         await rec.wait_count(2)
         await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0)
-        await _put_many(store, bucket, ["x2"], 1)
+        await put_versions(store, bucket, ["x2"], 1)
         await rec.wait_count(3)
     listing = await store.list_versions(bucket, "_s3stream/")
     assert listing.entries, "a checkpoint was written into the consumed prefix"
@@ -202,10 +191,10 @@ async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: 
         return body
 
     async with running(consumer):
-        await _put_many(store, bucket, [f"h/k{i:02d}" for i in range(50)], 20)
+        await put_versions(store, bucket, [f"h/k{i:02d}" for i in range(50)], 20)
         await rec.wait_count(1000, within=120)
         size_1k = len(await settled_checkpoint())
-        await _put_many(store, bucket, [f"h/k{i:02d}" for i in range(50)], 60)
+        await put_versions(store, bucket, [f"h/k{i:02d}" for i in range(50)], 60)
         await rec.wait_count(4000, within=180)
         size_4k = len(await settled_checkpoint())
     assert len(rec.messages) == 4000

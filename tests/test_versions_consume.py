@@ -9,16 +9,7 @@ import pytest
 
 from s3stream.consumer import Consumer
 from s3stream.store import Store
-from tests.conftest import Recorder, make_settings, running, wait_until
-
-
-async def _write_key(store: Store, bucket: str, key: str, count: int) -> list[str]:
-    versions = []
-    for i in range(count):
-        _, vid = await store.put_object(bucket, key, f"{key}#{i}".encode())
-        assert vid is not None
-        versions.append(vid)
-    return versions
+from tests.conftest import Recorder, make_settings, put_key, running, wait_until
 
 
 async def test_burst_of_same_second_writes_all_delivered_in_order(store: Store, bucket: str,
@@ -29,7 +20,7 @@ async def test_burst_of_same_second_writes_all_delivered_in_order(store: Store, 
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
-        written = await asyncio.gather(*(_write_key(store, bucket, f"topic/k{i:02d}", 10) for i in range(20)))
+        written = await asyncio.gather(*(put_key(store, bucket, f"topic/k{i:02d}", 10) for i in range(20)))
         await rec.wait_count(200)
     expected = {f"topic/k{i:02d}": vids for i, vids in enumerate(written)}
     assert rec.by_key() == expected
@@ -49,7 +40,7 @@ async def test_late_visible_version_within_settle_window_is_delivered(
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
-        await _write_key(store, bucket, "t/a", 3)
+        await put_key(store, bucket, "t/a", 3)
         await rec.wait_count(3)
         newest = max(m.last_modified for m in rec.messages)
         real = moto.s3.models.utcnow
@@ -73,7 +64,7 @@ async def test_version_later_than_settle_window_is_the_documented_bound(
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
-        await _write_key(store, bucket, "t/a", 1)
+        await put_key(store, bucket, "t/a", 1)
         await rec.wait_count(1)
         cutoff = int((datetime.now(UTC) - timedelta(seconds=3)).timestamp() * 1000)
         cursor = consumer.shards[0].cursor
@@ -99,7 +90,7 @@ async def test_many_pages_with_breaks_inside_a_key(store: Store, bucket: str, mo
     async def write(i: int) -> tuple[str, list[str]]:
         async with sem:
             key = f"p/key-{i:03d}"
-            return key, await _write_key(store, bucket, key, counts[i])
+            return key, await put_key(store, bucket, key, counts[i])
 
     expected = dict(await asyncio.gather(*(write(i) for i in range(300))))
     first = await store.list_versions(bucket, "p/", max_keys=1000)
