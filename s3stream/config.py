@@ -35,6 +35,10 @@ class S3Settings(_Model):
     read_timeout: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, description="Attempts per S3 call, retries included.")
     max_retry_time: float = Field(default=60.0, gt=0, description="Seconds one call may spend retrying.")
+    lean_path: bool = Field(
+        default=True,
+        description="GetObject, PutObject and listings over the lean signed-HTTP path (off: aiobotocore).",
+    )
 
     def resolved_endpoint(self) -> str | None:
         """The endpoint URL to use: the setting, else ``AWS_ENDPOINT_URL``, else AWS."""

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -35,8 +30,17 @@ from botocore.exceptions import (
 
 from s3stream import errors, metrics
 from s3stream.config import S3Settings
+from s3stream.lean import LeanClient, Response, S3HTTPError
 from s3stream.message import Entry
 from s3stream.retry import RetryPolicy, Throttle
+from s3stream.s3xml import (
+    ObjectPage,
+    VersionPage,
+    http_date_ms,
+    parse_object_page,
+    parse_version_entries,
+    parse_version_page,
+)
 
 _ENTRIES = "S3StreamEntries"
 
@@ -50,27 +54,6 @@ _CONFLICT_CODES = {"ConditionalRequestConflict", "OperationAborted", "409"}
 
 
 @dataclass(frozen=True, slots=True)
-class VersionPage:
-    """One page of ``ListObjectVersions``: versions and delete markers in S3's order."""
-
-    entries: list[Entry]
-    truncated: bool
-    next_key_marker: str | None
-    next_version_id_marker: str | None
-    server_time_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectPage:
-    """One page of ``ListObjectsV2`` (in whatever order the store gives: directory buckets shuffle)."""
-
-    entries: list[Entry]
-    prefixes: list[str]
-    next_token: str | None
-    server_time_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class StoredObject:
     """A fetched object version."""
 
@@ -81,18 +64,30 @@ class StoredObject:
 
 
 class Store:
-    """The operations s3stream performs on S3, with retries and translated errors."""
+    """The operations s3stream performs on S3, with retries and translated errors.
 
-    def __init__(self, client: Any, retry: RetryPolicy) -> None:
+    With a :class:`~s3stream.lean.LeanClient` (the default), GetObject, PutObject and the two listings
+    take the lean path; everything else, and everything when ``s3.lean_path`` is off, goes through
+    aiobotocore. Both paths share the retry policy, the throttle, the metrics and the error types.
+    """
+
+    def __init__(self, client: Any, retry: RetryPolicy, lean: LeanClient | None = None) -> None:
         self.client = client
         self.retry = retry
         self.throttle = Throttle()
+        self.lean = lean
 
     async def list_versions(
         self, bucket: str, prefix: str, *, key_marker: str | None = None,
         version_id_marker: str | None = None, max_keys: int = 1000,
     ) -> VersionPage:
         """One page of versions under ``prefix``, starting after the given markers."""
+        if self.lean is not None:
+            query = {"versions": "", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
+            if key_marker is not None:
+                query.update({"key-marker": key_marker, "version-id-marker": version_id_marker or ""})
+            answer = await self._lean("ListObjectVersions", "GET", bucket, params=query)
+            return parse_version_page(answer.body, http_date_ms(answer.headers.get("Date")))
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if key_marker is not None:
             params["KeyMarker"] = key_marker
@@ -108,6 +103,13 @@ class Store:
 
     async def get_object(self, bucket: str, key: str, version_id: str | None = None) -> StoredObject:
         """Fetch one object version's body and metadata."""
+        if self.lean is not None:
+            query = {"versionId": version_id} if version_id is not None else None
+            answer = await self._lean("GetObject", "GET", bucket, key, params=query)
+            return StoredObject(
+                body=answer.body, etag=answer.headers.get("ETag", "").strip('"'),
+                version_id=answer.headers.get("x-amz-version-id"), metadata=_metadata(answer),
+            )
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id is not None:
             params["VersionId"] = version_id
@@ -129,6 +131,14 @@ class Store:
         max_keys: int = 1000,
     ) -> ObjectPage:
         """One page of ``ListObjectsV2`` (no ``StartAfter``: directory buckets refuse it)."""
+        if self.lean is not None:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
+            if delimiter:
+                query["delimiter"] = delimiter
+            if token:
+                query["continuation-token"] = token
+            answer = await self._lean("ListObjectsV2", "GET", bucket, params=query)
+            return parse_object_page(answer.body, http_date_ms(answer.headers.get("Date")))
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:
             params["Delimiter"] = delimiter
@@ -152,6 +162,18 @@ class Store:
         metadata: dict[str, str] | None = None, content_encoding: str | None = None,
     ) -> tuple[str, str | None]:
         """Write an object, optionally conditional; returns ``(etag, version_id)``."""
+        if self.lean is not None:
+            headers = {f"x-amz-meta-{k.lower()}": v for k, v in (metadata or {}).items()}
+            if if_match is not None:
+                headers["if-match"] = if_match if if_match.startswith('"') else f'"{if_match}"'
+            if if_none_match:
+                headers["if-none-match"] = "*"
+            if content_type:
+                headers["content-type"] = content_type
+            if content_encoding:
+                headers["content-encoding"] = content_encoding
+            answer = await self._lean("PutObject", "PUT", bucket, key, headers=headers, body=body)
+            return answer.headers.get("ETag", "").strip('"'), answer.headers.get("x-amz-version-id")
         params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body}
         if if_match is not None:
             params["IfMatch"] = if_match
@@ -274,6 +296,18 @@ class Store:
 
         return await self.retry.call(once, what=operation)
 
+    async def _lean(self, operation: str, method: str, bucket: str, key: str = "", *,
+                    params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+                    body: bytes = b"") -> Response:
+        lean = self.lean
+        assert lean is not None
+
+        async def once() -> Response:
+            async with self._paced(operation, bucket):
+                return await lean.request(method, bucket, key, params=params, headers=headers, body=body)
+
+        return await self.retry.call(once, what=f"{operation} {key}" if key else operation)
+
     @contextlib.asynccontextmanager
     async def _paced(self, operation: str, bucket: str | None) -> AsyncIterator[None]:
         """One attempt of one request: paced by the throttle, counted, errors translated."""
@@ -311,7 +345,17 @@ async def open_store(settings: S3Settings, *, max_connections: int = 32) -> Asyn
     with translate("CreateClient"):
         async with session.create_client("s3", **kwargs) as client:
             client.meta.events.register("before-parse.s3.ListObjectVersions", _capture_version_entries)
-            yield Store(client, retry)
+            lean = None
+            if settings.lean_path:
+                lean = LeanClient(
+                    client, max_connections=max_connections, connect_timeout=settings.connect_timeout,
+                    read_timeout=settings.read_timeout,
+                )
+            try:
+                yield Store(client, retry, lean)
+            finally:
+                if lean is not None:
+                    await lean.close()
 
 
 @contextlib.contextmanager
@@ -320,7 +364,11 @@ def translate(operation: str, *, bucket: str | None = None) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        raise _from_client_error(exc, operation, bucket) from exc
+        err = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        raise classify(str(err.get("Code", "")), status, err.get("Message"), operation, bucket) from exc
+    except S3HTTPError as exc:
+        raise classify(exc.code, exc.status, exc.message, operation, bucket) from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise errors.AccessDenied(
             f"no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -348,11 +396,10 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _from_client_error(exc: ClientError, operation: str, bucket: str | None) -> errors.StoreError:
-    err = exc.response.get("Error", {})
-    code = str(err.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    detail = err.get("Message") or code or str(status)
+def classify(code: str, status: int, message: str | None, operation: str,
+             bucket: str | None) -> errors.StoreError:
+    """The s3stream error for an S3 error answer (its code and HTTP status)."""
+    detail = message or code or str(status)
     kw = {"code": code, "operation": operation}
     if code == "NoSuchBucket" or (operation == "HeadBucket" and status == 404):
         return errors.BucketNotFound(f"bucket {bucket!r} does not exist", **kw)
@@ -383,37 +430,9 @@ def _capture_version_entries(response_dict: dict[str, Any], customized_response_
         customized_response_dict[_ENTRIES] = parse_version_entries(response_dict["body"])
 
 
-def parse_version_entries(body: bytes) -> list[Entry]:
-    """The ``Version`` and ``DeleteMarker`` elements of a ListVersionsResult, in document order."""
-    root = ET.fromstring(body)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    encoded = (root.findtext(f"{ns}EncodingType") or "") == "url"
-    out: list[Entry] = []
-    for el in root:
-        tag = el.tag[len(ns):]
-        if tag not in ("Version", "DeleteMarker"):
-            continue
-        key = el.findtext(f"{ns}Key") or ""
-        out.append(Entry(
-            key=unquote_plus(key) if encoded else key,
-            version_id=el.findtext(f"{ns}VersionId") or "null",
-            last_modified_ms=_iso_ms(el.findtext(f"{ns}LastModified") or ""),
-            deleted=tag == "DeleteMarker",
-            size=int(el.findtext(f"{ns}Size") or 0),
-            etag=(el.findtext(f"{ns}ETag") or "").strip('"'),
-            latest=(el.findtext(f"{ns}IsLatest") or "") == "true",
-        ))
-    return out
-
-
-def _iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
+def _metadata(answer: Response) -> dict[str, str]:
+    return {k[11:].lower(): v for k, v in answer.headers.items() if k[:11].lower() == "x-amz-meta-"}
 
 
 def _server_time_ms(resp: dict[str, Any]) -> int:
-    """The server's clock from the ``Date`` header (so client clock skew does not matter)."""
-    date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    if date:
-        with contextlib.suppress(TypeError, ValueError):
-            return int(parsedate_to_datetime(date).timestamp() * 1000)
-    return int(time.time() * 1000)
+    return http_date_ms(resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
