@@ -58,7 +58,7 @@ class ConsumerSettings(_Model):
     """The consumer's knobs. Times are seconds."""
 
     group: str = Field(default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    concurrency: int = Field(default=16, gt=0, le=1024)
+    concurrency: int = Field(default=64, gt=0, le=1024, description="Objects fetched and handled at once.")
     queue_size: int = Field(default=1000, gt=0)
     poll_interval: float = Field(default=1.0, gt=0, description="Wait between polls when busy.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Idle polls back off up to this.")

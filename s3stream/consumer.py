@@ -97,6 +97,7 @@ class Consumer:
                     for shard in self.shards
                 ]
                 workers = [tg.create_task(pool.worker()) for _ in range(consumer.concurrency)]
+                workers.append(tg.create_task(pool.watchdog()))
                 committer = tg.create_task(checkpointer.run())
                 log.info("consuming", shards=[s.name for s in self.shards], group=consumer.group)
                 self.started.set()

@@ -81,6 +81,7 @@ class LeanClient:
         timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            read_bufsize=1 << 20,
         )
 
     async def close(self) -> None:
@@ -113,8 +114,11 @@ class LeanClient:
             "get_object", Params={"Bucket": bucket, "Key": _PROBE}, ExpiresIn=60,
         )
         parts = urlsplit(url)
-        scope = parse_qs(parts.query)["X-Amz-Credential"][0].split("/")
-        region, service = scope[2], scope[3]
+        credential = parse_qs(parts.query).get("X-Amz-Credential")
+        if credential:  # SigV4 presigning names the signing region and service (s3 or s3express)
+            region, service = credential[0].split("/")[2:4]
+        else:
+            region, service = self._client.meta.region_name, "s3"
         port = parts.port
         host = parts.hostname or ""
         if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):

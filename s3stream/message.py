@@ -25,9 +25,9 @@ class Entry:
         return (self.key, self.version_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """What a handler receives: one version of one object, or a deletion.
+    """What a handler receives: one version of one object, or a deletion. Treat it as read-only.
 
     ``(bucket, key, version_id)`` identifies the message for good; a handler that records it can be
     idempotent across the redeliveries a crash may cause. A deletion (an S3 delete marker) arrives with

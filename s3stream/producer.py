@@ -32,7 +32,7 @@ from s3stream.store import Store, open_store
 from s3stream.topics import KEY_METADATA, Topic, lane_of, log_key, resolve_topic
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Published:
     """Where a message was stored: its object, and its line in a segment if it went into one."""
 
@@ -40,6 +40,16 @@ class Published:
     etag: str
     version_id: str | None = None
     offset: int | None = None
+
+
+@dataclass
+class _Batch:
+    """A segment being filled by :meth:`Producer.publish_many`: its messages and their input positions."""
+
+    shard: int
+    items: list[tuple[str | None, bytes]] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+    size: int = 0
 
 
 @dataclass
@@ -106,8 +116,15 @@ class Producer:
 
     async def publish_many(self, url: str,
                            messages: Iterable[tuple[str | None, bytes | str]]) -> list[Published]:
-        """Publish ``(key, body)`` pairs concurrently (bounded); results in input order."""
-        return list(await asyncio.gather(*(self.publish(url, body, key=key) for key, body in messages)))
+        """Publish ``(key, body)`` pairs concurrently (bounded); results in input order.
+
+        With segments on, the batch is cut into segments here, per shard, by count and size, and
+        each segment is written as soon as it is full (at most ``concurrency`` being written, so
+        memory stays bounded whatever the batch): no task or future per message."""
+        topic = await self.topic(url)
+        if topic.layout == "versions" or self.settings.producer.segment_max_messages <= 1:
+            return list(await asyncio.gather(*(self.publish(url, body, key=key) for key, body in messages)))
+        return await self._publish_segments(topic, messages)
 
     async def flush(self) -> None:
         """Write every pending segment now."""
@@ -149,6 +166,52 @@ class Producer:
             await self._write_segment(seg)
         return await future
 
+    async def _publish_segments(self, topic: Topic,
+                                messages: Iterable[tuple[str | None, bytes | str]]) -> list[Published]:
+        settings = self.settings.producer
+        results: list[Published | None] = []
+        open_: dict[int, _Batch] = {}
+        window = asyncio.Semaphore(settings.concurrency)
+        async with asyncio.TaskGroup() as tg:
+
+            async def write(batch: _Batch) -> None:
+                try:
+                    name, etag = await self._store_segment(topic, batch.shard, batch.items)
+                finally:
+                    window.release()
+                for offset, index in enumerate(batch.indexes):
+                    results[index] = Published(name, etag, None, offset)
+
+            for key, body in messages:
+                data = body.encode("utf-8") if isinstance(body, str) else body
+                shard = topic.shard_of(key)
+                batch = open_.get(shard)
+                if batch is None:
+                    batch = open_[shard] = _Batch(shard)
+                batch.items.append((key, data))
+                batch.indexes.append(len(results))
+                results.append(None)
+                batch.size += len(data) + 32
+                full = len(batch.items) >= settings.segment_max_messages
+                if full or batch.size >= settings.segment_max_bytes:
+                    del open_[shard]
+                    await window.acquire()
+                    tg.create_task(write(batch))
+            for batch in open_.values():
+                await window.acquire()
+                tg.create_task(write(batch))
+        return [r for r in results if r is not None]
+
+    async def _store_segment(self, topic: Topic, shard: int,
+                             items: list[tuple[str | None, bytes]]) -> tuple[str, str]:
+        """Encode and write one segment; returns its object name and ETag."""
+        compression = self.settings.producer.compression
+        name = self._next_name(topic, shard, "_", segments.SUFFIXES[compression])
+        body = segments.encode(items, compression)
+        etag, _ = await self._put(topic.bucket, name, body, create_only=True, metadata=None)
+        _count(topic, len(items), sum(len(b) for _, b in items))
+        return name, etag
+
     async def _linger(self, ident: tuple[str, str, int], seg: _Segment) -> None:
         await asyncio.sleep(self.settings.producer.linger)
         if self._segments.get(ident) is seg:
@@ -158,11 +221,8 @@ class Producer:
     async def _write_segment(self, seg: _Segment) -> None:
         if seg.timer is not None and seg.timer is not asyncio.current_task():
             seg.timer.cancel()
-        compression = self.settings.producer.compression
-        name = self._next_name(seg.topic, seg.shard, "_", segments.SUFFIXES[compression])
         try:
-            body = segments.encode([(k, b) for k, b, _ in seg.items], compression)
-            etag, _ = await self._put(seg.topic.bucket, name, body, create_only=True, metadata=None)
+            name, etag = await self._store_segment(seg.topic, seg.shard, [(k, b) for k, b, _ in seg.items])
         except BaseException as exc:
             for _, _, future in seg.items:
                 if not future.done():
@@ -170,7 +230,6 @@ class Producer:
             if not isinstance(exc, Exception):
                 raise
             return
-        _count(seg.topic, len(seg.items), sum(len(b) for _, b, _ in seg.items))
         for offset, (_, _, future) in enumerate(seg.items):
             if not future.done():
                 future.set_result(Published(key=name, etag=etag, offset=offset))

@@ -330,7 +330,6 @@ async def open_store(settings: S3Settings, *, max_connections: int = 32) -> Asyn
         session.set_config_variable("profile", settings.profile)
     config = AioConfig(
         region_name=settings.region,
-        signature_version="s3v4",
         s3={"addressing_style": settings.addressing_style},
         max_pool_connections=max_connections,
         connect_timeout=settings.connect_timeout,

@@ -15,6 +15,8 @@ Layouts:
 
 from __future__ import annotations
 
+import calendar
+import functools
 import hashlib
 import re
 import time
@@ -191,9 +193,13 @@ def minute_dir(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y%m%d%H%M")
 
 
+@functools.lru_cache(maxsize=4096)
 def dir_start_ms(name: str) -> int:
     """Epoch ms of the start of a ``yyyymmddHHMM`` directory."""
-    return int(datetime.strptime(name, "%Y%m%d%H%M").replace(tzinfo=UTC).timestamp() * 1000)
+    if len(name) != 12 or not name.isdigit():
+        raise ValueError(f"not a minute directory: {name!r}")
+    fields = (int(name[0:4]), int(name[4:6]), int(name[6:8]), int(name[8:10]), int(name[10:12]), 0)
+    return calendar.timegm(fields) * 1000
 
 
 def log_key(shard_prefix: str, ms: int, producer: str, seq: int, lane: str, suffix: str = "") -> str:
@@ -201,8 +207,10 @@ def log_key(shard_prefix: str, ms: int, producer: str, seq: int, lane: str, suff
     return f"{shard_prefix}{minute_dir(ms)}/{ms:013d}-{producer}-{seq:012d}-{lane}{suffix}"
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_log_key(key: str) -> LogName | None:
-    """Parse a log-layout key; None for keys s3stream did not name (written by other tools)."""
+    """Parse a log-layout key; None for keys s3stream did not name (written by other tools).
+    Cached: poller, cursor and workers each ask about the same recent keys."""
     match = _LOG_NAME.search(key)
     if match is None:
         return None

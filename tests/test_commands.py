@@ -22,10 +22,12 @@ import aiohttp
 import pytest
 
 from s3stream.checkpoint import S3CheckpointStore
+from s3stream.config import build_settings
 from s3stream.cursor import Checkpoint
+from s3stream.emulator import run_emulator
 from s3stream.errors import BucketNotFound, EndpointUnreachable
 from s3stream.producer import Producer
-from s3stream.store import Store, translate
+from s3stream.store import Store, open_store, translate
 from s3stream.topics import create_topic, load_topic
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.test_cli import assert_one_line_error, child_env
@@ -140,29 +142,37 @@ async def test_bucket_create_versioning_and_decommission_past_one_page(store: St
 
 
 async def test_directory_and_unversioned_buckets(store: Store, moto_endpoint: str) -> None:
-    """A directory bucket (NAME--AZID--x-s3) is created as one, refuses --versioning and versions
-    topics with one line each, takes a log topic, and is decommissioned through ListObjectsV2, as is a
-    plain unversioned bucket."""
+    """A directory bucket (NAME--AZID--x-s3) is created as one (through CreateSession auth, checked by
+    the emulator), refuses --versioning and versions topics with one line each, takes a log topic, and
+    is decommissioned through ListObjectsV2, as is a plain unversioned bucket (on moto)."""
     directory = f"{new_bucket_name('dir')}--use1-az4--x-s3"
-    assert_one_line_error(await cli(moto_endpoint, "bucket", "create", directory, "--versioning"),
-                          "directory bucket", "no versioning")
-    created = await ok(moto_endpoint, "bucket", "create", directory)
-    assert "directory bucket" in created.text
-    assert "use1-az4" in created.text
-    assert_one_line_error(await cli(moto_endpoint, "topic", "create", f"s3://{directory}/events"),
-                          "directory bucket", "--layout log")
-    await ok(moto_endpoint, "topic", "create", f"s3://{directory}/events", "--layout", "log")
+    with run_emulator("express", verify_signatures=True, latency_ms=0) as emu:
+        endpoint = emu.url
+        assert_one_line_error(await cli(endpoint, "bucket", "create", directory, "--versioning"),
+                              "directory bucket", "no versioning")
+        created = await ok(endpoint, "bucket", "create", directory)
+        assert "directory bucket" in created.text
+        assert "use1-az4" in created.text
+        assert_one_line_error(await cli(endpoint, "topic", "create", f"s3://{directory}/events"),
+                              "directory bucket", "--layout log")
+        await ok(endpoint, "topic", "create", f"s3://{directory}/events", "--layout", "log")
+        settings = build_settings({"s3": {"endpoint_url": endpoint, "addressing_style": "path"}}).s3
+        async with open_store(settings) as express:
+            await asyncio.gather(*(express.put_object(directory, f"d/{i}", b"x") for i in range(5)))
+            result = await ok(endpoint, "bucket", "decommission", directory, "--yes")
+            assert result.text == f"deleted 6 objects and bucket {directory}\n"  # 5 + the topic's metadata
+            with pytest.raises(BucketNotFound):
+                await express.check_bucket(directory)
+        signatures = emu.stats()["signatures"]
+        assert signatures["s3express-session"] > 0
+        assert signatures.get("rejected", 0) == 0
     plain = new_bucket_name("plain")
     assert "versioning off" in (await ok(moto_endpoint, "bucket", "create", plain)).text
-    for bucket in (directory, plain):
-        await asyncio.gather(*(store.put_object(bucket, f"d/{i}", b"x") for i in range(5)))
-    results = await asyncio.gather(*(ok(moto_endpoint, "bucket", "decommission", b, "--yes")
-                                     for b in (directory, plain)))
-    assert results[0].text == f"deleted 6 objects and bucket {directory}\n"  # 5 + the topic's metadata
-    assert results[1].text == f"deleted 5 objects and bucket {plain}\n"
-    for bucket in (directory, plain):
-        with pytest.raises(BucketNotFound):
-            await store.check_bucket(bucket)
+    await asyncio.gather(*(store.put_object(plain, f"d/{i}", b"x") for i in range(5)))
+    result = await ok(moto_endpoint, "bucket", "decommission", plain, "--yes")
+    assert result.text == f"deleted 5 objects and bucket {plain}\n"
+    with pytest.raises(BucketNotFound):
+        await store.check_bucket(plain)
 
 
 # --- topics ----------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_defaults_are_sensible() -> None:
     assert settings == Settings()
     c = settings.consumer
     assert c.group == "default"
-    assert c.concurrency == 16
+    assert c.concurrency == 64
     assert c.queue_size == 1000
     assert c.settle_window == 30.0
     assert c.start_from == "earliest"
