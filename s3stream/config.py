@@ -60,7 +60,7 @@ class ConsumerSettings(_Model):
     group: str = Field(default="default", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     concurrency: int = Field(default=64, gt=0, le=1024, description="Objects fetched and handled at once.")
     queue_size: int = Field(default=1000, gt=0)
-    poll_interval: float = Field(default=1.0, gt=0, description="Wait between polls when busy.")
+    poll_interval: float = Field(default=0.05, gt=0, description="Wait between polls while messages flow.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Idle polls back off up to this.")
     settle_window: float = Field(default=30.0, ge=0, description="How late a version may become visible.")
     start_from: Literal["earliest", "latest"] = "earliest"

@@ -58,13 +58,14 @@ class ShardPoller(Generic[C]):
         raise NotImplementedError
 
     async def run(self) -> None:
-        """Poll until cancelled: at once after a pass that found a page's worth, after
-        ``poll_interval`` when it found something, backing off (doubling) up to ``max_poll_interval``
+        """Poll until cancelled: at once after a pass that found a page's worth, ``poll_interval``
+        after the start of a pass that found something, backing off (doubling) up to ``max_poll_interval``
         while idle or failing. A new group starting at ``latest`` skips what its first pass finds."""
         settings = self.settings
         delay = settings.poll_interval
         skip = self.shard.fresh and settings.start_from == "latest"
         while True:
+            started = time.monotonic()
             try:
                 found = await self.poll_once(skip=skip)
             except RetriableError as exc:
@@ -75,6 +76,9 @@ class ShardPoller(Generic[C]):
                 if found >= settings.page_size:
                     continue
                 delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
+                if found:  # while messages flow, passes *start* poll_interval apart
+                    await asyncio.sleep(max(0.0, started + delay - time.monotonic()))
+                    continue
             await asyncio.sleep(delay)
 
 
