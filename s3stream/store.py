@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,7 @@ class Store:
     def __init__(self, client: Any, retry: RetryPolicy, lean: LeanClient | None = None) -> None:
         self.client = client
         self.retry = retry
-        self.throttle = Throttle()
+        self._throttles: dict[str, Throttle] = {}
         self.lean = lean
 
     async def list_versions(
@@ -115,7 +116,7 @@ class Store:
             params["VersionId"] = version_id
 
         async def fetch() -> StoredObject:
-            async with self._paced("GetObject", bucket):
+            async with self._paced("GetObject", bucket, key):
                 resp = await self.client.get_object(**params)
                 async with resp["Body"] as stream:
                     body = await stream.read()
@@ -290,8 +291,10 @@ class Store:
                          CreateBucketConfiguration=config)
 
     async def _call(self, operation: str, method: Any, **params: Any) -> Any:
+        where = params.get("Key") or params.get("Prefix")
+
         async def once() -> Any:
-            async with self._paced(operation, params.get("Bucket")):
+            async with self._paced(operation, params.get("Bucket"), where):
                 return await method(**params)
 
         return await self.retry.call(once, what=operation)
@@ -303,23 +306,36 @@ class Store:
         assert lean is not None
 
         async def once() -> Response:
-            async with self._paced(operation, bucket):
+            async with self._paced(operation, bucket, key or (params or {}).get("prefix")):
                 return await lean.request(method, bucket, key, params=params, headers=headers, body=body)
 
         return await self.retry.call(once, what=f"{operation} {key}" if key else operation)
 
+    def throttle_for(self, bucket: str | None, key: str | None) -> Throttle:
+        """The throttle of the partition ``key`` falls in. S3 scales (and answers SlowDown) per
+        prefix; s3stream's shards are ``topic/<shard>/``, so a partition is a key's first two path
+        segments: a SlowDown on one shard paces that shard's requests, not every shard's."""
+        name = f"{bucket}/{'/'.join((key or '').split('/', 2)[:2])}"
+        throttle = self._throttles.get(name)
+        if throttle is None:
+            if len(self._throttles) > 4096:
+                self._throttles = {k: t for k, t in self._throttles.items() if t.pause}
+            throttle = self._throttles[name] = Throttle()
+        return throttle
+
     @contextlib.asynccontextmanager
-    async def _paced(self, operation: str, bucket: str | None) -> AsyncIterator[None]:
-        """One attempt of one request: paced by the throttle, counted, errors translated."""
-        await self.throttle.wait()
-        metrics.S3_REQUESTS.labels(operation=operation).inc()
+    async def _paced(self, operation: str, bucket: str | None, key: str | None = None) -> AsyncIterator[None]:
+        """One attempt of one request: paced by its partition's throttle, counted, errors translated."""
+        throttle = self.throttle_for(bucket, key)
+        await throttle.wait()
+        _request_counter(operation).inc()
         try:
             with translate(operation, bucket=bucket):
                 yield
         except errors.StoreError as exc:
-            self.throttle.observe(exc)
+            throttle.observe(exc)
             raise
-        self.throttle.observe(None)
+        throttle.observe(None)
 
 
 @contextlib.asynccontextmanager
@@ -427,6 +443,11 @@ def _capture_version_entries(response_dict: dict[str, Any], customized_response_
     """Keep S3's interleaving of versions and delete markers, which botocore's parser splits apart."""
     if response_dict.get("status_code") == 200 and isinstance(response_dict.get("body"), bytes):
         customized_response_dict[_ENTRIES] = parse_version_entries(response_dict["body"])
+
+
+@functools.lru_cache(maxsize=128)
+def _request_counter(operation: str) -> Any:
+    return metrics.S3_REQUESTS.labels(operation=operation)
 
 
 def _metadata(answer: Response) -> dict[str, str]:

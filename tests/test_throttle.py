@@ -1,4 +1,4 @@
-"""The adaptive throttle: SlowDown answers slow every request of a client down, successes recover."""
+"""The adaptive throttle: SlowDown answers slow a partition's requests down, successes recover."""
 
 from __future__ import annotations
 
@@ -24,16 +24,19 @@ def test_pause_doubles_on_slowdown_and_decays_on_success() -> None:
 
 
 async def test_slowdown_from_s3_paces_the_client(moto_endpoint: str, bucket: str, store: Store) -> None:
-    """After a burst of 503 SlowDown answers the store's client pauses before requests (the PUT still
-    succeeds through retries); a run of successes brings the pause back to zero."""
+    """After a burst of 503 SlowDown answers the store pauses before requests to that partition (the
+    PUT still succeeds through retries), not before other partitions' (S3 throttles per prefix); a run
+    of successes brings the pause back to zero."""
     rule = Rule(S3Error(503, "SlowDown"), method="PUT", first=3)
     with S3Proxy(moto_endpoint, [rule]) as proxy:
         settings = build_settings({"s3": {"endpoint_url": proxy.endpoint, "addressing_style": "path"}})
         async with open_store(settings.s3) as paced:
             await paced.put_object(bucket, "t/a", b"x")
             assert rule.applied == 3
-            assert paced.throttle.pause > 0
+            assert paced.throttle_for(bucket, "t/a").pause > 0
+            assert paced.throttle_for(bucket, "u/a").pause == 0.0
+            assert paced.throttle_for(bucket, "t/a/deeper") is paced.throttle_for(bucket, "t/a")
             for _ in range(60):
                 await paced.get_object(bucket, "t/a")
-            assert paced.throttle.pause == 0.0
+            assert paced.throttle_for(bucket, "t/a").pause == 0.0
     assert (await store.get_object(bucket, "t/a")).body == b"x"
