@@ -75,6 +75,7 @@ class Producer:
         self._seq: defaultdict[tuple[str, str, int], int] = defaultdict(int)
         self._slots = asyncio.Semaphore(self.settings.producer.concurrency)
         self._segments: dict[tuple[str, str, int], _Segment] = {}
+        self._round = -1
 
     async def __aenter__(self) -> Producer:
         if self._store is None:
@@ -134,14 +135,15 @@ class Producer:
 
     async def _publish_version(self, topic: Topic, data: bytes, key: str | None,
                                metadata: dict[str, str] | None) -> Published:
-        name = topic.shard_prefix(topic.shard_of(key)) + (key if key is not None else uuid.uuid4().hex)
+        leaf = key if key is not None else uuid.uuid4().hex  # a keyless message lands on a random shard
+        name = topic.shard_prefix(topic.shard_of(leaf)) + leaf
         etag, version = await self._put(topic.bucket, name, data, create_only=False, metadata=metadata)
         _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
     async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
                               metadata: dict[str, str] | None) -> Published:
-        shard = topic.shard_of(key)
+        shard = self._shard(topic, key)
         name = self._next_name(topic, shard, lane_of(key), "")
         meta = dict(metadata or {})
         if key is not None:
@@ -151,7 +153,7 @@ class Producer:
         return Published(key=name, etag=etag, version_id=version)
 
     async def _add_to_segment(self, topic: Topic, data: bytes, key: str | None) -> Published:
-        shard = topic.shard_of(key)
+        shard = self._shard(topic, key)
         ident = (topic.bucket, topic.name, shard)
         seg = self._segments.get(ident)
         if seg is None:
@@ -184,7 +186,7 @@ class Producer:
 
             for key, body in messages:
                 data = body.encode("utf-8") if isinstance(body, str) else body
-                shard = topic.shard_of(key)
+                shard = self._shard(topic, key)
                 batch = open_.get(shard)
                 if batch is None:
                     batch = open_[shard] = _Batch(shard)
@@ -233,6 +235,13 @@ class Producer:
         for offset, (_, _, future) in enumerate(seg.items):
             if not future.done():
                 future.set_result(Published(key=name, etag=etag, offset=offset))
+
+    def _shard(self, topic: Topic, key: str | None) -> int:
+        """A key's shard; keyless messages (which promise no order) go round the shards."""
+        if key is not None or topic.shards == 1:
+            return topic.shard_of(key)
+        self._round = (self._round + 1) % topic.shards
+        return self._round
 
     def _next_name(self, topic: Topic, shard: int, lane: str, suffix: str) -> str:
         counter = (topic.bucket, topic.name, shard)

@@ -54,23 +54,56 @@ class RetryPolicy:
 
 
 class Throttle:
-    """Adaptive pacing shared by every S3 call of one client: slows down when S3 says SlowDown.
+    """Adaptive pacing of one S3 partition (prefix): additive increase, multiplicative decrease.
 
-    Each ``Throttled`` answer doubles a pause taken before every request (from 10 ms up to
-    ``max_pause``); each success shrinks it by 10 %. So pollers and producers back off together
-    while S3 scales a prefix, instead of hammering it, and return to full speed once it has.
+    Unpaced until S3 answers ``SlowDown``. Then requests are spaced to a rate: the first SlowDown
+    sets it to 70 % of the rate requests were sent at over the last second; each further one cuts it
+    by 30 %, except for requests sent before the last cut (a burst in flight fails together and is
+    answered by one cut); successes raise it by about 10 % a second (at least one request/s a
+    second), so the rate settles just under what S3 grants the prefix instead of swinging between
+    hammering it and idling. A rate that has grown past ``max_rate`` goes back to unpaced.
     """
 
-    def __init__(self, max_pause: float = 2.0) -> None:
-        self.pause = 0.0
-        self.max_pause = max_pause
+    def __init__(self, max_rate: float = 20_000.0, min_rate: float = 1.0) -> None:
+        self.rate: float | None = None
+        self.max_rate = max_rate
+        self.min_rate = min_rate
+        self._next = 0.0
+        self._last_cut = float("-inf")
+        self._window_start = time.monotonic()
+        self._window_count = 0
+        self._last_window_rate = 0.0
 
     async def wait(self) -> None:
-        if self.pause > 0.001:
-            await asyncio.sleep(self.pause)
+        """Wait for this request's slot (at once while unpaced)."""
+        now = time.monotonic()
+        self._count(now)
+        if self.rate is None:
+            return
+        slot = max(now, self._next)
+        self._next = slot + 1.0 / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
-    def observe(self, exc: BaseException | None) -> None:
+    def observe(self, exc: BaseException | None, started: float | None = None) -> None:
+        """Feed the outcome of a request sent at ``started`` (``time.monotonic()``)."""
+        now = time.monotonic()
         if isinstance(exc, Throttled):
-            self.pause = min(self.max_pause, max(0.01, self.pause * 2))
-        elif exc is None and self.pause:
-            self.pause = self.pause * 0.9 if self.pause > 0.001 else 0.0
+            if started is not None and started < self._last_cut:
+                return  # sent before the last cut: that cut already answered it
+            self.rate = max(self.min_rate, 0.7 * (self.rate or self._recent_rate(now)))
+            self._last_cut = now
+        elif exc is None and self.rate is not None:
+            self.rate += max(0.1, 1.0 / self.rate)  # about +10 % (at least +1 request/s) a second
+            if self.rate > self.max_rate:
+                self.rate = None
+
+    def _count(self, now: float) -> None:
+        if now - self._window_start >= 1.0:
+            self._last_window_rate = self._window_count / (now - self._window_start)
+            self._window_start, self._window_count = now, 0
+        self._window_count += 1
+
+    def _recent_rate(self, now: float) -> float:
+        current = self._window_count / max(now - self._window_start, 0.25)
+        return max(current, self._last_window_rate, self.min_rate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -319,7 +320,7 @@ class Store:
         throttle = self._throttles.get(name)
         if throttle is None:
             if len(self._throttles) > 4096:
-                self._throttles = {k: t for k, t in self._throttles.items() if t.pause}
+                self._throttles = {k: t for k, t in self._throttles.items() if t.rate is not None}
             throttle = self._throttles[name] = Throttle()
         return throttle
 
@@ -329,13 +330,14 @@ class Store:
         throttle = self.throttle_for(bucket, key)
         await throttle.wait()
         _request_counter(operation).inc()
+        started = time.monotonic()
         try:
             with translate(operation, bucket=bucket):
                 yield
         except errors.StoreError as exc:
-            throttle.observe(exc)
+            throttle.observe(exc, started)
             raise
-        throttle.observe(None)
+        throttle.observe(None, started)
 
 
 @contextlib.asynccontextmanager

@@ -106,3 +106,23 @@ async def test_watchdog_times_out_a_handler_that_swallows_the_cancel(emulator: E
     assert sorted(set(delivered)) == [f"m{i}" for i in range(6)]
     assert calls["m2"] == 1
     assert calls["m4"] == 2
+
+
+async def test_keyless_messages_spread_over_the_shards(emulator: EmulatorProcess) -> None:
+    """Messages without a key go round a log topic's shards (one at a time and batched), and land
+    on hashed random names across a versions topic's shards, instead of all in shard 0."""
+    url = await new_log_topic(emulator, shards=4)
+    async with Producer(build_settings({"s3": s3(emulator)})) as p:
+        singles = [await p.publish(url, f"m{i}") for i in range(8)]
+        batched = await p.publish_many(url, [(None, f"b{i}") for i in range(40)])
+    shards = [item.key.split("/")[1] for item in singles + batched]
+    assert sorted(set(shards)) == ["00", "01", "02", "03"]
+    assert all(shards.count(s) == 12 for s in set(shards))
+
+    bucket = new_bucket_name("hv")
+    async with open_store(build_settings({"s3": s3(emulator)}).s3) as store:
+        await store.create_bucket(bucket, versioning=True)
+        await create_topic(store, bucket, "events", shards=4)
+    async with Producer(build_settings({"s3": s3(emulator)})) as p:
+        published = await p.publish_many(f"s3://{bucket}/events", [(None, f"v{i}") for i in range(40)])
+    assert len({item.key.split("/")[1] for item in published}) == 4
