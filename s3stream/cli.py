@@ -324,6 +324,27 @@ def chat(url: str, user: str | None, endpoint_url: str | None, config: str | Non
         url, user=name, serve=serve))
 
 
+@main.command()
+@click.option("--bucket", required=True, help="The bucket to benchmark (a directory bucket: log layout).")
+@click.option("--region", help="The bucket's region. [default: us-east-1, or [s3] region]")
+@click.option("--messages", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
+              help="Messages per scenario (segments: 100 times as many).")
+@click.option("--scenario", "scenarios", multiple=True,
+              type=click.Choice(["produce", "consume", "segments", "latency", "idle"]),
+              help="Run only these (repeatable). [default: all but idle]")
+@s3_options
+def bench(bucket: str, region: str | None, messages: int, scenarios: tuple[str, ...],
+          endpoint_url: str | None, config: str | None) -> None:
+    """Benchmark s3stream on a real bucket under a fresh bench-<time>/ prefix, removed afterwards."""
+    from s3stream.bench import DEFAULT_SCENARIOS, command
+
+    quiet_logs()
+    extra = {"s3": {"region": region}} if region else {}
+    run_async(lambda: command(command_settings(config, endpoint_url, sections=("s3", "consumer"), **extra),
+                              bucket, messages=messages, scenarios=scenarios or DEFAULT_SCENARIOS,
+                              echo=click.echo))
+
+
 from s3stream import opscli as _opscli  # noqa: E402  (registers `config` and `dlq` on `main`)
 
 __all__ = ["_opscli", "main"]

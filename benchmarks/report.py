@@ -1,0 +1,695 @@
+"""Render the suite's figures (``<date>.json`` written by ``benchmarks/run.py``) as markdown and a PNG.
+
+.venv/bin/python benchmarks/report.py benchmarks/results/2026-11-23.json   # re-render .md and .png
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from s3stream.bench import request_cost  # noqa: E402
+
+PROFILES = ("zero", "express", "standard")
+CONSUMERS = (
+    ("s3stream", "s3stream Consumer"),
+    ("aiobotocore", "aiobotocore queue, 64 workers"),
+    ("boto3", "boto3 sequential"),
+    ("awscli", "AWS CLI loop (seed 000)"),
+)
+TIMES = "\u00d7"
+LAYOUT = {"zero": "versions", "express": "log, directory bucket", "standard": "versions"}
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+
+def values(results: dict[str, Any], key: str) -> list[float | None]:
+    series = results["series"].get(key)
+    return list(series["values"]) if series else []
+
+
+def extras(results: dict[str, Any], key: str, field: str) -> list[Any]:
+    series = results["series"].get(key)
+    return [e.get(field) for e in series["extra"]] if series else []
+
+
+def ok(vals: Iterable[Any]) -> list[float]:
+    return [float(v) for v in vals if isinstance(v, int | float)]
+
+
+def med(vals: Iterable[Any]) -> float | None:
+    good = ok(vals)
+    return statistics.median(good) if good else None
+
+
+def num(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "\u2013"
+    digits = 0 if abs(x) >= 100 or x == int(x) else 1 if abs(x) >= 10 else 2
+    return f"{x:,.{digits}f}{unit}"
+
+
+def spread(vals: Iterable[Any], unit: str = "") -> str:
+    good = ok(vals)
+    if not good:
+        return "\u2013"
+    return (
+        num(min(good), unit)
+        if len(good) == 1
+        else f"{num(min(good))}\u2013{num(max(good), unit)}"
+    )
+
+
+def ratios(top: list[float | None], bottom: list[float | None]) -> list[float]:
+    """Per-run ratios of two series measured side by side (runs where both succeeded)."""
+    return [a / b for a, b in zip(top, bottom, strict=False) if a is not None and b]
+
+
+def dollars(x: float) -> str:
+    return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def met(value: float | None, target: float, *, at_most: bool = False) -> str:
+    if value is None:
+        return "no figure"
+    return "yes" if (value <= target if at_most else value >= target) else "**no**"
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+
+def header(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    return "\n".join(
+        [
+            f"# s3stream benchmarks, {results['date']}",
+            "",
+            f"- commit `{m['commit']}`; command `{results['command']}` ({results['sizes_name']} sizes, "
+            f"{results['runs']} run(s) of each scenario, {results['seconds'] / 60:.1f} minutes in all)",
+            f"- machine: {m['cpu']}, {m['cores']} cores; {m['platform']}",
+            f"- Python {m['python']}, aiobotocore {m['aiobotocore']}; client and emulator are separate "
+            "processes on the same machine, talking HTTP over 127.0.0.1",
+        ]
+    )
+
+
+def summary(r: dict[str, Any]) -> str:
+    boto = ratios(values(r, "consume.express.s3stream"), values(r, "consume.express.boto3"))
+    shards = ratios(values(r, "shards.8"), values(r, "shards.1"))
+    rows_spec: list[tuple[str, list[Any], str, float, bool, str]] = [
+        (
+            "consume 1 msg/object, express (log, directory bucket)",
+            values(r, "consume.express.s3stream"),
+            " msg/s",
+            4000,
+            False,
+            "≥ 4,000 msg/s",
+        ),
+        ("… ÷ boto3 sequential, same runs", list(boto), "\u00d7", 25, False, "≥ 25\u00d7"),
+        (
+            "consume segments, express",
+            values(r, "segments.express"),
+            " msg/s",
+            250_000,
+            False,
+            "≥ 250,000 msg/s",
+        ),
+        (
+            "produce segments, express",
+            values(r, "produce.express.segments"),
+            " msg/s",
+            150_000,
+            False,
+            "≥ 150,000 msg/s",
+        ),
+        ("latency p50, express", values(r, "latency.express"), " ms", 50, True, "≤ 50 ms"),
+        (
+            "latency p99, express",
+            extras(r, "latency.express", "p99_ms"),
+            " ms",
+            250,
+            True,
+            "≤ 250 ms",
+        ),
+        ("8 shards ÷ 1 shard, per-prefix limit", list(shards), "\u00d7", 7, False, "≥ 7\u00d7"),
+        (
+            "peak RSS, 1M-message backlog (segments)",
+            values(r, "rss.segments"),
+            " MiB",
+            250,
+            True,
+            "≤ 250 MB",
+        ),
+        (
+            "peak RSS, one-message-object backlog",
+            values(r, "rss.single"),
+            " MiB",
+            250,
+            True,
+            "≤ 250 MB",
+        ),
+    ]
+    rows = [
+        [
+            name,
+            num(med(v), unit),
+            spread(v, unit),
+            str(len(ok(v))),
+            target,
+            met(med(v), goal, at_most=at_most),
+        ]
+        for name, v, unit, goal, at_most, target in rows_spec
+    ]
+    return "## Against the targets\n\n" + table(
+        ["scenario", "median", "min\u2013max", "runs", "target", "met?"], rows
+    )
+
+
+def consume_section(r: dict[str, Any]) -> str:
+    rows = []
+    for profile in PROFILES:
+        ours = values(r, f"consume.{profile}.s3stream")
+        for name, label in CONSUMERS:
+            key = f"consume.{profile}.{name}"
+            if key not in r["series"]:
+                continue
+            v = values(r, key)
+            cap = " (capped, extrapolated)" if any(extras(r, key, "extrapolated")) else ""
+            ratio = (
+                "1"
+                if name == "s3stream"
+                else f"{num(med(ratios(ours, v)), TIMES)} ({spread(ratios(ours, v), TIMES)})"
+            )
+            layout = LAYOUT[profile] if name == "s3stream" else "versions"
+            rows.append(
+                [
+                    profile,
+                    label + cap,
+                    layout,
+                    num(med(v)),
+                    spread(v),
+                    str(len(ok(v))),
+                    num(med(extras(r, key, "cpu_us"))),
+                    num(med(extras(r, key, "server_cpu_pct")), " %"),
+                    ratio,
+                ]
+            )
+    return (
+        "## Consume, one message per object (1 KiB)\n\n"
+        "Messages per second from the start of the run (client creation included) to the last message; "
+        "client CPU is `time.process_time()` per message; emulator CPU is its CPU seconds over the wall "
+        "time of the same measurement (100 % = one core busy). The last column is s3stream's rate "
+        "divided by the baseline's in the same run (median, min\u2013max over runs).\n\n"
+        + table(
+            [
+                "profile",
+                "consumer",
+                "layout",
+                "median msg/s",
+                "min\u2013max",
+                "runs",
+                "client CPU µs/msg",
+                "emulator CPU",
+                "s3stream ÷ this",
+            ],
+            rows,
+        )
+    )
+
+
+def throughput_section(r: dict[str, Any]) -> str:
+    spec = [
+        ("segments.zero", "zero", "consume segments of 1,000 (log)"),
+        ("segments.express", "express", "consume segments of 1,000 (log, directory bucket)"),
+        ("produce.zero.single", "zero", "produce 1 msg/object (versions)"),
+        ("produce.express.single", "express", "produce 1 msg/object (log, directory bucket)"),
+        ("produce.zero.segments", "zero", "produce segments of 1,000 (log)"),
+        (
+            "produce.express.segments",
+            "express",
+            "produce segments of 1,000 (log, directory bucket)",
+        ),
+    ]
+    rows = []
+    for key, profile, label in spec:
+        if key in r["series"]:
+            v = values(r, key)
+            rows.append(
+                [
+                    profile,
+                    label,
+                    num(med(v)),
+                    spread(v),
+                    r["series"][key]["unit"],
+                    str(len(ok(v))),
+                    num(med(extras(r, key, "cpu_us"))),
+                    num(med(extras(r, key, "server_cpu_pct")), " %"),
+                ]
+            )
+    return "## Segments and producing\n\n" + table(
+        [
+            "profile",
+            "scenario",
+            "median",
+            "min\u2013max",
+            "unit",
+            "runs",
+            "client CPU µs/msg",
+            "emulator CPU",
+        ],
+        rows,
+    )
+
+
+def shards_section(r: dict[str, Any]) -> str:
+    one, eight = values(r, "shards.1"), values(r, "shards.8")
+    rows = [
+        [
+            f"{n}",
+            num(med(v)),
+            spread(v),
+            str(len(ok(v))),
+            num(None if med(v) is None else 100 * (med(v) or 0) / (200 * n), " %"),
+            num(med(extras(r, f"shards.{n}", "throttled"))),
+            num(med(extras(r, f"shards.{n}", "server_cpu_pct")), " %"),
+        ]
+        for n, v in ((1, one), (8, eight))
+    ]
+    ratio = ratios(eight, one)
+    return (
+        "## One shard against eight under the per-prefix PUT limit\n\n"
+        "Standard profile with its per-prefix limit **scaled down to 200 PUT/s** (`put_rate=200`): this "
+        "2-core client cannot send 8 \u00d7 3,500 PUT/s, so the real limit would measure the client, not "
+        "sharding. Versions layout, keyed messages spread over the shards, producer concurrency 64. "
+        "The ratio is the figure; \"of the cap\" is the rate over 200 objects/s per shard, how much of "
+        "its allowance each case used (a 503 makes the client's shared throttle pause every request).\n\n"
+        + table(
+            [
+                "shards",
+                "median objects/s",
+                "min\u2013max",
+                "runs",
+                "of the cap",
+                "503 SlowDown (median)",
+                "emulator CPU",
+            ],
+            rows,
+        )
+        + f"\n\n8 shards ÷ 1 shard, per run: median **{num(med(ratio), TIMES)}** ({spread(ratio, TIMES)}); "
+        "target ≥ 7\u00d7."
+    )
+
+
+def latency_section(r: dict[str, Any]) -> str:
+    rows = []
+    for profile in ("express", "standard"):
+        key = f"latency.{profile}"
+        if key in r["series"]:
+            p50, p99 = values(r, key), extras(r, key, "p99_ms")
+            layout = (extras(r, key, "layout") or ["?"])[0]
+            rows.append(
+                [
+                    profile,
+                    str(layout),
+                    num(med(p50), " ms"),
+                    spread(p50, " ms"),
+                    num(med(p99), " ms"),
+                    spread(p99, " ms"),
+                    num(max(ok(extras(r, key, "max_ms")), default=None), " ms"),
+                    str(len(ok(p50))),
+                ]
+            )
+    s = r["sizes"]
+    return (
+        f"## End-to-end latency, publish → handler\n\n{s['latency']:,} messages published at "
+        f"{s['latency_rate']:.0f}/s with the send time in the body, one consumer with default settings "
+        "(`poll_interval` 1 s) in the same process.\n\n"
+        + table(
+            [
+                "profile",
+                "layout",
+                "p50 median",
+                "p50 min\u2013max",
+                "p99 median",
+                "p99 min\u2013max",
+                "max",
+                "runs",
+            ],
+            rows,
+        )
+    )
+
+
+def _typical(r: dict[str, Any], key: str) -> tuple[dict[str, int], int] | None:
+    """The request counts and message count of the run with the median request total."""
+    series = r["series"].get(key)
+    runs = [e for e in series["extra"] if e.get("requests")] if series else []
+    if not runs:
+        return None
+    runs.sort(key=lambda e: sum(e["requests"].values()) / e["messages"])
+    chosen = runs[len(runs) // 2]
+    return chosen["requests"], chosen["messages"]
+
+
+def _scaled(found: tuple[dict[str, int], int]) -> dict[str, float]:
+    counts, messages = found
+    return {op: n * 1_000_000 / messages for op, n in counts.items()}
+
+
+def cost_section(r: dict[str, Any]) -> str:
+    spec = [
+        ("versions", "1", "produce.zero.single", "consume.zero.s3stream", False),
+        ("log", "1", "produce.express.single", "consume.express.s3stream", True),
+        ("log", "1,000 (segments)", "produce.express.segments", "segments.express", True),
+    ]
+    rows = []
+    for layout, per, produce_key, consume_key, express in spec:
+        made, used = _typical(r, produce_key), _typical(r, consume_key)
+        if made is None or used is None:
+            rows.append(
+                [layout, per, "\u2013", "\u2013", "\u2013", "\u2013", "\u2013", "no figures"]
+            )
+            continue
+        p, c = _scaled(made), _scaled(used)
+        both = {op: round(p.get(op, 0) + c.get(op, 0)) for op in sorted({*p, *c})}
+        std = request_cost(both, "standard")
+        exp = dollars(request_cost(both, "express")) if express else "n/a (no versioning)"
+        rows.append(
+            [
+                layout,
+                per,
+                num(sum(p.values())),
+                num(sum(c.values())),
+                num(sum(both.values())),
+                dollars(std),
+                exp,
+                ", ".join(f"{op} {num(n)}" for op, n in both.items()),
+            ]
+        )
+    rows.append(
+        [
+            "versions",
+            "1,000 (segments)",
+            "\u2013",
+            "\u2013",
+            "\u2013",
+            "\u2013",
+            "\u2013",
+            "not offered: segments are log layout",
+        ]
+    )
+    return (
+        "## S3 requests per million messages\n\nCounted by the emulator per operation during the produce "
+        "and consume runs (checkpoints, listings and start-up included; the run with the median count), "
+        "scaled to 1,000,000 messages, priced at the public request prices in `s3stream/bench.py` "
+        "(S3 Standard: PUT/COPY/POST/LIST $0.005 and GET $0.0004 per 1,000; S3 Express One Zone: $0.00113 "
+        "and $0.00003; us-east-1).\n\n"
+        + table(
+            [
+                "layout",
+                "messages/object",
+                "produce",
+                "consume",
+                "total",
+                "$ S3 Standard",
+                "$ S3 Express",
+                "by operation",
+            ],
+            rows,
+        )
+        + "\n\n"
+        + idle_section(r)
+    )
+
+
+def idle_section(r: dict[str, Any]) -> str:
+    if "idle" not in r["series"]:
+        return ""
+    v, log = values(r, "idle"), extras(r, "idle", "log")
+    s = r["sizes"]
+    rows = []
+    for layout, vals, op in (("versions", v, "ListObjectVersions"), ("log", log, "ListObjectsV2")):
+        per_hour = med(vals)
+        month = None if per_hour is None else per_hour * 730
+        rows.append(
+            [
+                layout,
+                op,
+                num(per_hour),
+                num(month),
+                "\u2013"
+                if month is None
+                else f"${request_cost({op: round(month)}, 'standard'):,.2f}",
+            ]
+        )
+    return (
+        f"**Idle.** A consumer with default settings on empty topics ({s['idle_shards']} shards per layout), "
+        f"counted for {s['idle_seconds']:.0f} s after {s['idle_warmup']:.0f} s of warm-up (idle polls back "
+        "off to `max_poll_interval`, 5 s), extrapolated:\n\n"
+        + table(
+            [
+                "layout",
+                "operation",
+                "requests/shard/hour",
+                "requests/shard/month",
+                "$/shard/month (Standard)",
+            ],
+            rows,
+        )
+    )
+
+
+def rss_section(r: dict[str, Any]) -> str:
+    rows = []
+    for key, label in (
+        ("rss.segments", "segments of 1,000 (log)"),
+        ("rss.single", "one message per object (versions)"),
+    ):
+        if key in r["series"]:
+            v = values(r, key)
+            rows.append(
+                [
+                    label,
+                    num(med(extras(r, key, "messages"))),
+                    num(med(extras(r, key, "objects"))),
+                    num(med(v), " MiB"),
+                    num(med(extras(r, key, "rate"))),
+                ]
+            )
+    return (
+        "## Peak memory while consuming a backlog\n\nThe consumer runs alone in a child process "
+        "(`python -m s3stream.bench rss`) with default settings; its peak RSS is the `VmHWM` of its "
+        "own address space (`ru_maxrss` is not used: Linux carries it over `exec`, so a child reports "
+        "at least its parent's size).\n\n"
+        + table(["backlog", "messages", "objects", "peak RSS", "msg/s"], rows)
+    )
+
+
+def _busy(r: dict[str, Any], key: str) -> tuple[float | None, float | None]:
+    """How busy the client's CPU was (% of one core: CPU per message x rate) and the emulator's."""
+    rate, cpu = med(values(r, key)), med(extras(r, key, "cpu_us"))
+    client = None if rate is None or cpu is None else cpu * rate / 1e4
+    return client, med(extras(r, key, "server_cpu_pct"))
+
+
+def limits_section(r: dict[str, Any]) -> str:
+    """What held back each throughput figure, read from the CPU figures of the same runs."""
+    lines = ["## What limits the figures", ""]
+    for key, label in (("consume.express.s3stream", "consume 1 msg/object, express"),
+                       ("consume.zero.s3stream", "consume 1 msg/object, zero"),
+                       ("segments.express", "consume segments, express"),
+                       ("produce.express.segments", "produce segments, express")):
+        client, server = _busy(r, key)
+        if client is None:
+            continue
+        if client >= 80:
+            verdict = "the client's CPU (one Python thread) is the limit"
+        elif client >= 50:
+            verdict = "mostly the client's CPU; the rest of the time it waits (latency, polling)"
+        else:
+            verdict = "neither CPU is saturated: waiting (latency, polling, pipeline depth) is the limit"
+        lines.append(f"- {label}: client CPU {num(client, ' %')} of one core, emulator "
+                     f"{num(server, ' %')}: {verdict}.")
+    one = med(values(r, "shards.1"))
+    if one is not None and one < 0.8 * 200:
+        lines.append(f"- 1 shard reached {num(one)} objects/s, {num(one / 2, ' %')} of its 200/s cap: each "
+                     "503 SlowDown makes the client's shared throttle pause every request, so one shard "
+                     "under-uses its allowance and the 8-shard ratio overstates what sharding alone gives "
+                     "(against the caps the ideal is 8\u00d7).")
+    lines.append("- latency: the consumer lists each shard every `poll_interval` (1 s by default) while "
+                 "busy, so a message waits up to one interval for the listing that finds it; p50 and p99 "
+                 "follow the poll interval, not S3's latency.")
+    lines.append("- The profile below (cProfile, which slows the run) shows where the consume path spends "
+                 "its time.")
+    return "\n".join(lines)
+
+
+def notes_section(r: dict[str, Any]) -> str:
+    lines = [
+        "## Notes",
+        "",
+        "- **Emulator.** `s3stream.emulator`: an in-memory S3 in its own process, keep-alive HTTP on "
+        "127.0.0.1. Profiles: `zero` (no added latency), `express` (about 5 ms per request; `*--x-s3` "
+        "buckets have directory-bucket semantics: no versioning, unordered listings, CreateSession), "
+        "`standard` (about 25 ms to first byte; per-prefix 3,500 PUT/s and 5,500 GET/s, 503 SlowDown "
+        "beyond). Its CPU is shown next to each figure: well under 100 % means it was not the limit.",
+        "- **Layouts.** s3stream's express figures use the **log layout on a directory bucket** (what a user "
+        "of S3 Express runs); the baselines need `ListObjectVersions`, so at every profile they consume a "
+        "versioned general-purpose bucket holding the same number of 1 KiB messages. At zero and standard "
+        "s3stream and the baselines read the very same objects.",
+        "- **Consumers.** s3stream: default settings (concurrency 16, S3 checkpoints written during the run, "
+        "`poll_interval` 1 s), a fresh consumer group per run, handler counting messages. Baselines: "
+        "`benchmarks/baselines.py`, no checkpoints. Capped baselines (boto3 sequential, AWS CLI) fetch the "
+        "first N objects and their rate is extrapolated to the backlog.",
+        "- **Runs.** Each run alternates s3stream and the baselines on the same data, so the ratios compare "
+        "runs made side by side on the same machine, which is noisy; compare ratios between commits, not "
+        "absolute figures between machines.",
+    ]
+    lines += [f"- {text}" for key, text in r["notes"].items() if key != "profile"]
+    failed = [f"- `{k}`: {e}" for k, s in r["series"].items() for e in s["errors"]]
+    if failed:
+        lines += ["", "**Failed measurements** (left out of the medians):", "", *failed]
+    if "profile" in r["notes"]:
+        lines += [
+            "",
+            "## Profile: consume, one message per object, zero profile",
+            "",
+            "```",
+            r["notes"]["profile"].strip(),
+            "```",
+        ]
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any], png_name: str) -> str:
+    parts = [
+        header(results),
+        f"![benchmarks]({png_name})",
+        summary(results),
+        consume_section(results),
+        throughput_section(results),
+        shards_section(results),
+        latency_section(results),
+        cost_section(results),
+        rss_section(results),
+        limits_section(results),
+        notes_section(results),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+# --- plot ------------------------------------------------------------------------------------------
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
+    _bars(
+        axes[0][0],
+        "Consume, 1 msg/object (msg/s, log scale)",
+        list(PROFILES),
+        {label: [values(r, f"consume.{p}.{name}") for p in PROFILES] for name, label in CONSUMERS},
+        log=True,
+        lines={"target at express: 4,000": 4000},
+    )
+    lat = ["express", "standard"]
+    _bars(
+        axes[0][1],
+        "Publish → handler latency (ms)",
+        lat,
+        {
+            "p50": [values(r, f"latency.{p}") for p in lat],
+            "p99": [extras(r, f"latency.{p}", "p99_ms") for p in lat],
+        },
+        lines={"p50 target 50 ms": 50, "p99 target 250 ms": 250},
+    )
+    _bars(
+        axes[1][0],
+        "Produce under 200 PUT/s per prefix (objects/s)",
+        ["1 shard", "8 shards"],
+        {"objects/s": [values(r, "shards.1"), values(r, "shards.8")]},
+        lines={"cap, 1 shard": 200, "cap, 8 shards": 1600},
+    )
+    keys = ["segments.express", "produce.express.segments", "produce.express.single"]
+    _bars(
+        axes[1][1],
+        "Express: segments and producing (msg/s, log scale)",
+        ["consume seg", "produce seg", "produce 1/obj"],
+        {"s3stream": [values(r, k) for k in keys]},
+        log=True,
+        lines={"consume target": 250_000, "produce target": 150_000},
+    )
+    fig.suptitle(
+        f"s3stream benchmarks {r['date']} (commit {r['machine']['commit']}; bars: median, whiskers: "
+        "min\u2013max)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _bars(
+    ax: Any,
+    title: str,
+    groups: list[str],
+    series: dict[str, list[list[Any]]],
+    *,
+    log: bool = False,
+    lines: dict[str, float] | None = None,
+) -> None:
+    """Grouped bars at the medians with min-max whiskers, and dashed lines at ``lines`` (targets)."""
+    width = 0.8 / max(len(series), 1)
+    for i, (name, per_group) in enumerate(series.items()):
+        meds = [med(v) or 0.0 for v in per_group]
+        low = [m - min(ok(v), default=m) for m, v in zip(meds, per_group, strict=True)]
+        high = [max(ok(v), default=m) - m for m, v in zip(meds, per_group, strict=True)]
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, meds, width=width, label=name, yerr=[low, high], capsize=3)
+    for (label, y), style in zip((lines or {}).items(), ("--", ":"), strict=False):
+        ax.axhline(y, linestyle=style, color="gray", linewidth=1, label=label)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_title(title, fontsize=10)
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(top=ax.get_ylim()[1] * 30)  # room for the legend above the bars
+    else:
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.3)
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``<date>.json``, ``<date>.md`` and ``<date>.png`` into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / results["date"]
+    data, md, png = stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")
+    data.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, png)
+    md.write_text(render(results, png.name))
+    return [md, png, data]
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    for written in write(json.loads(source.read_text()), source.parent):
+        print(written)
