@@ -297,7 +297,8 @@ def shards_section(r: dict[str, Any]) -> str:
         "2-core client cannot send 8 \u00d7 3,500 PUT/s, so the real limit would measure the client, not "
         "sharding. Versions layout, keyed messages spread over the shards, producer concurrency 64. "
         "The ratio is the figure; \"of the cap\" is the rate over 200 objects/s per shard, how much of "
-        "its allowance each case used (a 503 makes the client's shared throttle pause every request).\n\n"
+        "its allowance each case used (s3stream paces each prefix by rate after a 503: cut by 30 %, then "
+        "raised about 10 % a second).\n\n"
         + table(
             [
                 "shards",
@@ -338,7 +339,7 @@ def latency_section(r: dict[str, Any]) -> str:
     return (
         f"## End-to-end latency, publish → handler\n\n{s['latency']:,} messages published at "
         f"{s['latency_rate']:.0f}/s with the send time in the body, one consumer with default settings "
-        "(`poll_interval` 1 s) in the same process.\n\n"
+        "(`poll_interval` 50 ms while messages flow) in the same process.\n\n"
         + table(
             [
                 "profile",
@@ -528,12 +529,12 @@ def limits_section(r: dict[str, Any]) -> str:
     one = med(values(r, "shards.1"))
     if one is not None and one < 0.8 * 200:
         lines.append(f"- 1 shard reached {num(one)} objects/s, {num(one / 2, ' %')} of its 200/s cap: each "
-                     "503 SlowDown makes the client's shared throttle pause every request, so one shard "
-                     "under-uses its allowance and the 8-shard ratio overstates what sharding alone gives "
-                     "(against the caps the ideal is 8\u00d7).")
-    lines.append("- latency: the consumer lists each shard every `poll_interval` (1 s by default) while "
-                 "busy, so a message waits up to one interval for the listing that finds it; p50 and p99 "
-                 "follow the poll interval, not S3's latency.")
+                     "503 SlowDown cuts that prefix's pace by 30 % and it climbs back about 10 % a second, "
+                     "so a short run spends part of its time below the cap (against the caps the ideal "
+                     "is 8\u00d7).")
+    lines.append("- latency: while messages flow the consumer starts a listing pass of each shard every "
+                 "`poll_interval` (50 ms by default), so a message waits on average half an interval for "
+                 "the pass that finds it, plus one LIST and one GET.")
     lines.append("- The profile below (cProfile, which slows the run) shows where the consume path spends "
                  "its time.")
     return "\n".join(lines)
@@ -552,8 +553,8 @@ def notes_section(r: dict[str, Any]) -> str:
         "of S3 Express runs); the baselines need `ListObjectVersions`, so at every profile they consume a "
         "versioned general-purpose bucket holding the same number of 1 KiB messages. At zero and standard "
         "s3stream and the baselines read the very same objects.",
-        "- **Consumers.** s3stream: default settings (concurrency 16, S3 checkpoints written during the run, "
-        "`poll_interval` 1 s), a fresh consumer group per run, handler counting messages. Baselines: "
+        "- **Consumers.** s3stream: default settings (concurrency 64, S3 checkpoints written during the run, "
+        "`poll_interval` 50 ms), a fresh consumer group per run, handler counting messages. Baselines: "
         "`benchmarks/baselines.py`, no checkpoints. Capped baselines (boto3 sequential, AWS CLI) fetch the "
         "first N objects and their rate is extrapolated to the backlog.",
         "- **Runs.** Each run alternates s3stream and the baselines on the same data, so the ratios compare "

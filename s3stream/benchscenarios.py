@@ -314,10 +314,19 @@ async def produce(target: Target, topic: str, *, messages: int, per_object: int 
     return ProduceResult(messages=messages, objects=objects, seconds=seconds, cpu_seconds=cpu, usage=usage)
 
 
+PUBLISH_BATCH = 50_000  # messages per publish_many call: bounds the results list, not the speed
+
+
 async def _publish_all(producer: Producer, url: str, topic: Topic, messages: int, workers: int) -> None:
-    """``workers`` tasks publishing messages 0..messages-1 between them."""
-    numbers = iter(range(messages))
+    """Messages 0..messages-1: in batches through ``publish_many`` when segments are on (the bulk
+    API, which cuts segments itself), else from ``workers`` tasks each calling ``publish``."""
     keyed = topic.layout == "versions"
+    if producer.settings.producer.segment_max_messages > 1:
+        for first in range(0, messages, PUBLISH_BATCH):
+            batch = range(first, min(messages, first + PUBLISH_BATCH))
+            await producer.publish_many(url, ((_message_key(n) if keyed else None, body(n)) for n in batch))
+        return
+    numbers = iter(range(messages))
 
     async def work() -> None:
         for seq in numbers:
