@@ -673,7 +673,8 @@ def _bars(
     ax.set_title(title, fontsize=10)
     if log:
         ax.set_yscale("log")
-        ax.set_ylim(top=ax.get_ylim()[1] * 30)  # room for the legend above the bars
+        smallest = min((m for per_group in series.values() for v in per_group if (m := med(v))), default=1.0)
+        ax.set_ylim(bottom=smallest / 2, top=ax.get_ylim()[1] * 30)  # every bar shows; legend room above
     else:
         ax.set_ylim(top=ax.get_ylim()[1] * 1.3)
     ax.legend(fontsize=7, loc="upper right", ncol=2)
