@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,39 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.figures import CONSUMERS, PROFILES, extras, med, ok, values  # noqa: E402
+from benchmarks.plot import plot  # noqa: E402
 from s3stream.bench import request_cost  # noqa: E402
 
-PROFILES = ("zero", "express", "standard")
-CONSUMERS = (
-    ("s3stream", "s3stream Consumer"),
-    ("aiobotocore", "aiobotocore queue, 64 workers"),
-    ("boto3", "boto3 sequential"),
-    ("awscli", "AWS CLI loop (seed 000)"),
-)
 TIMES = "\u00d7"
 LAYOUT = {"zero": "versions", "express": "log, directory bucket", "standard": "versions"}
 
 
-# --- numbers -------------------------------------------------------------------------------------
-
-
-def values(results: dict[str, Any], key: str) -> list[float | None]:
-    series = results["series"].get(key)
-    return list(series["values"]) if series else []
-
-
-def extras(results: dict[str, Any], key: str, field: str) -> list[Any]:
-    series = results["series"].get(key)
-    return [e.get(field) for e in series["extra"]] if series else []
-
-
-def ok(vals: Iterable[Any]) -> list[float]:
-    return [float(v) for v in vals if isinstance(v, int | float)]
-
-
-def med(vals: Iterable[Any]) -> float | None:
-    good = ok(vals)
-    return statistics.median(good) if good else None
+# --- numbers (reading the series: benchmarks/figures.py) ---------------------------------------
 
 
 def num(x: float | None, unit: str = "") -> str:
@@ -592,92 +567,6 @@ def render(results: dict[str, Any], png_name: str) -> str:
         notes_section(results),
     ]
     return "\n\n".join(parts) + "\n"
-
-
-# --- plot ------------------------------------------------------------------------------------------
-
-
-def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
-    _bars(
-        axes[0][0],
-        "Consume, 1 msg/object (msg/s, log scale)",
-        list(PROFILES),
-        {label: [values(r, f"consume.{p}.{name}") for p in PROFILES] for name, label in CONSUMERS},
-        log=True,
-        lines={"target at express: 4,000": 4000},
-    )
-    lat = ["express", "standard"]
-    _bars(
-        axes[0][1],
-        "Publish → handler latency (ms)",
-        lat,
-        {
-            "p50": [values(r, f"latency.{p}") for p in lat],
-            "p99": [extras(r, f"latency.{p}", "p99_ms") for p in lat],
-        },
-        lines={"p50 target 50 ms": 50, "p99 target 250 ms": 250},
-    )
-    _bars(
-        axes[1][0],
-        "Produce under 200 PUT/s per prefix (objects/s)",
-        ["1 shard", "8 shards"],
-        {"objects/s": [values(r, "shards.1"), values(r, "shards.8")]},
-        lines={"cap, 1 shard": 200, "cap, 8 shards": 1600},
-    )
-    keys = ["segments.express", "produce.express.segments", "produce.express.single"]
-    _bars(
-        axes[1][1],
-        "Express: segments and producing (msg/s, log scale)",
-        ["consume seg", "produce seg", "produce 1/obj"],
-        {"s3stream": [values(r, k) for k in keys]},
-        log=True,
-        lines={"consume target": 250_000, "produce target": 150_000},
-    )
-    fig.suptitle(
-        f"s3stream benchmarks {r['date']} (commit {r['machine']['commit']}; bars: median, whiskers: "
-        "min\u2013max)",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _bars(
-    ax: Any,
-    title: str,
-    groups: list[str],
-    series: dict[str, list[list[Any]]],
-    *,
-    log: bool = False,
-    lines: dict[str, float] | None = None,
-) -> None:
-    """Grouped bars at the medians with min-max whiskers, and dashed lines at ``lines`` (targets)."""
-    width = 0.8 / max(len(series), 1)
-    for i, (name, per_group) in enumerate(series.items()):
-        meds = [med(v) or 0.0 for v in per_group]
-        low = [m - min(ok(v), default=m) for m, v in zip(meds, per_group, strict=True)]
-        high = [max(ok(v), default=m) - m for m, v in zip(meds, per_group, strict=True)]
-        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, meds, width=width, label=name, yerr=[low, high], capsize=3)
-    for (label, y), style in zip((lines or {}).items(), ("--", ":"), strict=False):
-        ax.axhline(y, linestyle=style, color="gray", linewidth=1, label=label)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_title(title, fontsize=10)
-    if log:
-        ax.set_yscale("log")
-        smallest = min((m for per_group in series.values() for v in per_group if (m := med(v))), default=1.0)
-        ax.set_ylim(bottom=smallest / 2, top=ax.get_ylim()[1] * 30)  # every bar shows; legend room above
-    else:
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.3)
-    ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
