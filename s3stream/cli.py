@@ -345,6 +345,9 @@ def bench(bucket: str, region: str | None, messages: int, scenarios: tuple[str, 
                               echo=click.echo))
 
 
+from s3stream import bridgecli as _bridgecli  # noqa: E402, F401  (registers `bridge` on `main`)
+from s3stream import notifycli as _notifycli  # noqa: E402, F401  (registers `notifications` on `main`)
 from s3stream import opscli as _opscli  # noqa: E402  (registers `config` and `dlq` on `main`)
+from s3stream import snapshotcli as _snapshotcli  # noqa: E402, F401  (`snapshot`, `bucket lifecycle`)
 
 __all__ = ["_opscli", "main"]

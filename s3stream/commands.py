@@ -101,14 +101,16 @@ def published_line(published: Published) -> str:
 async def publish(settings: Settings, url: str, *, key: str | None, body: bytes | None, lines: bool) -> None:
     """Publish ``body`` (stdin when None) as one message, or with ``lines`` one message per non-empty
     line, concurrently in batches (one at a time when they share a key in the versions layout, so that
-    the key's versions keep the input's order)."""
+    the key's versions keep the input's order). With ``[producer] framing = "lines"`` on a versions topic,
+    each batch is one object (per key) holding its lines."""
     async with Producer(settings) as producer:
         versions = (await producer.topic(url)).layout == "versions"
+        lines_objects = versions and settings.producer.framing == "lines"  # a batch per object and key
 
         def key_of() -> str | None:
             # A keyless message of the versions layout gets a random name, as the producer would give
             # it, but chosen here so that it is hashed to a shard: keyless messages spread over shards.
-            return uuid.uuid4().hex if key is None and versions else key
+            return uuid.uuid4().hex if key is None and versions and not lines_objects else key
 
         if not lines:
             data = sys.stdin.buffer.read() if body is None else body
@@ -117,7 +119,8 @@ async def publish(settings: Settings, url: str, *, key: str | None, body: bytes 
         source = sys.stdin.buffer if body is None else io.BytesIO(body)
         started = time.monotonic()
         count = 0
-        for batch in _batches(source, 1 if key is not None and versions else PUBLISH_BATCH):
+        one_by_one = key is not None and versions and not lines_objects  # else a batch is one object
+        for batch in _batches(source, 1 if one_by_one else PUBLISH_BATCH):
             await producer.publish_many(url, [(key_of(), line) for line in batch])
             count += len(batch)
     elapsed = time.monotonic() - started

@@ -13,8 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from s3stream.codecs import Codec, Compression, Framing
 from s3stream.errors import ConfigError
 
 
@@ -35,14 +44,21 @@ class S3Settings(_Model):
     read_timeout: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, description="Attempts per S3 call, retries included.")
     max_retry_time: float = Field(default=60.0, gt=0, description="Seconds one call may spend retrying.")
+    max_connections: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Connections per pool to the store (unset: consumer concurrency + 8, producer's + 4).",
+    )
     lean_path: bool = Field(
         default=True,
         description="GetObject, PutObject and listings over the lean signed-HTTP path (off: aiobotocore).",
     )
 
-    def resolved_endpoint(self) -> str | None:
-        """The endpoint URL to use: the setting, else ``AWS_ENDPOINT_URL``, else AWS."""
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    def resolved_endpoint(self, service: str = "s3") -> str | None:
+        """The endpoint URL for ``service`` (``"s3"``, ``"sqs"``…), as botocore resolves it:
+        ``AWS_ENDPOINT_URL_<SERVICE>`` (upper-cased, spaces and dashes as ``_``) wins, then the
+        setting (``--endpoint-url``), then ``AWS_ENDPOINT_URL``; None means AWS itself."""
+        name = "AWS_ENDPOINT_URL_" + service.upper().replace(" ", "_").replace("-", "_")
+        return os.environ.get(name) or self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 class CheckpointSettings(_Model):
@@ -80,6 +96,8 @@ class ProducerSettings(_Model):
     segment_max_bytes: int = Field(default=1 << 20, gt=0, description="Flush a segment at this size.")
     linger: float = Field(default=0.05, ge=0, description="Most seconds a message waits in a segment.")
     compression: Literal["none", "gzip", "zstd"] = "none"
+    codec: Codec = Field(default="raw", description="How publish() turns a value into a body.")
+    framing: Framing = Field(default="none", description="lines: many messages per object, one a line.")
     multipart_threshold: int = Field(default=16 << 20, ge=5 << 20, description="Bodies above: multipart.")
     multipart_part_size: int = Field(default=8 << 20, ge=5 << 20, description="Size of each part.")
 
@@ -92,11 +110,43 @@ class MetricsSettings(_Model):
     ready_after: float = Field(default=60.0, gt=0, description="A shard not polled for this long: not ready.")
 
 
+class NotificationSettings(_Model):
+    """``notifications = {queue_url = …}`` on a source: discover new versions from S3 Event
+    Notifications read from an SQS queue, reconciled with a listing every ``reconcile_interval``."""
+
+    queue_url: str = Field(pattern=r"^https?://", description="The SQS queue the bucket notifies.")
+    visibility_timeout: int = Field(default=60, ge=2, le=43200, description="Extended while handling.")
+    reconcile_interval: float = Field(default=60.0, gt=0, description="Seconds between listing passes.")
+    wait_seconds: int = Field(default=20, ge=0, le=20, description="SQS long-poll wait.")
+    max_in_flight: int = Field(default=100, gt=0, le=10000, description="SQS messages held at once.")
+    deletes: bool = Field(default=True, description="Deliver delete markers (false: skip them).")
+
+
+class RouteSettings(_Model):
+    """``[[sources.routes]]``: keys starting with ``prefix`` (or matching the glob ``pattern``) go to
+    ``handler``; the first matching route wins, the source's ``handler`` takes the rest."""
+
+    prefix: str | None = None
+    pattern: str | None = None
+    handler: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RouteSettings:
+        if (self.prefix is None) == (self.pattern is None):
+            raise ValueError("give exactly one of prefix or pattern")
+        return self
+
+
 class SourceSettings(_Model):
     """One consumed prefix: ``url = "s3://bucket/prefix/"`` and the handler that receives it."""
 
     url: str
     handler: str = "stdout"
+    codec: Codec = Field(default="raw", description="Decode each message: raw, json, text or csv.")
+    framing: Framing = Field(default="none", description="lines: one message per line of an object.")
+    compression: Compression = Field(default="auto", description="auto: Content-Encoding, else extension.")
+    notifications: NotificationSettings | None = None
+    routes: list[RouteSettings] = Field(default_factory=list)
 
     @field_validator("url")
     @classmethod
@@ -124,6 +174,24 @@ class HandlerSettings(_Model):
         return dict(self.model_extra or {})
 
 
+class SnapshotSettings(_Model):
+    """``[snapshot]``: the key-value file ``s3stream snapshot serve`` follows, and where it serves it."""
+
+    url: str | None = Field(default=None, description="s3://BUCKET/KEY of the key-value file.")
+    parser: str = Field(default="csv", min_length=1, description="csv, csv-header, json, jsonl, module:attr.")
+    interval: float = Field(default=30.0, gt=0, description="Seconds between checks for a new version.")
+    fallback_versions: int = Field(default=10, ge=0, description="Older versions tried if the latest is bad.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not parse_s3_url(value)[1]:
+            raise ValueError(f"expected s3://BUCKET/KEY, got {value!r}")
+        return value
+
+
 class Settings(_Model):
     """The whole configuration of one ``s3stream run``."""
 
@@ -133,6 +201,7 @@ class Settings(_Model):
     metrics: MetricsSettings = MetricsSettings()
     sources: list[SourceSettings] = Field(default_factory=list)
     handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
+    snapshot: SnapshotSettings = SnapshotSettings()
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

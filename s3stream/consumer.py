@@ -21,6 +21,7 @@ from s3stream.checkpoint import (
     S3CheckpointStore,
 )
 from s3stream.checkpointer import Checkpointer
+from s3stream.codecs import Decoder
 from s3stream.config import ConsumerSettings, Settings, SourceSettings
 from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.deadletter import DeadLetters
@@ -29,7 +30,9 @@ from s3stream.handlers import Handler, as_handler, build_handler
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
 from s3stream.metrics import HealthServer
+from s3stream.notifications import NotifyCursor, notification_tasks
 from s3stream.poller import Poller
+from s3stream.routing import handler_names, source_handler
 from s3stream.shard import Shard
 from s3stream.store import Store, open_store
 from s3stream.topics import CONTROL_PREFIX, Layout, resolve_topic
@@ -52,6 +55,7 @@ class Consumer:
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
+        self._notified: list[tuple[SourceSettings, list[Shard]]] = []  # notification sources' shards
 
     def register_handler(self, name: str, handler: object) -> None:
         """Use ``handler`` (async callable, or object with handle/close) for sources naming ``name``."""
@@ -94,8 +98,10 @@ class Consumer:
             async with asyncio.TaskGroup() as tg:
                 pollers = [
                     tg.create_task(_poller(shard, store, pool, consumer, checkpointer.wake.set).run())
-                    for shard in self.shards
+                    for shard in self.shards if not isinstance(shard.cursor, NotifyCursor)
                 ]
+                pollers += [tg.create_task(run) for run in notification_tasks(
+                    self._notified, store, pool, self.settings, checkpointer.wake.set)]
                 workers = [tg.create_task(pool.worker()) for _ in range(consumer.concurrency)]
                 workers.append(tg.create_task(pool.watchdog()))
                 committer = tg.create_task(checkpointer.run())
@@ -112,6 +118,8 @@ class Consumer:
                     log.warning("grace period over; unfinished work will be redelivered", left=pool.pending)
                 for task in [*workers, committer]:
                     task.cancel()
+        except BaseExceptionGroup as group:  # a task failed: raise its error, not the TaskGroup's wrapper
+            raise _first_error(group) from None
         finally:
             await asyncio.shield(self._final_commit(checkpointer))
 
@@ -140,14 +148,14 @@ class Consumer:
 
     def _build_handlers(self) -> None:
         configured = self.settings.handlers
-        for src in self.settings.sources:
-            if src.handler in self._handlers:
+        for name in (name for src in self.settings.sources for name in handler_names(src)):
+            if name in self._handlers:
                 continue
-            if src.handler in configured:
-                spec = configured[src.handler]
-                self._handlers[src.handler] = build_handler(spec.use, spec.options(), name=src.handler)
+            if name in configured:
+                spec = configured[name]
+                self._handlers[name] = build_handler(spec.use, spec.options(), name=name)
             else:
-                self._handlers[src.handler] = build_handler(src.handler)
+                self._handlers[name] = build_handler(name)
 
     async def _open_shards(self, store: Store, src: SourceSettings) -> list[Shard]:
         """One shard per prefix of the source: a topic's shards, or the plain prefix itself."""
@@ -156,7 +164,13 @@ class Consumer:
         if topic.layout == "versions":
             await store.require_versioning(src.bucket)
         prefixes = [src.prefix] if topic.plain else topic.prefixes
-        return [await self._open_shard(store, src, prefix, topic.layout) for prefix in prefixes]
+        if src.notifications is not None and topic.layout != "versions":
+            raise ConfigError(f"sources ({src.url}): notifications need the versions layout, "
+                              f"not {topic.layout!r}")
+        shards = [await self._open_shard(store, src, prefix, topic.layout) for prefix in prefixes]
+        if src.notifications is not None:
+            self._notified.append((src, shards))
+        return shards
 
     async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: Layout) -> Shard:
         consumer = self.settings.consumer
@@ -175,15 +189,16 @@ class Consumer:
         if layout == "log" and not isinstance(saved, Checkpoint):
             cursor = LogCursor(prefix, saved)
         elif layout == "versions" and not isinstance(saved, LogCheckpoint):
-            cursor = VersionCursor(saved)
+            cursor = (NotifyCursor if src.notifications else VersionCursor)(saved)
         else:
             raise ConfigError(f"the checkpoint of s3://{src.bucket}/{prefix} (group {consumer.group!r}) "
                               f"was written for another layout than {layout!r}")
         control = {f"{CONTROL_PREFIX}/", ckpt.prefix.strip("/") + "/"}
         shard = Shard(
-            bucket=src.bucket, prefix=prefix, handler=self._handlers[src.handler], checkpoints=checkpoints,
-            cursor=cursor, layout=layout, fresh=saved is None,
+            bucket=src.bucket, prefix=prefix, handler=source_handler(src, self._handlers),
+            checkpoints=checkpoints, cursor=cursor, layout=layout, fresh=saved is None,
             exclude=tuple(sorted(c for c in control if c.startswith(prefix))),
+            decoder=Decoder(src.codec, src.framing, src.compression),
         )
         shard.saved_generation = cursor.generation if saved is not None else -1
         log.info("shard opened", shard=shard.name, layout=layout, resumed=saved is not None,
@@ -197,6 +212,11 @@ def _poller(shard: Shard, store: Store, pool: WorkerPool, settings: ConsumerSett
         return LogPoller(shard, shard.cursor, store, pool, settings, on_pass)
     assert isinstance(shard.cursor, VersionCursor)
     return Poller(shard, shard.cursor, store, pool, settings, on_pass)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    inner = group.exceptions[0]
+    return _first_error(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 def _check_overlaps(sources: list[SourceSettings]) -> None:

@@ -120,6 +120,8 @@ def message_json(message: Message) -> bytes:
             doc["body"] = message.body.decode("utf-8")
         except UnicodeDecodeError:
             doc["body_b64"] = base64.b64encode(message.body).decode("ascii")
+        if message.value is not None:  # decoded by the source's codec (json, text, csv)
+            doc["value"] = message.value
     return orjson.dumps(doc) + b"\n"
 
 

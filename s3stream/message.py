@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,9 @@ class Message:
     idempotent across the redeliveries a crash may cause. A deletion (an S3 delete marker) arrives with
     ``deleted=True``, its own ``version_id`` and an empty body. In the log layout objects are not
     versioned (``version_id`` is ``"null"``); a message from a segment is ``(bucket, key, offset)``.
+    A source with a codec (see :mod:`s3stream.codecs`) sets ``value`` to the decoded body; with framing
+    or compression, ``body`` is the message's own bytes (its line, decompressed). ``value`` is the last
+    field, so positional construction keeps working.
     """
 
     bucket: str
@@ -45,7 +49,8 @@ class Message:
     deleted: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
     partition_key: str | None = None  # the producer's message key (log layout)
-    offset: int | None = None  # the message's line in a segment object (log layout)
+    offset: int | None = None  # the message's line in a segment or lines object
+    value: Any = None  # the body decoded by the source's codec (None with codec raw, the default)
 
     @property
     def text(self) -> str:

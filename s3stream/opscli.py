@@ -15,6 +15,7 @@ from s3stream.deadletter import DeadLetter, group_prefix, iter_dead_letters
 from s3stream.errors import ConfigError, S3StreamError
 from s3stream.handlers import build_handler
 from s3stream.message import Message, ms_to_datetime
+from s3stream.routing import handler_names
 from s3stream.store import Store, open_store
 from s3stream.topics import CONTROL_PREFIX
 
@@ -34,9 +35,9 @@ def config_check(file: str) -> None:
     """Validate FILE (with S3STREAM_… overrides); exit 2 naming the bad field."""
     try:
         settings = _settings(file)
-        for src in settings.sources:
-            spec = settings.handlers.get(src.handler)
-            build_handler(spec.use if spec else src.handler, spec.options() if spec else None)
+        for name in {name for src in settings.sources for name in handler_names(src)}:
+            spec = settings.handlers.get(name)
+            build_handler(spec.use if spec else name, spec.options() if spec else None)
     except S3StreamError as exc:
         fail(exc)
     click.echo(f"{file}: ok ({len(settings.sources)} source(s), {len(settings.handlers)} handler(s))")

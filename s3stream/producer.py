@@ -10,6 +10,14 @@
 
 Bodies above ``multipart_threshold`` are uploaded in parts. PUTs in flight are bounded by
 ``concurrency``; throttling and 5xx answers are retried by the store's retry policy.
+
+``codec``, ``framing`` and ``compression`` (:class:`~s3stream.codecs.Encoder`) shape what is written:
+a value that is not bytes goes through the codec (``json`` serialises it); framing ``lines`` writes
+many messages per object, one a line (versions layout: ``publish_many`` writes one object per key;
+log layout: where segments would be cut, an object of bare lines ``….jsonl`` replaces the segment's
+envelope, so keys are not kept); compression marks plain objects with ``Content-Encoding`` and, on
+log-layout names, ``.gz``/``.zst`` (a versions-layout key is yours and stays as given). Segments keep
+their own format: their compression is in their name.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
-from s3stream import metrics, segments
+from s3stream import codecs, metrics, segments
 from s3stream.config import Settings, parse_s3_url
 from s3stream.errors import PreconditionFailed
 from s3stream.store import Store, open_store
@@ -76,6 +85,10 @@ class Producer:
         self._slots = asyncio.Semaphore(self.settings.producer.concurrency)
         self._segments: dict[tuple[str, str, int], _Segment] = {}
         self._round = -1
+        p = self.settings.producer
+        self.encoder = codecs.Encoder(p.codec, p.framing, p.compression)
+        self._prepare = None if self.encoder.identity else self.encoder.prepare
+        self._shaped = p.framing == "lines" or p.compression != "none"  # plain objects framed or compressed
 
     async def __aenter__(self) -> Producer:
         if self._store is None:
@@ -104,10 +117,14 @@ class Producer:
             self._topics[url] = await resolve_topic(self.store, bucket, prefix)
         return self._topics[url]
 
-    async def publish(self, url: str, body: bytes | str, *, key: str | None = None,
+    async def publish(self, url: str, body: Any, *, key: str | None = None,
                       metadata: dict[str, str] | None = None) -> Published:
-        """Publish one message and return once it is durably stored."""
-        data = body.encode("utf-8") if isinstance(body, str) else body
+        """Publish one message and return once it is durably stored. ``body`` is bytes, or a value for
+        the codec (raw and text: a str; json: any JSON value; csv: a record's fields)."""
+        if self._prepare is None:
+            data = body.encode("utf-8") if isinstance(body, str) else body
+        else:
+            data = self._prepare(body)
         topic = await self.topic(url)
         if topic.layout == "versions":
             return await self._publish_version(topic, data, key, metadata)
@@ -115,17 +132,27 @@ class Producer:
             return await self._add_to_segment(topic, data, key)
         return await self._publish_object(topic, data, key, metadata)
 
-    async def publish_many(self, url: str,
-                           messages: Iterable[tuple[str | None, bytes | str]]) -> list[Published]:
+    async def publish_many(self, url: str, messages: Iterable[tuple[str | None, Any]]) -> list[Published]:
         """Publish ``(key, body)`` pairs concurrently (bounded); results in input order.
 
         With segments on, the batch is cut into segments here, per shard, by count and size, and
         each segment is written as soon as it is full (at most ``concurrency`` being written, so
         memory stays bounded whatever the batch): no task or future per message."""
         topic = await self.topic(url)
+        if self._prepare is not None:  # bodies through the codec; a refused one is named by position
+            messages = _prepared(self._prepare, messages)
+        if topic.layout == "versions" and self.encoder.framing == "lines":
+            return await self._publish_version_lines(topic, messages)
         if topic.layout == "versions" or self.settings.producer.segment_max_messages <= 1:
-            return list(await asyncio.gather(*(self.publish(url, body, key=key) for key, body in messages)))
-        return await self._publish_segments(topic, messages)
+            pairs = list(messages)
+            return list(await asyncio.gather(*(self.publish(url, body, key=key) for key, body in pairs)))
+        try:
+            return await self._publish_segments(topic, messages)
+        except ExceptionGroup as group:  # a value the codec refused, raised inside the writers' TaskGroup
+            first = group.exceptions[0]
+            if isinstance(first, codecs.EncodeError):
+                raise first from None
+            raise
 
     async def flush(self) -> None:
         """Write every pending segment now."""
@@ -137,18 +164,47 @@ class Producer:
                                metadata: dict[str, str] | None) -> Published:
         leaf = key if key is not None else uuid.uuid4().hex  # a keyless message lands on a random shard
         name = topic.shard_prefix(topic.shard_of(leaf)) + leaf
-        etag, version = await self._put(topic.bucket, name, data, create_only=False, metadata=metadata)
+        stored, encoding = self._stored(data)
+        etag, version = await self._put(topic.bucket, name, stored, create_only=False, metadata=metadata,
+                                        content_encoding=encoding)
         _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
+
+    async def _publish_version_lines(self, topic: Topic,
+                                     messages: Iterable[tuple[str | None, bytes]]) -> list[Published]:
+        """Framing ``lines``, versions layout: each key's (prepared) messages, in order, as one new
+        version of the key (keyless ones share one randomly named object); a PUT per key, concurrently."""
+        bodies: list[bytes] = []
+        groups: dict[str | None, list[int]] = {}
+        for index, (key, body) in enumerate(messages):
+            groups.setdefault(key, []).append(index)
+            bodies.append(body)
+        results: list[Published] = [Published("", "")] * len(bodies)
+
+        async def write(key: str | None, indexes: list[int]) -> None:
+            leaf = key if key is not None else uuid.uuid4().hex
+            name = topic.shard_prefix(topic.shard_of(leaf)) + leaf
+            etag, version = await self._put(
+                topic.bucket, name, self.encoder.body([bodies[i] for i in indexes]), create_only=False,
+                metadata=None, content_encoding=self.encoder.content_encoding,
+            )
+            for offset, index in enumerate(indexes):
+                results[index] = Published(name, etag, version, offset)
+
+        await asyncio.gather(*(write(key, indexes) for key, indexes in groups.items()))
+        _count(topic, len(bodies), sum(map(len, bodies)))
+        return results
 
     async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
                               metadata: dict[str, str] | None) -> Published:
         shard = self._shard(topic, key)
-        name = self._next_name(topic, shard, lane_of(key), "")
+        name = self._next_name(topic, shard, lane_of(key), self.encoder.suffix)
         meta = dict(metadata or {})
         if key is not None:
             meta[KEY_METADATA] = quote(key, safe="")
-        etag, version = await self._put(topic.bucket, name, data, create_only=True, metadata=meta)
+        stored, encoding = self._stored(data)
+        etag, version = await self._put(topic.bucket, name, stored, create_only=True, metadata=meta,
+                                        content_encoding=encoding)
         _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
@@ -206,11 +262,17 @@ class Producer:
 
     async def _store_segment(self, topic: Topic, shard: int,
                              items: list[tuple[str | None, bytes]]) -> tuple[str, str]:
-        """Encode and write one segment; returns its object name and ETag."""
+        """Encode and write one segment (framing ``lines``: an object of bare lines instead); returns its
+        object name and ETag."""
         compression = self.settings.producer.compression
-        name = self._next_name(topic, shard, "_", segments.SUFFIXES[compression])
-        body = segments.encode(items, compression)
-        etag, _ = await self._put(topic.bucket, name, body, create_only=True, metadata=None)
+        if self.encoder.framing == "lines":
+            name = self._next_name(topic, shard, "_", self.encoder.suffix)
+            body, encoding = self.encoder.body([b for _, b in items]), self.encoder.content_encoding
+        else:
+            name = self._next_name(topic, shard, "_", segments.SUFFIXES[compression])
+            body, encoding = segments.encode(items, compression), None
+        etag, _ = await self._put(topic.bucket, name, body, create_only=True, metadata=None,
+                                  content_encoding=encoding)
         _count(topic, len(items), sum(len(b) for _, b in items))
         return name, etag
 
@@ -249,22 +311,39 @@ class Producer:
         ms = int(self.clock() * 1000)
         return log_key(topic.shard_prefix(shard), ms, self.id, self._seq[counter], lane, suffix)
 
+    def _stored(self, data: bytes) -> tuple[bytes, str | None]:
+        """A one-message plain object's bytes and Content-Encoding: framed and compressed as set."""
+        if not self._shaped:
+            return data, None
+        return self.encoder.body([data]), self.encoder.content_encoding
+
     async def _put(self, bucket: str, name: str, data: bytes, *, create_only: bool,
-                   metadata: dict[str, str] | None) -> tuple[str, str | None]:
+                   metadata: dict[str, str] | None,
+                   content_encoding: str | None = None) -> tuple[str, str | None]:
         settings = self.settings.producer
         async with self._slots:
             try:
                 if len(data) > settings.multipart_threshold:
                     return await self.store.put_multipart(
                         bucket, name, data, part_size=settings.multipart_part_size,
-                        if_none_match=create_only, metadata=metadata,
+                        if_none_match=create_only, metadata=metadata, content_encoding=content_encoding,
                     )
                 return await self.store.put_object(bucket, name, data, if_none_match=create_only,
-                                                   metadata=metadata)
+                                                   metadata=metadata, content_encoding=content_encoding)
             except PreconditionFailed:
                 if not create_only:
                     raise
                 return "", None  # a retry of a PUT that had already succeeded: the name is ours alone
+
+
+def _prepared(prepare: Callable[[Any], bytes],
+              messages: Iterable[tuple[str | None, Any]]) -> Iterable[tuple[str | None, bytes]]:
+    """``messages`` with each body through the codec; a refused one names its position."""
+    for index, (key, body) in enumerate(messages):
+        try:
+            yield key, prepare(body)
+        except codecs.EncodeError as exc:
+            raise codecs.EncodeError(f"message {index}: {exc}") from None
 
 
 def _count(topic: Topic, messages: int, size: int) -> None:

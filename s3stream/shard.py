@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from s3stream.checkpoint import CheckpointStore
+from s3stream.codecs import DEFAULT_DECODER, Decoder
 from s3stream.cursor import VersionCursor
 from s3stream.handlers import Handler
 from s3stream.message import Entry
@@ -54,6 +55,7 @@ class Shard:
     exclude: tuple[str, ...] = ()  # control prefixes (checkpoints, dead letters) inside this prefix
     saved_generation: int = -1
     last_poll: float = field(default_factory=time.monotonic)
+    decoder: Decoder = DEFAULT_DECODER  # how plain objects become messages (the source's codec settings)
 
     @property
     def name(self) -> str:

@@ -63,6 +63,7 @@ class StoredObject:
     etag: str
     version_id: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    content_encoding: str = ""
 
 
 class Store:
@@ -111,6 +112,7 @@ class Store:
             return StoredObject(
                 body=answer.body, etag=answer.headers.get("ETag", "").strip('"'),
                 version_id=answer.headers.get("x-amz-version-id"), metadata=_metadata(answer),
+                content_encoding=answer.headers.get("Content-Encoding", ""),
             )
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id is not None:
@@ -124,6 +126,7 @@ class Store:
             return StoredObject(
                 body=body, etag=resp.get("ETag", "").strip('"'),
                 version_id=resp.get("VersionId"), metadata=resp.get("Metadata") or {},
+                content_encoding=resp.get("ContentEncoding") or "",
             )
 
         return await self.retry.call(fetch, what=f"GetObject {key}")
@@ -193,11 +196,14 @@ class Store:
     async def put_multipart(
         self, bucket: str, key: str, body: bytes, *, part_size: int, if_none_match: bool = False,
         metadata: dict[str, str] | None = None, content_type: str | None = None,
+        content_encoding: str | None = None,
     ) -> tuple[str, str | None]:
         """Write a large object in parts; aborts the upload if any part fails for good."""
         create: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": metadata or {}}
         if content_type:
             create["ContentType"] = content_type
+        if content_encoding:
+            create["ContentEncoding"] = content_encoding
         upload = await self._call("CreateMultipartUpload", self.client.create_multipart_upload, **create)
         upload_id = upload["UploadId"]
         try:
@@ -241,6 +247,18 @@ class Store:
         """``Enabled``, ``Suspended`` or ``""`` (never enabled)."""
         resp = await self._call("GetBucketVersioning", self.client.get_bucket_versioning, Bucket=bucket)
         return str(resp.get("Status") or "")
+
+    async def get_bucket_notification(self, bucket: str) -> dict[str, Any]:
+        """The bucket's notification configuration (``QueueConfigurations``, ``TopicConfigurations``…)."""
+        resp = await self._call("GetBucketNotificationConfiguration",
+                                self.client.get_bucket_notification_configuration, Bucket=bucket)
+        return {k: v for k, v in resp.items() if k != "ResponseMetadata"}
+
+    async def put_bucket_notification(self, bucket: str, config: dict[str, Any]) -> None:
+        """Replace the bucket's notification configuration with ``config``."""
+        await self._call("PutBucketNotificationConfiguration",
+                         self.client.put_bucket_notification_configuration, Bucket=bucket,
+                         NotificationConfiguration=config)
 
     async def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> str | None:
         """Delete an object or one version of it; returns the delete marker's (or version's) id."""
@@ -290,6 +308,61 @@ class Store:
                   "Bucket": {"Type": "Directory", "DataRedundancy": "SingleAvailabilityZone"}}
         await self._call("CreateBucket", self.client.create_bucket, Bucket=bucket,
                          CreateBucketConfiguration=config)
+
+    # --- the snapshot follower's few requests (s3stream.snapshot, snapshotcli) ---
+
+    async def get_object_if_changed(self, bucket: str, key: str, etag: str | None) -> StoredObject | None:
+        """The latest version of ``key``, or None when its ETag is still ``etag``: a GET with
+        ``If-None-Match`` that S3 answers ``304 Not Modified``, without a body."""
+        quoted = f'"{etag.strip(chr(34))}"' if etag else None
+        if self.lean is not None:
+            answer = await self._lean("GetObject", "GET", bucket, key,
+                                      headers={"if-none-match": quoted} if quoted else None)
+            if answer.status == 304:
+                return None
+            return StoredObject(body=answer.body, etag=answer.headers.get("ETag", "").strip('"'),
+                                version_id=answer.headers.get("x-amz-version-id"), metadata=_metadata(answer))
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **({"IfNoneMatch": quoted} if quoted else {})}
+
+        async def fetch() -> StoredObject | None:
+            async with self._paced("GetObject", bucket, key):
+                try:
+                    resp = await self.client.get_object(**params)
+                except ClientError as exc:
+                    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
+                        return None
+                    raise
+                async with resp["Body"] as stream:
+                    body = await stream.read()
+            return StoredObject(body=body, etag=resp.get("ETag", "").strip('"'),
+                                version_id=resp.get("VersionId"), metadata=resp.get("Metadata") or {})
+
+        return await self.retry.call(fetch, what=f"GetObject {key}")
+
+    async def copy_version(self, bucket: str, key: str, version_id: str) -> str | None:
+        """Copy a version of ``key`` onto ``key``: the copy becomes its latest version (how S3 restores a
+        previous version; bodies up to 5 GB). Returns the new version id."""
+        resp = await self._call("CopyObject", self.client.copy_object, Bucket=bucket, Key=key,
+                                CopySource={"Bucket": bucket, "Key": key, "VersionId": version_id})
+        return resp.get("VersionId")  # type: ignore[no-any-return]
+
+    async def lifecycle_configuration(self, bucket: str) -> dict[str, Any]:
+        """The bucket's lifecycle configuration: ``Rules`` ([] when it has none) and, when S3 sends it,
+        ``TransitionDefaultMinimumObjectSize``."""
+        try:
+            resp = await self._call("GetBucketLifecycleConfiguration",
+                                    self.client.get_bucket_lifecycle_configuration, Bucket=bucket)
+        except errors.NotFound as exc:
+            if exc.code == "NoSuchLifecycleConfiguration":
+                return {"Rules": []}
+            raise
+        return {k: v for k, v in resp.items() if k in {"Rules", "TransitionDefaultMinimumObjectSize"}}
+
+    async def put_lifecycle_configuration(self, bucket: str, configuration: dict[str, Any]) -> None:
+        """Replace the bucket's whole lifecycle configuration (S3 keeps no rule that is not in it)."""
+        extra = {k: v for k, v in configuration.items() if k == "TransitionDefaultMinimumObjectSize"}
+        await self._call("PutBucketLifecycleConfiguration", self.client.put_bucket_lifecycle_configuration,
+                         Bucket=bucket, LifecycleConfiguration={"Rules": configuration["Rules"]}, **extra)
 
     async def _call(self, operation: str, method: Any, **params: Any) -> Any:
         where = params.get("Key") or params.get("Prefix")
@@ -342,7 +415,9 @@ class Store:
 
 @contextlib.asynccontextmanager
 async def open_store(settings: S3Settings, *, max_connections: int = 32) -> AsyncIterator[Store]:
-    """Create the one S3 client for a process, sized for ``max_connections`` concurrent requests."""
+    """Create the one S3 client for a process, sized for ``max_connections`` concurrent requests
+    (``[s3] max_connections`` when set, else the caller's figure)."""
+    max_connections = settings.max_connections or max_connections
     session = get_session()
     if settings.profile:
         session.set_config_variable("profile", settings.profile)

@@ -10,7 +10,8 @@ Layouts:
 * ``log``: every message is a new object with a unique, time-ordered name in a minute directory,
   ``T/<shard>/<yyyymmddHHMM>/<ms>-<producer>-<seq>-<lane><suffix>``. ``<ms>`` is the producer's clock,
   ``<producer>`` a random id per producer, ``<seq>`` its counter, ``<lane>`` a short hash of the
-  message key (``_`` without one); ``<suffix>`` marks segments (``.seg.jsonl`` plus ``.gz``/``.zst``).
+  message key (``_`` without one); ``<suffix>`` marks segments (``.seg.jsonl`` plus ``.gz``/``.zst``),
+  and objects of framing ``lines`` (``.jsonl``, ``.csv``, ``.txt``) or compressed ones (``.gz``/``.zst``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ KEY_METADATA = "s3stream-key"  # user metadata holding a log object's message ke
 
 _LOG_NAME = re.compile(
     r"(?P<dir>\d{12})/(?P<ms>\d{13})-(?P<pid>[a-z0-9]+)-(?P<seq>\d{12})-(?P<lane>[0-9a-f]{8}|_)"
-    r"(?P<suffix>(\.seg\.jsonl(\.gz|\.zst)?)?)$"
+    r"(?P<suffix>(\.seg\.jsonl|\.jsonl|\.csv|\.txt)?(\.gz|\.zst)?)$"
 )
 
 
@@ -185,7 +186,7 @@ class LogName:
 
     @property
     def is_segment(self) -> bool:
-        return bool(self.suffix)
+        return self.suffix.startswith(".seg.")
 
 
 def minute_dir(ms: int) -> str:

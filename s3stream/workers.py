@@ -15,18 +15,19 @@ import functools
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from urllib.parse import unquote
 
 import structlog
 from prometheus_client.metrics import Counter, Histogram
 
-from s3stream import metrics, segments
+from s3stream import codecs, metrics, segments
 from s3stream.deadletter import DeadLetters
 from s3stream.errors import HandlerFailed, NotFound, RetriableError
-from s3stream.message import Message, ms_to_datetime
+from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.retry import RetryPolicy
 from s3stream.shard import Shard, WorkItem
-from s3stream.store import Store
+from s3stream.store import Store, StoredObject
 from s3stream.topics import KEY_METADATA, parse_log_key
 
 log = structlog.get_logger("s3stream.workers")
@@ -131,10 +132,12 @@ class WorkerPool:
         bound = log.bind(shard=shard.name, key=entry.key, version_id=entry.version_id)
         try:
             messages = await self._fetch(item, bound)
-        except segments.SegmentError as exc:  # nothing to retry: set it aside with the reason
+        except (segments.SegmentError, codecs.DecodeError) as exc:  # nothing to retry: set it aside
+            decode = exc if isinstance(exc, codecs.DecodeError) else None
             raw = Message(bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
                           last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size,
-                          etag=entry.etag, body=b"")
+                          etag=entry.etag, body=decode.body if decode else b"",
+                          offset=decode.offset if decode else None)
             await self._dead_letter(shard, raw, f"undecodable: {exc}", 0, bound)
             messages = []
         await self._deliver(shard, messages, watch, bound)
@@ -163,15 +166,11 @@ class WorkerPool:
             except RetriableError as exc:  # the store's policy gave up; the item must not be lost
                 bound.warning("fetch keeps failing; retrying", error=str(exc))
                 await asyncio.sleep(self.store.retry.cap)
-        bucket, key, vid, meta = shard.bucket, entry.key, entry.version_id, obj.metadata
-        etag = entry.etag or obj.etag
-        name = parse_log_key(entry.key) if shard.layout == "log" else None
-        if name is not None and name.is_segment:
-            return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset)
-                    for offset, (pkey, body) in enumerate(segments.decode(obj.body, name.suffix))]
-        quoted = meta.get(KEY_METADATA)
-        pkey = unquote(quoted) if quoted is not None else None
-        return [Message(bucket, key, vid, when, len(obj.body), etag, obj.body, False, meta, pkey)]
+        try:
+            return _messages(shard, entry, obj, when)
+        except codecs.DecodeError as exc:
+            exc.body = obj.body  # the dead letter keeps the object as stored
+            raise
 
     async def _deliver(self, shard: Shard, messages: list[Message], watch: _Watch,
                        bound: structlog.typing.FilteringBoundLogger) -> None:
@@ -254,6 +253,29 @@ class WorkerPool:
                 await asyncio.sleep(self.store.retry.cap)
         metrics.DEAD_LETTERS.labels(shard=shard.name).inc()
         bound.error("dead-lettered", attempts=attempts, error=error, dead_letter=where)
+
+
+def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> list[Message]:
+    """An object's messages: a segment's lines, or a plain object through the source's decoder (one
+    message of the stored bytes on the default path; frames decoded by its codec otherwise)."""
+    bucket, key, vid, meta = shard.bucket, entry.key, entry.version_id, obj.metadata
+    etag = entry.etag or obj.etag
+    decoder = shard.decoder
+    name = parse_log_key(entry.key) if shard.layout == "log" else None
+    if name is not None and name.is_segment:
+        pairs = segments.decode(obj.body, name.suffix)
+        if decoder.raw:
+            return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset)
+                    for offset, (pkey, body) in enumerate(pairs)]
+        values = decoder.decode_bodies([body for _, body in pairs])
+        return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset, value)
+                for offset, ((pkey, body), value) in enumerate(zip(pairs, values, strict=True))]
+    quoted = meta.get(KEY_METADATA)
+    pkey = unquote(quoted) if quoted is not None else None
+    if decoder.passthrough(key, obj.content_encoding):
+        return [Message(bucket, key, vid, when, len(obj.body), etag, obj.body, False, meta, pkey)]
+    return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset, value)
+            for offset, body, value in decoder.decode(obj.body, key, obj.content_encoding)]
 
 
 class _Watch:

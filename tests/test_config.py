@@ -332,3 +332,18 @@ def test_resolved_endpoint_empty_env_means_aws(monkeypatch: pytest.MonkeyPatch) 
     """An empty AWS_ENDPOINT_URL counts as unset."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "")
     assert S3Settings().resolved_endpoint() is None
+
+
+def test_service_endpoint_overrides_the_general_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AWS_ENDPOINT_URL_S3`` beats ``--endpoint-url`` and ``AWS_ENDPOINT_URL`` for S3 only, as botocore
+    does; without it the setting wins over ``AWS_ENDPOINT_URL``; with nothing set, AWS itself."""
+    s3 = build_settings({"s3": {"endpoint_url": "http://given:1"}}).s3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://general:2")
+    assert s3.resolved_endpoint() == "http://given:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:3")
+    assert s3.resolved_endpoint() == "http://s3-only:3"
+    assert s3.resolved_endpoint("sqs") == "http://given:1"
+    assert build_settings({}).s3.resolved_endpoint("sqs") == "http://general:2"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert build_settings({}).s3.resolved_endpoint() is None

@@ -1,0 +1,300 @@
+"""Codecs, framing and compression: how a plain object's bytes become messages, and back.
+
+Reading an object (a source's ``codec``, ``framing`` and ``compression``) takes three steps:
+
+1. **decompress**: ``auto`` reads ``Content-Encoding`` (``gzip``, ``x-gzip``, ``zstd``), else the key's
+   extension (``.gz``, ``.zst``, ``.zstd``); ``gzip`` and ``zstd`` force one; ``none`` keeps the bytes as
+   stored. Multi-member gzip and multi-frame zstd objects are read whole.
+2. **split into frames**: framing ``none`` makes the object one frame; ``lines`` one frame per line
+   (``\\n`` or ``\\r\\n``; blank lines are skipped but counted), whose ``offset`` is its line number from 0.
+3. **decode each frame**: ``json`` gives the parsed value, ``text`` a ``str`` (UTF-8), ``csv`` the
+   records as lists of fields (with ``lines``: the one record's fields; a quoted field may span lines).
+   The value is the message's ``value``; ``raw`` leaves it None (the frame's bytes are its ``body``).
+
+A failure at any step raises :class:`DecodeError` naming the step and the line; the worker then sets
+the whole object aside as one dead letter. Writing (a producer's settings, :class:`Encoder`) is the
+reverse: encode each value, join the bodies as lines, compress.
+
+Segments (``*.seg.jsonl[.gz|.zst]``, see :mod:`s3stream.segments`) are s3stream's own framing, with the
+message key in an envelope; a segment is split by its name whatever the source's framing and
+compression say, and only the codec applies to each of its bodies.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import zstandard
+
+Codec = Literal["raw", "json", "text", "csv"]
+Framing = Literal["none", "lines"]
+Compression = Literal["auto", "gzip", "zstd", "none"]
+WriteCompression = Literal["none", "gzip", "zstd"]
+
+EXTENSIONS: dict[str, str] = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+CONTENT_ENCODINGS: dict[str, str] = {"gzip": "gzip", "x-gzip": "gzip", "zstd": "zstd"}
+COMPRESSION_SUFFIXES: dict[str, str] = {"none": "", "gzip": ".gz", "zstd": ".zst"}
+LINES_EXTENSIONS: dict[str, str] = {"json": ".jsonl", "csv": ".csv", "text": ".txt", "raw": ".txt"}
+
+Frame = tuple[int | None, bytes, Any]
+"""One decoded frame: its offset (line number; None for a whole object), its bytes and its value."""
+
+
+class EncodeError(ValueError):
+    """A value the producer's codec or framing cannot write."""
+
+
+class DecodeError(ValueError):
+    """An object (or one of its lines) that cannot be decoded; ``offset`` is the bad line, from 0."""
+
+    def __init__(self, reason: str, offset: int | None = None) -> None:
+        super().__init__(reason if offset is None else f"line {offset + 1} (offset {offset}): {reason}")
+        self.offset = offset
+        self.body = b""  # the object as stored, set by the worker for its dead letter
+
+
+def _json(frame: bytes) -> Any:
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+
+
+def _text(frame: bytes) -> str:
+    try:
+        return frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid UTF-8: {exc}") from None
+
+
+def _raw(frame: bytes) -> None:
+    return None  # the bytes are the message's body; ``value`` stays None
+
+
+def _csv_document(frame: bytes) -> list[list[str]]:
+    try:
+        return [row for row in csv.reader(io.StringIO(_text(frame), newline=""), strict=True) if row]
+    except csv.Error as exc:
+        raise ValueError(f"invalid CSV: {exc}") from None
+
+
+_VALUE: dict[str, Callable[[bytes], Any]] = {
+    "json": _json, "text": _text, "raw": _raw, "csv": _csv_document,
+}
+
+
+def detect(key: str, content_encoding: str, compression: Compression = "auto") -> str:
+    """``gzip``, ``zstd`` or ``none``: how an object is compressed, by the setting, else (``auto``)
+    its ``Content-Encoding``, else its key's extension."""
+    if compression != "auto":
+        return compression
+    for token in content_encoding.lower().split(","):
+        found = CONTENT_ENCODINGS.get(token.strip())
+        if found is not None:
+            return found
+    dot = key.rfind(".")
+    return EXTENSIONS.get(key[dot:].lower(), "none") if dot >= 0 else "none"
+
+
+def decompress(data: bytes, compression: str) -> bytes:
+    """``data`` decompressed (``gzip``, ``zstd``) or as it is (``none``); DecodeError if it is damaged."""
+    try:
+        if compression == "gzip":
+            return gzip.decompress(data)
+        if compression == "zstd":
+            return _unzstd(data)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        raise DecodeError(f"cannot decompress ({compression}): {exc}") from None
+    return data
+
+
+def _unzstd(data: bytes) -> bytes:
+    """Every frame of a zstd stream (``decompressobj`` stops after the first); truncation is an error."""
+    out = []
+    while data:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        out.append(obj.decompress(data))
+        if not obj.eof:
+            raise EOFError("compressed data ended before the end of its frame")
+        data = obj.unused_data
+    return b"".join(out)
+
+
+def lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of ``data`` with their line numbers from 0, without line ends."""
+    for offset, line in enumerate(data.split(b"\n")):
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if line and not line.isspace():
+            yield offset, line
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    """How a source reads plain objects. The default (raw, none, auto) hands an object that is not
+    compressed to its handler exactly as before: one message, the stored bytes, no ``value``."""
+
+    codec: Codec = "raw"
+    framing: Framing = "none"
+    compression: Compression = "auto"
+
+    @property
+    def raw(self) -> bool:
+        """True when bodies need no decoding (codec ``raw``): segments take their fast path."""
+        return self.codec == "raw"
+
+    def passthrough(self, key: str, content_encoding: str) -> bool:
+        """True when the object is one message of its stored bytes: the workers' fast path (a few
+        string checks per object: ``detect`` without its loop when there is no Content-Encoding)."""
+        if self.codec != "raw" or self.framing != "none" or self.compression in ("gzip", "zstd"):
+            return False
+        if self.compression == "none":
+            return True
+        if content_encoding:
+            return detect(key, content_encoding) == "none"
+        return key[key.rfind("."):].lower() not in EXTENSIONS
+
+    def decode(self, data: bytes, key: str, content_encoding: str = "") -> list[Frame]:
+        """The frames of one stored object, decompressed, split and decoded."""
+        data = decompress(data, detect(key, content_encoding, self.compression))
+        value = _VALUE[self.codec]
+        if self.framing == "none":
+            return [(None, data, _checked(value, data, None))]
+        if self.codec == "csv":
+            return _csv_records(data)
+        out: list[Frame] = []
+        offset = 0
+        try:
+            for offset, line in lines(data):
+                out.append((offset, line, value(line)))
+        except ValueError as exc:
+            raise DecodeError(str(exc), offset) from None
+        return out
+
+    def decode_bodies(self, bodies: Sequence[bytes]) -> list[Any]:
+        """The values of a segment's message bodies (each one whole frame), in order."""
+        value = _VALUE[self.codec]
+        return [_checked(value, body, offset) for offset, body in enumerate(bodies)]
+
+
+DEFAULT_DECODER = Decoder()
+
+
+def _checked(value: Callable[[bytes], Any], frame: bytes, offset: int | None) -> Any:
+    try:
+        return value(frame)
+    except ValueError as exc:
+        raise DecodeError(str(exc), offset) from None
+
+
+def _csv_records(data: bytes) -> list[Frame]:
+    """CSV with framing ``lines``: one frame per record (a quoted field may span lines), its offset
+    the record's first line, its value the list of fields."""
+    parts = data.split(b"\n")
+    if not parts[-1]:
+        parts.pop()
+    current = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal current
+        for current, part in enumerate(parts):  # noqa: B007 - ``current`` is read on failure
+            yield _text(part) + "\n"
+
+    reader = csv.reader(feed(), strict=True)
+    out: list[Frame] = []
+    start = 0
+    try:
+        for record in reader:
+            end = reader.line_num
+            if record:
+                frame = b"\n".join(parts[start:end])
+                out.append((start, frame[:-1] if frame[-1:] == b"\r" else frame, record))
+            start = end
+    except csv.Error as exc:
+        raise DecodeError(f"invalid CSV: {exc}", current) from None
+    except ValueError as exc:
+        raise DecodeError(str(exc), current) from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Encoder:
+    """How a producer writes: each value through the codec, then (framing ``lines``) one body per line
+    of an object, then compression, marked by ``Content-Encoding`` and, on names s3stream chooses, a
+    suffix."""
+
+    codec: Codec = "raw"
+    framing: Framing = "none"
+    compression: WriteCompression = "none"
+
+    @property
+    def identity(self) -> bool:
+        """True when bodies are written as given (codec raw, framing none): the producer's fast path."""
+        return self.codec == "raw" and self.framing == "none"
+
+    def prepare(self, value: Any) -> bytes:
+        """A message body, or EncodeError: :meth:`encode`, and with framing ``lines`` one line (a csv
+        record may hold a line break inside a quoted field)."""
+        try:
+            body = self.encode(value)
+        except (TypeError, ValueError, csv.Error) as exc:
+            raise EncodeError(f"producer.codec = {self.codec!r}: {exc}") from None
+        if self.framing == "lines" and self.codec != "csv" and b"\n" in body:
+            raise EncodeError("producer.framing = 'lines': a message body holds a line break")
+        return body
+
+    def encode(self, value: Any) -> bytes:
+        """A message body: bytes as given; else json serialises any value, csv a record's fields (with
+        framing ``lines``) or a list of records, text and raw a str as UTF-8."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        if self.codec == "json":
+            return orjson.dumps(value)
+        if self.codec == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            if self.framing == "lines":
+                writer.writerow(value)
+                return out.getvalue()[:-1].encode("utf-8")
+            writer.writerows(value)
+            return out.getvalue().encode("utf-8")
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        raise TypeError(f"takes bytes or str, not {type(value).__name__}")
+
+    def join(self, bodies: Sequence[bytes]) -> bytes:
+        """One object's bytes before compression: with framing ``lines`` each (prepared) body ends with
+        a line break; with ``none`` the one body as it is."""
+        if self.framing == "none":
+            (body,) = bodies
+            return body
+        return b"\n".join(bodies) + b"\n"
+
+    def compress(self, data: bytes) -> bytes:
+        if self.compression == "gzip":
+            return gzip.compress(data, compresslevel=6)
+        if self.compression == "zstd":
+            return zstandard.ZstdCompressor(level=3).compress(data)
+        return data
+
+    @property
+    def content_encoding(self) -> str | None:
+        return None if self.compression == "none" else self.compression
+
+    @property
+    def suffix(self) -> str:
+        """The suffix of a log-layout name: ``.jsonl``, ``.csv`` or ``.txt`` for lines, then ``.gz`` or
+        ``.zst`` when compressed."""
+        kind = LINES_EXTENSIONS[self.codec] if self.framing == "lines" else ""
+        return kind + COMPRESSION_SUFFIXES[self.compression]
+
+    def body(self, bodies: Sequence[bytes]) -> bytes:
+        """The stored bytes of a plain object holding ``bodies``."""
+        return self.compress(self.join(bodies))
