@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Literal, TypeVar
 
 import click
@@ -45,8 +46,10 @@ def fail(exc: S3StreamError) -> None:
     sys.exit(2 if isinstance(exc, _USAGE_ERRORS) else 1)
 
 
-async def serve(consumer: Consumer) -> None:
-    """Run a consumer until SIGTERM or SIGINT; a second SIGINT exits at once."""
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT call ``stop`` (a graceful shutdown); a second SIGINT
+    exits at once with 130. The one place signals are handled."""
     loop = asyncio.get_running_loop()
     interrupts = 0
 
@@ -55,15 +58,21 @@ async def serve(consumer: Consumer) -> None:
         interrupts += 1
         if interrupts > 1:
             os._exit(130)
-        consumer.stop()
+        stop()
 
-    loop.add_signal_handler(signal.SIGTERM, consumer.stop)
+    loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        await consumer.run()
+        yield
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
+
+
+async def serve(consumer: Consumer) -> None:
+    """Run a consumer until SIGTERM or SIGINT; a second SIGINT exits at once."""
+    with stop_on_signals(consumer.stop):
+        await consumer.run()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,8 +9,6 @@ rollback could go back to once they are old enough.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from s3stream.admin import is_versioned
-from s3stream.cli import bucket, fail, main, run_async, s3_options
+from s3stream.cli import bucket, fail, main, run_async, s3_options, stop_on_signals
 from s3stream.commands import command_settings, key_versions, split_url
 from s3stream.config import Settings
 from s3stream.errors import ConfigError, NotFound, S3StreamError, VersioningNotEnabled
@@ -65,36 +63,23 @@ def _follower(settings: Settings) -> Follower:
 
 async def serve(follower: Follower, host: str, port: int) -> None:
     """Serve ``follower`` over HTTP until SIGTERM or SIGINT (a second SIGINT exits at once)."""
-    loop = asyncio.get_running_loop()
-    interrupts = 0
-
-    def on_sigint() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
-            os._exit(130)
-        follower.stop()
-
-    loop.add_signal_handler(signal.SIGTERM, follower.stop)
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
     server = KVServer(follower, host, port)
-    try:
+    with stop_on_signals(follower.stop):
         try:
-            await server.start()
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        running = asyncio.create_task(follower.run())
-        started = asyncio.create_task(follower.started.wait())
-        await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if follower.started.is_set():
-            click.echo(f"serving {follower.url} version {follower.version_id} ({len(follower.data)} keys) "
-                       f"on http://{host}:{server.port}", err=True)
-        await running
-    finally:
-        await server.stop()
-        loop.remove_signal_handler(signal.SIGTERM)
-        loop.remove_signal_handler(signal.SIGINT)
+            try:
+                await server.start()
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            running = asyncio.create_task(follower.run())
+            started = asyncio.create_task(follower.started.wait())
+            await asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            if follower.started.is_set():
+                click.echo(f"serving {follower.url} version {follower.version_id} ({len(follower.data)} "
+                           f"keys) on http://{host}:{server.port}", err=True)
+            await running
+        finally:
+            await server.stop()
 
 
 class KVServer:

@@ -11,29 +11,18 @@ Endpoints follow botocore's rule: ``AWS_ENDPOINT_URL_<SERVICE>`` wins, then the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from prometheus_client import Counter
 
-from s3stream import errors
+from s3stream import errors, store
 from s3stream.config import S3Settings
 from s3stream.retry import RetryPolicy
 
@@ -247,27 +236,12 @@ async def open_sqs(settings: S3Settings, *, max_connections: int = 16) -> AsyncI
 
 @contextlib.contextmanager
 def translate(operation: str, *, queue: str | None = None) -> Iterator[None]:
-    """Translate botocore/aiohttp exceptions raised inside the block into s3stream errors."""
-    try:
+    """Translate botocore/aiohttp exceptions raised inside the block into s3stream errors (the
+    store's translation, with SQS's error codes)."""
+    with store.translate(operation, service="SQS",
+                         classifier=lambda code, status, message: classify(code, status, message, operation,
+                                                                           queue)):
         yield
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        raise classify(str(err.get("Code", "")), status, err.get("Message"), operation, queue) from exc
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise errors.AccessDenied(
-            f"no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, or run where an instance role is available", operation=operation,
-        ) from exc
-    except (BotoConnectionError, HTTPClientError, ReadTimeoutError, aiohttp.ClientError,
-            TimeoutError, ConnectionError) as exc:
-        if _cancelling():
-            raise asyncio.CancelledError from exc
-        raise errors.EndpointUnreachable(
-            f"{operation}: cannot reach the SQS endpoint: {exc}", operation=operation
-        ) from exc
-    except BotoCoreError as exc:
-        raise errors.StoreError(f"{operation}: {exc}", operation=operation) from exc
 
 
 def classify(code: str, status: int, message: str | None, operation: str,
@@ -287,15 +261,6 @@ def classify(code: str, status: int, message: str | None, operation: str,
     if code in _SERVER or status >= 500:
         return errors.ServerError(f"{operation}: server error {status} ({detail})", **kw)
     return errors.PermanentError(f"{operation} on {queue!r}: {code or status}: {detail}", **kw)
-
-
-def _cancelling() -> bool:
-    """True in a task that was asked to cancel (a cancelled request must not be retried)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        return False
-    return task is not None and task.cancelling() > 0
 
 
 def _entry(wire_id: str, message: OutMessage) -> dict[str, Any]:

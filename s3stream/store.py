@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -450,17 +450,28 @@ async def open_store(settings: S3Settings, *, max_connections: int = 32) -> Asyn
                     await lean.close()
 
 
+ErrorClassifier = Callable[[str, int, "str | None"], errors.StoreError]
+
+
 @contextlib.contextmanager
-def translate(operation: str, *, bucket: str | None = None) -> Iterator[None]:
-    """Translate botocore/aiohttp exceptions raised inside the block into s3stream errors."""
+def translate(operation: str, *, bucket: str | None = None, service: str = "S3",
+              classifier: ErrorClassifier | None = None) -> Iterator[None]:
+    """Translate botocore/aiohttp exceptions raised inside the block into s3stream errors. Error
+    answers go through ``classifier(code, status, message)`` (S3's :func:`classify` by default; the
+    SQS boundary passes its own), everything else is handled the same for every AWS service."""
+    def answer(code: str, status: int, message: str | None) -> errors.StoreError:
+        if classifier is not None:
+            return classifier(code, status, message)
+        return classify(code, status, message, operation, bucket)
+
     try:
         yield
     except ClientError as exc:
         err = exc.response.get("Error", {})
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        raise classify(str(err.get("Code", "")), status, err.get("Message"), operation, bucket) from exc
+        raise answer(str(err.get("Code", "")), status, err.get("Message")) from exc
     except S3HTTPError as exc:
-        raise classify(exc.code, exc.status, exc.message, operation, bucket) from exc
+        raise answer(exc.code, exc.status, exc.message) from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise errors.AccessDenied(
             f"no usable AWS credentials ({exc}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -471,7 +482,7 @@ def translate(operation: str, *, bucket: str | None = None) -> Iterator[None]:
         if _cancelling():
             raise asyncio.CancelledError from exc
         raise errors.EndpointUnreachable(
-            f"{operation}: cannot reach the S3 endpoint: {exc}", operation=operation
+            f"{operation}: cannot reach the {service} endpoint: {exc}", operation=operation
         ) from exc
     except BotoCoreError as exc:
         raise errors.StoreError(f"{operation}: {exc}", operation=operation) from exc
