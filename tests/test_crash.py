@@ -92,7 +92,13 @@ async def test_kill_9_at_random_moments_loses_nothing(store: Store, bucket: str,
     proc = _start(bucket, cfg, log)
     try:
         everything = {(k, v) for k, vids in written.items() for v in vids}
-        await wait_until(lambda: everything <= set(_delivered(out)), within=120, what="all delivered")
+        try:
+            await wait_until(lambda: everything <= set(_delivered(out)), within=240, what="all delivered")
+        except BaseException:  # say what is missing and what the daemon logged, for the record
+            missing = sorted(everything - set(_delivered(out)))
+            print(f"{len(missing)} of {len(everything)} never delivered, e.g. {missing[:5]}; "
+                  f"daemon running: {proc.poll() is None}\n" + log.read_text()[-4000:])
+            raise
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
