@@ -6,7 +6,7 @@ every call goes through the one :class:`~s3stream.retry.RetryPolicy` (botocore's
 ``SendMessageBatch`` retries only the entries SQS reports as failed.
 
 Endpoints follow botocore's rule: ``AWS_ENDPOINT_URL_<SERVICE>`` wins, then the configured
-``endpoint_url`` (``--endpoint-url``), then ``AWS_ENDPOINT_URL``; see :func:`endpoint_for`.
+``endpoint_url`` (``--endpoint-url``), then ``AWS_ENDPOINT_URL``; see ``S3Settings.resolved_endpoint``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from prometheus_client import Counter
 
 from s3stream import errors, store
@@ -86,11 +84,6 @@ class InMessage:
     receipt_handle: str
     body: str
     attributes: dict[str, str]
-
-
-def endpoint_for(settings: S3Settings, service: str) -> str | None:
-    """The endpoint URL for ``service``, as botocore resolves it (see ``S3Settings.resolved_endpoint``)."""
-    return settings.resolved_endpoint(service)
 
 
 class Queue:
@@ -213,25 +206,10 @@ class Queue:
 
 @contextlib.asynccontextmanager
 async def open_sqs(settings: S3Settings, *, max_connections: int = 16) -> AsyncIterator[Queue]:
-    """Create the one SQS client for a process (endpoint by :func:`endpoint_for`, region from settings)."""
-    session = get_session()
-    if settings.profile:
-        session.set_config_variable("profile", settings.profile)
-    config = AioConfig(
-        region_name=settings.region,
-        max_pool_connections=max_connections,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=max(settings.read_timeout, 25.0),  # above the 20 s long poll
-        retries={"total_max_attempts": 1, "mode": "standard"},
-    )
-    kwargs: dict[str, Any] = {"config": config, "endpoint_url": endpoint_for(settings, "sqs")}
-    if settings.access_key_id and settings.secret_access_key:
-        kwargs["aws_access_key_id"] = settings.access_key_id
-        kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-    retry = RetryPolicy(attempts=settings.max_attempts, max_elapsed=settings.max_retry_time)
-    with translate("CreateClient"):
-        async with session.create_client("sqs", **kwargs) as client:
-            yield Queue(client, retry)
+    """Create the one SQS client for a process (endpoint by ``S3Settings.resolved_endpoint``)."""
+    async with store.aws_client(settings, "sqs", max_connections=max_connections,
+                                read_timeout=max(settings.read_timeout, 25.0)) as client:  # > 20 s polls
+        yield Queue(client, store.retry_policy(settings))
 
 
 @contextlib.contextmanager

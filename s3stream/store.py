@@ -414,40 +414,56 @@ class Store:
 
 
 @contextlib.asynccontextmanager
+async def aws_client(settings: S3Settings, service: str, *, max_connections: int,
+                     read_timeout: float | None = None, **config: Any) -> AsyncIterator[Any]:
+    """An aiobotocore client for ``service`` built from ``[s3]`` settings: profile, region,
+    credentials, per-service endpoint, timeouts, pool size, and botocore's own retries off (the
+    one :class:`RetryPolicy` retries). ``config`` adds service options (``s3={...}``)."""
+    session = get_session()
+    if settings.profile:
+        session.set_config_variable("profile", settings.profile)
+    aio_config = AioConfig(
+        region_name=settings.region,
+        max_pool_connections=max_connections,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=read_timeout or settings.read_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        **config,
+    )
+    kwargs: dict[str, Any] = {"config": aio_config, "endpoint_url": settings.resolved_endpoint(service)}
+    if settings.access_key_id and settings.secret_access_key:
+        kwargs["aws_access_key_id"] = settings.access_key_id
+        kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
+    with translate("CreateClient", service=service.upper()):
+        async with session.create_client(service, **kwargs) as client:
+            yield client
+
+
+def retry_policy(settings: S3Settings) -> RetryPolicy:
+    """The one retry policy, as ``[s3]`` sizes it."""
+    return RetryPolicy(attempts=settings.max_attempts, max_elapsed=settings.max_retry_time)
+
+
+@contextlib.asynccontextmanager
 async def open_store(settings: S3Settings, *, max_connections: int = 32) -> AsyncIterator[Store]:
     """Create the one S3 client for a process, sized for ``max_connections`` concurrent requests
     (``[s3] max_connections`` when set, else the caller's figure)."""
     max_connections = settings.max_connections or max_connections
-    session = get_session()
-    if settings.profile:
-        session.set_config_variable("profile", settings.profile)
-    config = AioConfig(
-        region_name=settings.region,
-        s3={"addressing_style": settings.addressing_style},
-        max_pool_connections=max_connections,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-    )
-    kwargs: dict[str, Any] = {"config": config, "endpoint_url": settings.resolved_endpoint()}
-    if settings.access_key_id and settings.secret_access_key:
-        kwargs["aws_access_key_id"] = settings.access_key_id
-        kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-    retry = RetryPolicy(attempts=settings.max_attempts, max_elapsed=settings.max_retry_time)
-    with translate("CreateClient"):
-        async with session.create_client("s3", **kwargs) as client:
-            client.meta.events.register("before-parse.s3.ListObjectVersions", _capture_version_entries)
-            lean = None
-            if settings.lean_path:
-                lean = LeanClient(
-                    client, max_connections=max_connections, connect_timeout=settings.connect_timeout,
-                    read_timeout=settings.read_timeout,
-                )
-            try:
-                yield Store(client, retry, lean)
-            finally:
-                if lean is not None:
-                    await lean.close()
+    retry = retry_policy(settings)
+    async with aws_client(settings, "s3", max_connections=max_connections,
+                          s3={"addressing_style": settings.addressing_style}) as client:
+        client.meta.events.register("before-parse.s3.ListObjectVersions", _capture_version_entries)
+        lean = None
+        if settings.lean_path:
+            lean = LeanClient(
+                client, max_connections=max_connections, connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
+        try:
+            yield Store(client, retry, lean)
+        finally:
+            if lean is not None:
+                await lean.close()
 
 
 ErrorClassifier = Callable[[str, int, "str | None"], errors.StoreError]

@@ -34,7 +34,6 @@ from s3stream.sqs import (
     OutMessage,
     Queue,
     QueueNotFound,
-    endpoint_for,
     open_sqs,
 )
 from s3stream.store import Store
@@ -325,13 +324,13 @@ def test_endpoint_for_prefers_the_service_variable(monkeypatch: pytest.MonkeyPat
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     plain, configured = S3Settings(), S3Settings(endpoint_url="http://configured")
-    assert endpoint_for(plain, "sqs") is None
+    assert plain.resolved_endpoint("sqs") is None
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://everything")
-    assert endpoint_for(plain, "sqs") == "http://everything"
-    assert endpoint_for(configured, "sqs") == "http://configured"
+    assert plain.resolved_endpoint("sqs") == "http://everything"
+    assert configured.resolved_endpoint("sqs") == "http://configured"
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", "http://sqs-only")
-    assert endpoint_for(configured, "sqs") == "http://sqs-only"
-    assert endpoint_for(configured, "s3") == "http://configured"
+    assert configured.resolved_endpoint("sqs") == "http://sqs-only"
+    assert configured.resolved_endpoint("s3") == "http://configured"
 
 
 def test_handler_entry_point_and_option_errors() -> None:
