@@ -103,27 +103,65 @@ def detect(key: str, content_encoding: str, compression: Compression = "auto") -
     return EXTENSIONS.get(key[dot:].lower(), "none") if dot >= 0 else "none"
 
 
-def decompress(data: bytes, compression: str) -> bytes:
-    """``data`` decompressed (``gzip``, ``zstd``) or as it is (``none``); DecodeError if it is damaged."""
+DEFAULT_MAX_DECOMPRESSED = 1 << 30
+_SLICE = 4096  # compressed bytes fed at a time, so output is checked against the limit as it grows
+
+
+def decompress(data: bytes, compression: str, limit: int = DEFAULT_MAX_DECOMPRESSED) -> bytes:
+    """``data`` decompressed (``gzip``, ``zstd``) or as it is (``none``); DecodeError if it is damaged
+    or would decompress to more than ``limit`` bytes (a compression bomb must not exhaust memory)."""
     try:
         if compression == "gzip":
-            return gzip.decompress(data)
+            return _gunzip(data, limit)
         if compression == "zstd":
-            return _unzstd(data)
+            return _unzstd(data, limit)
     except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
         raise DecodeError(f"cannot decompress ({compression}): {exc}") from None
     return data
 
 
-def _unzstd(data: bytes) -> bytes:
-    """Every frame of a zstd stream (``decompressobj`` stops after the first); truncation is an error."""
-    out = []
+def _too_large(limit: int) -> DecodeError:
+    return DecodeError(f"decompresses to more than {limit:,} bytes (the source's max_decompressed_mb)")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every member of a gzip stream (zero padding after a member is allowed, as ``gzip`` allows)."""
+    out: list[bytes] = []
+    total = 0
+    while data:
+        unzip = zlib.decompressobj(wbits=31)
+        pending = data
+        while not unzip.eof:
+            chunk = unzip.decompress(pending, limit - total + 1)
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            out.append(chunk)
+            pending = unzip.unconsumed_tail
+            if not pending and not chunk:
+                raise EOFError("compressed data ended before the end-of-stream marker was reached")
+        data = unzip.unused_data.lstrip(b"\x00")
+    return b"".join(out)
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """Every frame of a zstd stream (``decompressobj`` stops after the first); truncation is an error.
+    Input goes in slices so a bomb is stopped within a slice's worth of output past ``limit``."""
+    out: list[bytes] = []
+    total = 0
     while data:
         obj = zstandard.ZstdDecompressor().decompressobj()
-        out.append(obj.decompress(data))
+        start = 0
+        while not obj.eof and start < len(data):
+            chunk = obj.decompress(data[start:start + _SLICE])
+            start += _SLICE
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            out.append(chunk)
         if not obj.eof:
             raise EOFError("compressed data ended before the end of its frame")
-        data = obj.unused_data
+        data = obj.unused_data + data[start:]
     return b"".join(out)
 
 
@@ -144,6 +182,7 @@ class Decoder:
     codec: Codec = "raw"
     framing: Framing = "none"
     compression: Compression = "auto"
+    max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
 
     @property
     def raw(self) -> bool:
@@ -163,7 +202,7 @@ class Decoder:
 
     def decode(self, data: bytes, key: str, content_encoding: str = "") -> list[Frame]:
         """The frames of one stored object, decompressed, split and decoded."""
-        data = decompress(data, detect(key, content_encoding, self.compression))
+        data = decompress(data, detect(key, content_encoding, self.compression), self.max_decompressed)
         value = _VALUE[self.codec]
         if self.framing == "none":
             return [(None, data, _checked(value, data, None))]

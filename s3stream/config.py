@@ -145,6 +145,8 @@ class SourceSettings(_Model):
     codec: Codec = Field(default="raw", description="Decode each message: raw, json, text or csv.")
     framing: Framing = Field(default="none", description="lines: one message per line of an object.")
     compression: Compression = Field(default="auto", description="auto: Content-Encoding, else extension.")
+    max_decompressed_mb: int = Field(default=1024, gt=0, description="A body decompressing to more is "
+                                     "dead-lettered (a compression bomb must not exhaust memory).")
     notifications: NotificationSettings | None = None
     routes: list[RouteSettings] = Field(default_factory=list)
 

@@ -33,9 +33,9 @@ from s3stream.metrics import HealthServer
 from s3stream.notifications import NotifyCursor, notification_tasks
 from s3stream.poller import Poller
 from s3stream.routing import handler_names, source_handler
-from s3stream.shard import Shard
+from s3stream.shard import Shard, ShardLayout
 from s3stream.store import Store, open_store
-from s3stream.topics import CONTROL_PREFIX, Layout, resolve_topic
+from s3stream.topics import CONTROL_PREFIX, resolve_topic
 from s3stream.workers import WorkerPool
 
 log = structlog.get_logger("s3stream.consumer")
@@ -161,18 +161,24 @@ class Consumer:
         """One shard per prefix of the source: a topic's shards, or the plain prefix itself."""
         await store.check_bucket(src.bucket)
         topic = await resolve_topic(store, src.bucket, src.prefix)
-        if topic.layout == "versions":
+        layout: ShardLayout = topic.layout
+        if topic.layout == "versions" and not topic.plain:
             await store.require_versioning(src.bucket)
+        elif topic.layout == "versions" and await store.versioning_status(src.bucket) != "Enabled":
+            layout = "objects"
+            log.warning("bucket is not versioned: listing current objects; an overwrite is delivered "
+                        "once seen, overwrites between two polls only as the last, deletions not at all",
+                        source=src.url)
         prefixes = [src.prefix] if topic.plain else topic.prefixes
         if src.notifications is not None and topic.layout != "versions":
             raise ConfigError(f"sources ({src.url}): notifications need the versions layout, "
                               f"not {topic.layout!r}")
-        shards = [await self._open_shard(store, src, prefix, topic.layout) for prefix in prefixes]
+        shards = [await self._open_shard(store, src, prefix, layout) for prefix in prefixes]
         if src.notifications is not None:
             self._notified.append((src, shards))
         return shards
 
-    async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: Layout) -> Shard:
+    async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: ShardLayout) -> Shard:
         consumer = self.settings.consumer
         ckpt = consumer.checkpoint
         checkpoints: CheckpointStore
@@ -188,7 +194,7 @@ class Consumer:
         cursor: VersionCursor | LogCursor
         if layout == "log" and not isinstance(saved, Checkpoint):
             cursor = LogCursor(prefix, saved)
-        elif layout == "versions" and not isinstance(saved, LogCheckpoint):
+        elif layout != "log" and not isinstance(saved, LogCheckpoint):
             cursor = (NotifyCursor if src.notifications else VersionCursor)(saved)
         else:
             raise ConfigError(f"the checkpoint of s3://{src.bucket}/{prefix} (group {consumer.group!r}) "
@@ -198,7 +204,7 @@ class Consumer:
             bucket=src.bucket, prefix=prefix, handler=source_handler(src, self._handlers),
             checkpoints=checkpoints, cursor=cursor, layout=layout, fresh=saved is None,
             exclude=tuple(sorted(c for c in control if c.startswith(prefix))),
-            decoder=Decoder(src.codec, src.framing, src.compression),
+            decoder=Decoder(src.codec, src.framing, src.compression, src.max_decompressed_mb << 20),
         )
         shard.saved_generation = cursor.generation if saved is not None else -1
         log.info("shard opened", shard=shard.name, layout=layout, resumed=saved is not None,

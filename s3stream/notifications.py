@@ -36,7 +36,7 @@ from s3stream.config import ConsumerSettings, NotificationSettings, Settings, So
 from s3stream.cursor import Checkpoint, Ident, VersionCursor
 from s3stream.errors import AccessDenied, PermanentError, RetriableError, S3StreamError
 from s3stream.message import Entry
-from s3stream.poller import Poller, oldest_first
+from s3stream.poller import Poller, list_page, oldest_first
 from s3stream.s3events import NotAnS3Event, ObjectEvent, RecentSet, parse_message
 from s3stream.shard import Shard, WorkItem
 from s3stream.sqs import InMessage, Queue, QueueNotFound, open_sqs
@@ -113,15 +113,15 @@ class ReconcilePoller(Poller):
         return len(held)
 
 
-async def key_entries(store: Store, bucket: str, key: str) -> list[Entry]:
+async def key_entries(store: Store, bucket: str, key: str, *, objects: bool = False) -> list[Entry]:
     """Every version and delete marker of exactly ``key``. Keys list ascending and ``key`` sorts
     before every other key it is a prefix of, so the listing stops at the first other key."""
     found: list[Entry] = []
     key_marker: str | None = None
     version_marker: str | None = None
     while True:
-        page = await store.list_versions(bucket, key, key_marker=key_marker,
-                                         version_id_marker=version_marker, max_keys=100)
+        page = await list_page(store, bucket, key, objects=objects, key_marker=key_marker,
+                               version_marker=version_marker, max_keys=100)
         mine = [e for e in page.entries if e.key == key]
         found += mine
         if not page.truncated or len(mine) < len(page.entries):
@@ -244,7 +244,7 @@ class Receiver:
         shard, opts = target
         cursor = shard.cursor
         assert isinstance(cursor, NotifyCursor)
-        entries = await key_entries(self.store, shard.bucket, event.key)
+        entries = await key_entries(self.store, shard.bucket, event.key, objects=shard.layout == "objects")
         started = claim(cursor, entries, skip=False, deletes=opts.deletes)
         waits = [w for e in entries if (w := cursor.waiter(e.ident)) is not None]
         for entry in started:

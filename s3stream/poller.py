@@ -20,6 +20,7 @@ from s3stream.config import ConsumerSettings
 from s3stream.cursor import VersionCursor
 from s3stream.errors import RetriableError
 from s3stream.message import Entry
+from s3stream.s3xml import VersionPage
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
 from s3stream.workers import WorkerPool
@@ -35,6 +36,22 @@ def oldest_first(entries: list[Entry]) -> list[Entry]:
     """
     ranked = sorted(enumerate(entries), key=lambda p: (p[1].last_modified_ms, p[1].latest, -p[0]))
     return [entry for _, entry in ranked]
+
+
+async def list_page(store: Store, bucket: str, prefix: str, *, objects: bool, key_marker: str | None,
+                    version_marker: str | None, max_keys: int) -> VersionPage:
+    """One page of versions under ``prefix``; with ``objects`` (a bucket without versioning), one page
+    of ``ListObjectsV2`` as current versions whose id is ``<etag>@<LastModified ms>``, so an overwrite
+    is a new version to the cursor (the continuation token travels as ``key_marker``)."""
+    if not objects:
+        return await store.list_versions(bucket, prefix, key_marker=key_marker,
+                                          version_id_marker=version_marker, max_keys=max_keys)
+    page = await store.list_objects(bucket, prefix, token=key_marker, max_keys=max_keys)
+    entries = [Entry(e.key, f"{e.etag}@{e.last_modified_ms}", e.last_modified_ms, size=e.size, etag=e.etag,
+                     latest=True) for e in page.entries]
+    return VersionPage(entries=entries, truncated=page.next_token is not None,
+                       next_key_marker=page.next_token, next_version_id_marker=None,
+                       server_time_ms=page.server_time_ms)
 
 
 C = TypeVar("C")
@@ -94,10 +111,9 @@ class Poller(ShardPoller[VersionCursor]):
         held: list[Entry] = []
         found = 0
         while True:
-            page = await self.store.list_versions(
-                shard.bucket, shard.prefix, key_marker=key_marker, version_id_marker=version_marker,
-                max_keys=self.settings.page_size,
-            )
+            page = await list_page(self.store, shard.bucket, shard.prefix, objects=shard.layout == "objects",
+                                   key_marker=key_marker, version_marker=version_marker,
+                                   max_keys=self.settings.page_size)
             if horizon_ms is None:  # the Date header has whole seconds: step back one
                 horizon_ms = page.server_time_ms - 1000 - int(self.settings.settle_window * 1000)
             for entry in page.entries:

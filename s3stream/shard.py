@@ -12,6 +12,10 @@ from s3stream.cursor import VersionCursor
 from s3stream.handlers import Handler
 from s3stream.message import Entry
 
+ShardLayout = Literal["versions", "log", "objects"]
+"""How a shard is listed: object versions, the log layout, or ``objects`` (a plain prefix in a bucket
+without versioning: ``ListObjectsV2``, an object's identity is its ETag and LastModified)."""
+
 
 class Cursor(Protocol):
     """What the pipeline needs of a cursor (``VersionCursor`` or ``LogCursor``)."""
@@ -50,7 +54,7 @@ class Shard:
     handler: Handler
     checkpoints: CheckpointStore
     cursor: Cursor = field(default_factory=VersionCursor)
-    layout: Literal["versions", "log"] = "versions"
+    layout: ShardLayout = "versions"
     fresh: bool = True  # no checkpoint existed when the consumer started
     exclude: tuple[str, ...] = ()  # control prefixes (checkpoints, dead letters) inside this prefix
     saved_generation: int = -1

@@ -134,7 +134,7 @@ class WorkerPool:
             messages = await self._fetch(item, bound)
         except (segments.SegmentError, codecs.DecodeError) as exc:  # nothing to retry: set it aside
             decode = exc if isinstance(exc, codecs.DecodeError) else None
-            raw = Message(bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
+            raw = Message(bucket=shard.bucket, key=entry.key, version_id=_version_id(shard, entry),
                           last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size,
                           etag=entry.etag, body=decode.body if decode else b"",
                           offset=decode.offset if decode else None)
@@ -166,6 +166,9 @@ class WorkerPool:
             except RetriableError as exc:  # the store's policy gave up; the item must not be lost
                 bound.warning("fetch keeps failing; retrying", error=str(exc))
                 await asyncio.sleep(self.store.retry.cap)
+        if shard.layout == "objects" and obj.etag and obj.etag != entry.etag:
+            bound.debug("object overwritten since it was listed; its new content will be listed next")
+            return []
         try:
             return _messages(shard, entry, obj, when)
         except codecs.DecodeError as exc:
@@ -258,7 +261,7 @@ class WorkerPool:
 def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> list[Message]:
     """An object's messages: a segment's lines, or a plain object through the source's decoder (one
     message of the stored bytes on the default path; frames decoded by its codec otherwise)."""
-    bucket, key, vid, meta = shard.bucket, entry.key, entry.version_id, obj.metadata
+    bucket, key, vid, meta = shard.bucket, entry.key, _version_id(shard, entry), obj.metadata
     etag = entry.etag or obj.etag
     decoder = shard.decoder
     name = parse_log_key(entry.key) if shard.layout == "log" else None
@@ -276,6 +279,11 @@ def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> 
         return [Message(bucket, key, vid, when, len(obj.body), etag, obj.body, False, meta, pkey)]
     return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset, value)
             for offset, body, value in decoder.decode(obj.body, key, obj.content_encoding)]
+
+
+def _version_id(shard: Shard, entry: Entry) -> str:
+    """The message's version id: S3's, or ``"null"`` where the bucket keeps no versions."""
+    return "null" if shard.layout == "objects" else entry.version_id
 
 
 class _Watch:

@@ -154,6 +154,29 @@ async def test_once_twice_sends_each_object_exactly_once(store: Store, bucket: s
     assert len(keys) == len(set(keys)) == 24
 
 
+async def test_once_on_an_unversioned_bucket(store: Store, queue: Queue, moto_endpoint: str,
+                                             tmp_path: Path) -> None:
+    """Seed 001's bucket has no versioning: ``--once`` sends every object (version id ``null``), a
+    second run sends nothing, and after an overwrite the third sends that object again, new ETag."""
+    bucket = new_bucket_name("plain")
+    await store.create_bucket(bucket, versioning=False)
+    await objects(store, bucket, [f"{i:064x}.ext" for i in range(12)])
+    url = await queue.create_queue(new_bucket_name("q"))
+    args = ("bridge", "sqs", f"s3://{bucket}/", "--queue-url", url, "--once", "--endpoint-url", moto_endpoint)
+    first = await cli(tmp_path, *args)
+    assert "sent 12 message(s)" in first.stderr, first.stderr
+    assert "sent 0 message(s)" in (await cli(tmp_path, *args)).stderr
+    etag, _ = await store.put_object(bucket, f"{3:064x}.ext", b"rewritten")
+    third = await cli(tmp_path, *args)
+    assert "sent 1 message(s)" in third.stderr, third.stderr
+    bodies = [orjson.loads(m.body) for m in await drain(queue, url)]
+    assert len(bodies) == 13
+    assert {b["version_id"] for b in bodies} == {"null"}
+    rewritten = [b["etag"] for b in bodies if b["key"] == f"{3:064x}.ext"]
+    assert len(rewritten) == 2
+    assert etag in rewritten
+
+
 async def test_batches_hold_at_most_ten_entries(store: Store, bucket: str, queue: Queue, proxy: S3Proxy,
                                                 moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Messages from concurrent workers are gathered into SendMessageBatch calls of at most 10 entries,

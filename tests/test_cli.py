@@ -18,6 +18,7 @@ from pathlib import Path
 import boto3
 
 from s3stream.store import Store
+from s3stream.topics import create_topic
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.s3proxy import Rule, S3Error, S3Proxy
 
@@ -73,9 +74,11 @@ def test_missing_bucket_is_one_line_error(moto_endpoint: str, tmp_path: Path) ->
 
 
 async def test_unversioned_bucket_is_one_line_error(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
-    """A bucket without versioning is refused at start with one line saying how to enable it, exit 2."""
+    """A versions-layout topic in a bucket without versioning is refused at start with one line saying
+    how to enable it, exit 2 (a plain prefix there is consumed by listing objects instead)."""
     name = new_bucket_name("plain")
     await store.create_bucket(name, versioning=False)
+    await create_topic(store, name, "topic", shards=2)
     result = await asyncio.to_thread(
         run_cli, "consume", f"s3://{name}/topic/", "--endpoint-url", moto_endpoint, cwd=tmp_path)
     assert_one_line_error(result, "versioning is not enabled", name, "put-bucket-versioning")

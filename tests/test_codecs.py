@@ -4,6 +4,7 @@ producers against moto over HTTP (store settings and the connector config: ``tes
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -114,6 +115,19 @@ def test_multi_member_gzip_and_multi_frame_zstd_are_read_whole() -> None:
     zst = zstandard.ZstdCompressor().compress(b"a\n") + zstandard.ZstdCompressor().compress(b"b\n")
     for data, key in ((gz, "k.gz"), (zst, "k.zst")):
         assert [v for _, _, v in Decoder("text", "lines").decode(data, key)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("compress", "key"), [(gzip.compress, "bomb.gz"),
+                                                (zstandard.ZstdCompressor().compress, "bomb.zst")])
+def test_a_compression_bomb_is_refused_at_the_limit(compress: Callable[[bytes], bytes], key: str) -> None:
+    """An object that would decompress past the source's limit (here 1.2 MB of zeros from a few KB, in
+    two members or frames) is a DecodeError naming the limit, not a memory blow-up; the same bytes
+    under a larger limit decompress in full."""
+    data = compress(bytes(600_000)) + compress(bytes(600_000))
+    assert len(data) < 10_000
+    with pytest.raises(DecodeError, match="decompresses to more than 1,048,576 bytes"):
+        Decoder("raw", "none", "auto", 1 << 20).decode(data, key)
+    assert Decoder("raw", "none", "auto", 2 << 20).decode(data, key) == [(None, bytes(1_200_000), None)]
 
 
 def test_csv_record_may_span_lines() -> None:

@@ -20,7 +20,6 @@ from prometheus_client import REGISTRY
 
 from s3stream.config import Settings, build_settings
 from s3stream.consumer import Consumer
-from s3stream.errors import VersioningNotEnabled
 from s3stream.message import Message
 from s3stream.notifycli import setup
 from s3stream.sqs import OutMessage, Queue, open_sqs
@@ -309,16 +308,27 @@ async def test_shutdown_keeps_unhandled_messages(
     assert sum(await queue_counts(sqs, url)) == 1
 
 
-async def test_unversioned_bucket_is_refused_in_one_line(
+async def test_unversioned_bucket_is_followed_by_listing_objects(
         store: Store, sqs: Queue, moto_endpoint: str) -> None:
-    """A notifications source needs a versioned bucket, like every versions-layout source."""
+    """In a bucket without versioning a notification leads to a ``ListObjectsV2`` of its key: the
+    object arrives with version id ``null`` and its ETag, an overwrite arrives again with its new
+    body, and a duplicated event delivers nothing more."""
     bucket = new_bucket_name("plain")
     await store.create_bucket(bucket, versioning=False)
     url = await sqs.create_queue(f"q-{bucket}")
-    consumer = Consumer(notify_settings(moto_endpoint, source(bucket), url))
-    consumer.register_handler("rec", Recorder())
-    with pytest.raises(VersioningNotEnabled, match="versioning is not enabled"):
-        await consumer.run()
+    recorder = Recorder()
+    async with consuming(notify_settings(moto_endpoint, source(bucket), url), recorder, store, bucket):
+        etag, _ = await store.put_object(bucket, f"{PREFIX}a", b"one")
+        await send(sqs, url, direct(bucket, f"{PREFIX}a", eTag=etag), direct(bucket, f"{PREFIX}a", eTag=etag))
+        await recorder.wait_count(2)
+        etag2, _ = await store.put_object(bucket, f"{PREFIX}a", b"two")
+        await send(sqs, url, direct(bucket, f"{PREFIX}a", eTag=etag2))
+        await recorder.wait_count(3)
+        await wait_until(lambda: drained(sqs, url), what="queue drained")
+    first, second = [m for m in recorder.messages if m.key == f"{PREFIX}a"]
+    assert (first.version_id, first.etag, first.body) == ("null", etag, b"one")
+    assert (second.version_id, second.body) == ("null", b"two")
+    assert len(recorder.messages) == 3
 
 
 def test_tenant_router_example_config_loads() -> None:
