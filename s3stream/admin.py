@@ -176,18 +176,23 @@ class GroupCheckpoint:
         return cp.watermark_ms if isinstance(cp, Checkpoint) else cp.sealed_ms
 
 
-async def find_checkpoints(store: Store, topic: Topic, control_prefix: str) -> list[GroupCheckpoint]:
-    """Every group's checkpoints of the topic's shards, found under ``<control>/<group>/``."""
+async def find_checkpoints(store: Store, topic: Topic, control_prefix: str,
+                           groups: list[str] | None = None) -> list[GroupCheckpoint]:
+    """Every group's checkpoints of the topic's shards, found under ``<control>/<group>/`` (only
+    ``groups``' when given, without listing the groups)."""
     control = control_prefix.strip("/") + "/"
-    groups = await _child_names(store, topic.bucket, control)
+    if groups is None:
+        groups = await _child_names(store, topic.bucket, control)
     wanted = [(group, shard, prefix, f"{control}{group}/{shard_name(prefix)}.json")
-              for group in groups for shard, prefix in _shard_prefixes(topic)]
+              for group in groups for shard, prefix in shard_prefixes(topic)]
     loaded = await asyncio.gather(*(_load_checkpoint(store, topic.bucket, key) for *_, key in wanted))
     return [GroupCheckpoint(group, shard, prefix, key, cp)
             for (group, shard, prefix, key), cp in zip(wanted, loaded, strict=True) if cp is not None]
 
 
-def _shard_prefixes(topic: Topic) -> list[tuple[int, str]]:
+def shard_prefixes(topic: Topic) -> list[tuple[int, str]]:
+    """Each shard's index and the prefixes a consumer may have named it by (a plain topic's, with and
+    without the trailing ``/``)."""
     if not topic.plain:
         return list(enumerate(topic.prefixes))
     return [(0, topic.name + "/"), (0, topic.name)] if topic.name else [(0, "")]

@@ -23,8 +23,12 @@ from s3stream.store import Store
 FORMAT_VERSION = 1
 
 
-def encode(checkpoint: Checkpoint | LogCheckpoint, *, bucket: str, prefix: str) -> bytes:
-    """The JSON form of a checkpoint; ``done`` is grouped by key (or directory) to stay compact."""
+def encode(checkpoint: Checkpoint | LogCheckpoint, *, bucket: str, prefix: str,
+           extra: dict[str, Any] | None = None) -> bytes:
+    """The JSON form of a checkpoint; ``done`` is grouped by key (or directory) to stay compact.
+    ``extra`` adds fields (the lease a group member wrote it under)."""
+    if extra:
+        return orjson.dumps({**orjson.loads(encode(checkpoint, bucket=bucket, prefix=prefix)), **extra})
     if isinstance(checkpoint, LogCheckpoint):
         return _encode_log(checkpoint, bucket=bucket, prefix=prefix)
     grouped: dict[str, list[list[Any]]] = {}
@@ -90,7 +94,13 @@ class CheckpointStore(Protocol):
 
 
 class S3CheckpointStore:
-    """A checkpoint object in S3, fenced by its ETag."""
+    """A checkpoint object in S3, fenced by its ETag.
+
+    In a consumer group the member that takes a shard's lease first :meth:`fence` rewrites the checkpoint:
+    it names the lease's owner and generation, written with ``If-Match`` on the ETag it read. Any
+    write by the shard's previous holder (a paused or partitioned process) then fails with a 412 and
+    :class:`~s3stream.errors.CheckpointConflict`: progress is never rewound or clobbered by a member
+    whose lease was taken. A write of the previous holder that landed before the fence is kept."""
 
     def __init__(self, store: Store, *, bucket: str, prefix: str, control_prefix: str, group: str) -> None:
         self._store = store
@@ -99,6 +109,7 @@ class S3CheckpointStore:
         self.key = f"{control_prefix.strip('/')}/{group}/{shard_name(prefix)}.json"
         self._etag: str | None = None
         self._unconfirmed: list[bytes] = []  # bodies sent whose outcome we never learned
+        self.lease: dict[str, Any] | None = None  # {"owner", "generation"} once fenced
 
     async def load(self) -> Checkpoint | LogCheckpoint | None:
         try:
@@ -107,10 +118,30 @@ class S3CheckpointStore:
             self._etag = None
             return None
         self._etag = obj.etag
-        return decode(obj.body, where=f"s3://{self._bucket}/{self.key}")
+        checkpoint = decode(obj.body, where=f"s3://{self._bucket}/{self.key}")
+        return None if b'"fresh":true' in obj.body else checkpoint  # a fence before any progress
+
+    async def fence(self, owner: str, generation: int) -> Checkpoint | LogCheckpoint | None:
+        """Take the checkpoint over under lease ``generation``: read it, write it back naming the
+        lease (``If-Match`` on what was read; again if the previous holder wrote in between). Returns
+        the checkpoint to resume from (None: no progress yet)."""
+        self.lease = {"owner": owner, "generation": generation}
+        for _ in range(5):
+            saved = await self.load()
+            extra = {"lease": self.lease, **({"fresh": True} if saved is None else {})}
+            body = encode(saved or Checkpoint(watermark_ms=0), bucket=self._bucket, prefix=self._prefix,
+                          extra=extra)
+            try:
+                self._etag = await self._put(body)
+            except PreconditionFailed:
+                continue
+            self._unconfirmed.clear()
+            return saved
+        raise CheckpointConflict(f"checkpoint s3://{self._bucket}/{self.key} keeps changing under a fence")
 
     async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None:
-        body = encode(checkpoint, bucket=self._bucket, prefix=self._prefix)
+        extra = {"lease": self.lease} if self.lease else None
+        body = encode(checkpoint, bucket=self._bucket, prefix=self._prefix, extra=extra)
         try:
             etag = await self._put(body)
         except PreconditionFailed:
@@ -144,7 +175,8 @@ class S3CheckpointStore:
                 pass
         raise CheckpointConflict(
             f"checkpoint s3://{self._bucket}/{self.key} was changed by another consumer; "
-            "is a second consumer running with the same group?"
+            "is a second consumer running with the same group? (to share a topic, run every "
+            "member with leases: --lease-duration, [consumer.leases])"
         ) from None
 
 

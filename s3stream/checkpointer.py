@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 
 from s3stream import metrics
-from s3stream.errors import RetriableError
+from s3stream.errors import CheckpointConflict, RetriableError
 from s3stream.shard import Shard
 
 log = structlog.get_logger("s3stream.checkpointer")
@@ -22,11 +23,13 @@ log = structlog.get_logger("s3stream.checkpointer")
 class Checkpointer:
     """Commits shard cursors after each batch and at shutdown."""
 
-    def __init__(self, shards: list[Shard], *, interval: float) -> None:
-        self.shards = shards
+    def __init__(self, shards: list[Shard], *, interval: float,
+                 on_conflict: Callable[[Shard], bool] | None = None) -> None:
+        self.shards = shards  # the consumer's own list: shards come and go in a consumer group
         self.interval = interval
         self.wake = asyncio.Event()
         self.commits = 0
+        self.on_conflict = on_conflict  # True: the conflict is handled (the shard's lease was lost)
 
     async def run(self) -> None:
         """Commit whenever woken (a batch completed) and at least every ``interval`` seconds."""
@@ -53,14 +56,24 @@ class Checkpointer:
 
     async def flush(self) -> None:
         """Commit every shard whose done set changed since its last commit."""
-        for shard in self.shards:
-            snapshot = shard.cursor.checkpoint()
-            generation = shard.cursor.generation
-            if generation == shard.saved_generation:
-                continue
+        for shard in list(self.shards):
+            await self.commit(shard)
+
+    async def commit(self, shard: Shard) -> None:
+        """Commit one shard if its done set changed. A conflict (another member fenced the shard)
+        goes to ``on_conflict``; without one, or when it declines, it is raised."""
+        snapshot = shard.cursor.checkpoint()
+        generation = shard.cursor.generation
+        if generation == shard.saved_generation:
+            return
+        try:
             await shard.checkpoints.save(snapshot)
-            shard.saved_generation = generation
-            self.commits += 1
-            metrics.CHECKPOINT_COMMITS.labels(shard=shard.name).inc()
-            log.debug("committed", shard=shard.name, watermark_ms=shard.cursor.watermark_ms,
-                      done=len(snapshot.done))
+        except CheckpointConflict:
+            if self.on_conflict is not None and self.on_conflict(shard):
+                return
+            raise
+        shard.saved_generation = generation
+        self.commits += 1
+        metrics.CHECKPOINT_COMMITS.labels(shard=shard.name).inc()
+        log.debug("committed", shard=shard.name, watermark_ms=shard.cursor.watermark_ms,
+                  done=len(snapshot.done))

@@ -86,7 +86,8 @@ def main(log_level: str) -> None:
 def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
     """The settings of ``s3stream consume``: the config file, then the command-line options."""
     data = read_toml(config) if config else {}
-    consumer = data.setdefault("consumer", {})
+    cli: dict[str, Any] = {}
+    consumer = cli.setdefault("consumer", {})
     for name in ("group", "concurrency", "poll_interval", "settle_window"):
         if opts.get(name) is not None:
             consumer[name] = opts[name]
@@ -95,11 +96,28 @@ def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
     if opts.get("checkpoint_dir") is not None:
         consumer.setdefault("checkpoint", {}).update(store="file", directory=opts["checkpoint_dir"])
     if opts.get("endpoint_url") is not None:
-        data.setdefault("s3", {})["endpoint_url"] = opts["endpoint_url"]
+        cli.setdefault("s3", {})["endpoint_url"] = opts["endpoint_url"]
     if opts.get("metrics_port") is not None:
-        data.setdefault("metrics", {})["port"] = opts["metrics_port"]
+        cli.setdefault("metrics", {})["port"] = opts["metrics_port"]
+    apply_lease_options(cli, opts)
     data["sources"] = [{"url": url, "handler": opts.get("handler") or "stdout"}]
-    return build_settings(data)
+    return build_settings(data, cli=cli)
+
+
+def lease_options(func: F) -> F:
+    """``--lease-duration`` (joins the group's leases) and ``--member-id``."""
+    func = click.option("--member-id", help="This member's name in the group. [default: <host>-<pid>]")(func)
+    return click.option("--lease-duration", type=float, metavar="SECONDS",
+                        help="Share the topic with the group's other members, holding shard leases "
+                             "this long between renewals ([consumer.leases]).")(func)
+
+
+def apply_lease_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
+    leases = data.setdefault("consumer", {}).setdefault("leases", {})
+    if opts.get("lease_duration") is not None:
+        leases.update(enabled=True, duration=opts["lease_duration"])
+    if opts.get("member_id") is not None:
+        leases["member_id"] = opts["member_id"]
 
 
 def s3_options(func: F) -> F:
@@ -128,6 +146,7 @@ def quiet_logs() -> None:
 @click.option("--concurrency", type=int, help="Workers fetching and handling in parallel.")
 @click.option("--checkpoint-dir", help="Keep checkpoints in this local folder instead of S3.")
 @click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
+@lease_options
 @s3_options
 def consume(url: str, config: str | None, **opts: Any) -> None:
     """Stream every version under s3://BUCKET/PREFIX to a handler until SIGTERM/SIGINT."""
@@ -142,13 +161,14 @@ def consume(url: str, config: str | None, **opts: Any) -> None:
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
-def run(config: str, metrics_port: int | None) -> None:
+@lease_options
+def run(config: str, metrics_port: int | None, **opts: Any) -> None:
     """Run the consumer described by a config file (several sources and handlers)."""
     try:
         data = read_toml(config)
-        if metrics_port is not None:
-            data.setdefault("metrics", {})["port"] = metrics_port
-        consumer = Consumer(build_settings(data))
+        cli: dict[str, Any] = {"metrics": {"port": metrics_port}} if metrics_port is not None else {}
+        apply_lease_options(cli, opts)
+        consumer = Consumer(build_settings(data, cli=cli))
     except S3StreamError as exc:
         fail(exc)
     run_async(lambda: serve(consumer))
@@ -355,6 +375,7 @@ def bench(bucket: str, region: str | None, messages: int, scenarios: tuple[str, 
 
 
 from s3stream import bridgecli as _bridgecli  # noqa: E402, F401  (registers `bridge` on `main`)
+from s3stream import groupcli as _groupcli  # noqa: E402, F401  (registers `group` on `main`)
 from s3stream import notifycli as _notifycli  # noqa: E402, F401  (registers `notifications` on `main`)
 from s3stream import opscli as _opscli  # noqa: E402  (registers `config` and `dlq` on `main`)
 from s3stream import snapshotcli as _snapshotcli  # noqa: E402, F401  (`snapshot`, `bucket lifecycle`)

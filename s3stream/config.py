@@ -70,6 +70,28 @@ class CheckpointSettings(_Model):
     interval: float = Field(default=1.0, gt=0, description="Most seconds between commits while busy.")
 
 
+class LeaseSettings(_Model):
+    """Consumer groups: members share a topic's shards by leases under the control prefix."""
+
+    enabled: bool = Field(default=False, description="Share the shards with the group's other members.")
+    duration: float = Field(default=30.0, ge=2, description="Seconds a lease lives without renewal.")
+    renew_interval: float | None = Field(default=None, gt=0, description="Seconds between renewals "
+                                         "[default: a third of the duration].")
+    member_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$",
+                                  description="This member's name [default: <host>-<pid>].")
+
+    @model_validator(mode="after")
+    def _renew_within_duration(self) -> LeaseSettings:
+        if self.renew_interval is not None and self.renew_interval * 2 > self.duration:
+            raise ValueError("renew_interval: must be at most half of duration, so a renewal can fail "
+                             "once without losing the lease")
+        return self
+
+    @property
+    def every(self) -> float:
+        return self.renew_interval or self.duration / 3
+
+
 class ConsumerSettings(_Model):
     """The consumer's knobs. Times are seconds."""
 
@@ -86,6 +108,7 @@ class ConsumerSettings(_Model):
     dead_letters: bool = Field(default=True, description="Set failing messages aside (else stop).")
     shutdown_grace: float = Field(default=30.0, ge=0)
     checkpoint: CheckpointSettings = CheckpointSettings()
+    leases: LeaseSettings = LeaseSettings()
 
 
 class ProducerSettings(_Model):
@@ -240,11 +263,16 @@ def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str
     return out
 
 
-def build_settings(data: dict[str, Any], *, environ: Mapping[str, str] | None = None) -> Settings:
+def build_settings(data: dict[str, Any], *, environ: Mapping[str, str] | None = None,
+                   cli: dict[str, Any] | None = None) -> Settings:
     """Validate a plain dict (as read from TOML), with ``S3STREAM_…`` overrides from ``environ``
-    (the process environment unless given), into :class:`Settings`, or raise ConfigError."""
+    (the process environment unless given) and then the command line's (``cli``, nested like the
+    file: a flag beats the environment, which beats the file), into :class:`Settings`, or raise
+    ConfigError."""
     overrides = env_overrides(os.environ if environ is None else environ)
     data = copy.deepcopy(data)
+    if cli:
+        overrides.update({path: ("the command line", value) for path, value in _leaves(cli)})
     for path, (_, value) in overrides.items():
         node = data
         for part in path[:-1]:
@@ -258,6 +286,14 @@ def build_settings(data: dict[str, Any], *, environ: Mapping[str, str] | None = 
     except ValidationError as exc:
         origins = {".".join(path): name for path, (name, _) in overrides.items()}
         raise ConfigError(describe_validation_error(exc, origins)) from None
+
+
+def _leaves(tree: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """The (path, value) pairs of a nested dict's non-dict values."""
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in tree.items():
+        out += _leaves(value, (*path, key)) if isinstance(value, dict) else [((*path, key), value)]
+    return out
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

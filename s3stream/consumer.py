@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 
@@ -25,7 +26,8 @@ from s3stream.codecs import Decoder
 from s3stream.config import ConsumerSettings, Settings, SourceSettings
 from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.deadletter import DeadLetters
-from s3stream.errors import ConfigError
+from s3stream.errors import CheckpointConflict, ConfigError, RetriableError
+from s3stream.group import Candidate, Membership, default_member_id
 from s3stream.handlers import Handler, as_handler, build_handler
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
@@ -56,6 +58,15 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
         self._notified: list[tuple[SourceSettings, list[Shard]]] = []  # notification sources' shards
+        self._candidates: list[Candidate] = []  # a group member's shards to share (leases enabled)
+        self._pollers: dict[Shard, asyncio.Task[None]] = {}
+        self.membership: Membership | None = None
+        self._store: Store | None = None
+        self._control: Store | None = None  # leases' own connections: never queued behind data
+        self._tg: asyncio.TaskGroup | None = None
+        self._checkpointer: Checkpointer | None = None
+        if settings.consumer.leases.enabled:
+            _check_group(settings)
 
     def register_handler(self, name: str, handler: object) -> None:
         """Use ``handler`` (async callable, or object with handle/close) for sources naming ``name``."""
@@ -74,9 +85,14 @@ class Consumer:
             if health is not None:
                 await health.start()
                 log.info("metrics and health endpoints", url=f"http://{health.host}:{health.port}/metrics")
-            async with open_store(self.settings.s3, max_connections=consumer.concurrency + 8) as store:
+            async with (open_store(self.settings.s3, max_connections=consumer.concurrency + 8) as store,
+                        self._control_store(store) as control):
+                self._store, self._control = store, control
                 for src in self.settings.sources:
-                    self.shards += await self._open_shards(store, src)
+                    if consumer.leases.enabled:
+                        self._candidates += await self._candidates_of(store, src)
+                    else:
+                        self.shards += await self._open_shards(store, src)
                 await self._pipeline(store)
         finally:
             if health is not None:
@@ -87,29 +103,34 @@ class Consumer:
 
     async def _pipeline(self, store: Store) -> None:
         consumer = self.settings.consumer
-        checkpointer = Checkpointer(self.shards, interval=consumer.checkpoint.interval)
+        checkpointer = Checkpointer(self.shards, interval=consumer.checkpoint.interval,
+                                    on_conflict=self._lost_fence if consumer.leases.enabled else None)
         dead_letters = (DeadLetters(store, control_prefix=CONTROL_PREFIX, group=consumer.group)
                         if consumer.dead_letters else None)
         pool = WorkerPool(store, queue_size=consumer.queue_size, handler_attempts=consumer.handler_attempts,
                           handler_timeout=consumer.handler_timeout, dead_letters=dead_letters,
                           on_idle=checkpointer.wake.set)
-        self.pool = pool
+        self.pool, self._checkpointer = pool, checkpointer
+        self.membership = self._membership(self._control or store) if consumer.leases.enabled else None
         try:
             async with asyncio.TaskGroup() as tg:
-                pollers = [
-                    tg.create_task(_poller(shard, store, pool, consumer, checkpointer.wake.set).run())
-                    for shard in self.shards if not isinstance(shard.cursor, NotifyCursor)
-                ]
-                pollers += [tg.create_task(run) for run in notification_tasks(
+                self._tg = tg
+                for shard in self.shards:
+                    if not isinstance(shard.cursor, NotifyCursor):
+                        self._start_poller(shard)
+                notifying = [tg.create_task(run) for run in notification_tasks(
                     self._notified, store, pool, self.settings, checkpointer.wake.set)]
+                if self.membership is not None:
+                    notifying.append(tg.create_task(self.membership.run()))
                 workers = [tg.create_task(pool.worker()) for _ in range(consumer.concurrency)]
                 workers.append(tg.create_task(pool.watchdog()))
                 committer = tg.create_task(checkpointer.run())
-                log.info("consuming", shards=[s.name for s in self.shards], group=consumer.group)
+                log.info("consuming", shards=[s.name for s in self.shards], group=consumer.group,
+                         member=self.membership.member if self.membership else None)
                 self.started.set()
                 await self._stopping.wait()
                 log.info("stopping: pollers stopped, draining in-flight work", in_flight=pool.pending)
-                for task in pollers:
+                for task in [*notifying, *self._pollers.values()]:
                     task.cancel()
                 try:
                     async with asyncio.timeout(consumer.shutdown_grace):
@@ -123,6 +144,92 @@ class Consumer:
         finally:
             await asyncio.shield(self._final_commit(checkpointer))
 
+    def _start_poller(self, shard: Shard) -> None:
+        assert self._tg is not None
+        assert self._store is not None
+        assert self.pool is not None
+        assert self._checkpointer is not None
+        poller = _poller(shard, self._store, self.pool, self.settings.consumer, self._checkpointer.wake.set)
+        self._pollers[shard] = self._tg.create_task(poller.run())
+
+    def _control_store(self, store: Store) -> contextlib.AbstractAsyncContextManager[Store]:
+        if not self.settings.consumer.leases.enabled:
+            return contextlib.nullcontext(store)
+        return open_store(self.settings.s3, max_connections=8)
+
+    def _membership(self, store: Store) -> Membership:
+        leases = self.settings.consumer.leases
+        return Membership(store, group=self.settings.consumer.group,
+                          member=leases.member_id or default_member_id(), duration=leases.duration,
+                          renew_interval=leases.every, candidates=self._candidates,
+                          take=self._take_shard, give_up=self._give_up_shard, lost=self._drop_shard)
+
+    async def _take_shard(self, cand: Candidate, generation: int) -> bool:
+        """A lease was taken: fence the checkpoint, open the shard, start its poller."""
+        assert self._store is not None
+        assert self.membership is not None
+        src, layout = cand.payload
+        try:
+            shard = await self._open_shard(self._store, src, cand.prefix, layout,
+                                           lease=(self.membership.member, generation))
+        except (CheckpointConflict, RetriableError) as exc:
+            log.warning("could not open a leased shard; giving the lease back", shard=cand.prefix,
+                        error=str(exc))
+            return False
+        if self._stopping.is_set():
+            return False
+        shard.leased = functools.partial(self.membership.leased, shard.bucket, shard.prefix)
+        self.shards.append(shard)
+        self._start_poller(shard)
+        return True
+
+    async def _give_up_shard(self, cand: Candidate) -> None:
+        """Rebalancing: stop polling the shard, let its in-flight work finish, commit, close it."""
+        shard = self._shard_for(cand)
+        if shard is None:
+            return
+        task = self._pollers.pop(shard, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        shard.idle.clear()
+        if shard.cursor.in_flight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.consumer.shutdown_grace):
+                    await shard.idle.wait()
+        assert self._checkpointer is not None
+        try:
+            await self._checkpointer.commit(shard)
+        except RetriableError as exc:
+            log.warning("final commit of a shard given up failed; its last work will be redelivered",
+                        shard=shard.name, error=str(exc))
+        self._forget(shard)
+
+    def _drop_shard(self, cand: Candidate) -> None:
+        """The lease was lost (taken, or not renewed in time): stop at once, commit nothing."""
+        shard = self._shard_for(cand)
+        if shard is not None:
+            log.warning("shard dropped: its lease is no longer ours", shard=shard.name)
+            self._forget(shard)
+
+    def _lost_fence(self, shard: Shard) -> bool:
+        """A commit met another member's fence: the shard is theirs now."""
+        if self.membership is None:
+            return False
+        self.membership.forfeit(shard.bucket, shard.prefix)
+        self._forget(shard)
+        return True
+
+    def _forget(self, shard: Shard) -> None:
+        task = self._pollers.pop(shard, None)
+        if task is not None:
+            task.cancel()
+        if shard in self.shards:
+            self.shards.remove(shard)
+
+    def _shard_for(self, cand: Candidate) -> Shard | None:
+        return next((s for s in self.shards if s.bucket == cand.bucket and s.prefix == cand.prefix), None)
+
     def _health_server(self) -> HealthServer | None:
         settings = self.settings.metrics
         if settings.port is None:
@@ -135,6 +242,9 @@ class Consumer:
         if not self.started.is_set() or self._stopping.is_set():
             return False, "starting" if not self._stopping.is_set() else "stopping"
         limit = self.settings.metrics.ready_after
+        member = self.membership
+        if member is not None and time.monotonic() - member.last_round > member.duration:
+            return False, f"no group round for {member.duration:.0f}s (leases may be lost)"
         stale = [s.name for s in self.shards if time.monotonic() - s.last_poll > limit]
         return (not stale, f"not polled for {limit:.0f}s: {', '.join(stale)}" if stale else "ok")
 
@@ -145,6 +255,11 @@ class Consumer:
         except Exception as exc:
             log.error("final checkpoint failed; work since the last commit will be redelivered",
                       error=str(exc))
+        if self.membership is not None:
+            try:
+                await self.membership.release_all()
+            except Exception as exc:
+                log.warning("leases not released; they will expire", error=str(exc))
 
     def _build_handlers(self) -> None:
         configured = self.settings.handlers
@@ -159,6 +274,19 @@ class Consumer:
 
     async def _open_shards(self, store: Store, src: SourceSettings) -> list[Shard]:
         """One shard per prefix of the source: a topic's shards, or the plain prefix itself."""
+        prefixes, layout = await self._source_shards(store, src)
+        shards = [await self._open_shard(store, src, prefix, layout) for prefix in prefixes]
+        if src.notifications is not None:
+            self._notified.append((src, shards))
+        return shards
+
+    async def _candidates_of(self, store: Store, src: SourceSettings) -> list[Candidate]:
+        """A group member's view of a source: its shards, to be opened when leased."""
+        prefixes, layout = await self._source_shards(store, src)
+        return [Candidate(src.bucket, prefix, (src, layout)) for prefix in prefixes]
+
+    async def _source_shards(self, store: Store, src: SourceSettings) -> tuple[list[str], ShardLayout]:
+        """The source's shard prefixes and how to list them (checking the bucket on the way)."""
         await store.check_bucket(src.bucket)
         topic = await resolve_topic(store, src.bucket, src.prefix)
         layout: ShardLayout = topic.layout
@@ -173,12 +301,10 @@ class Consumer:
         if src.notifications is not None and topic.layout != "versions":
             raise ConfigError(f"sources ({src.url}): notifications need the versions layout, "
                               f"not {topic.layout!r}")
-        shards = [await self._open_shard(store, src, prefix, layout) for prefix in prefixes]
-        if src.notifications is not None:
-            self._notified.append((src, shards))
-        return shards
+        return prefixes, layout
 
-    async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: ShardLayout) -> Shard:
+    async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: ShardLayout,
+                          lease: tuple[str, int] | None = None) -> Shard:
         consumer = self.settings.consumer
         ckpt = consumer.checkpoint
         checkpoints: CheckpointStore
@@ -190,7 +316,11 @@ class Consumer:
                                               group=consumer.group)
         else:
             checkpoints = MemoryCheckpointStore()
-        saved = await checkpoints.load()
+        if lease is not None:
+            assert isinstance(checkpoints, S3CheckpointStore)
+            saved = await checkpoints.fence(*lease)
+        else:
+            saved = await checkpoints.load()
         cursor: VersionCursor | LogCursor
         if layout == "log" and not isinstance(saved, Checkpoint):
             cursor = LogCursor(prefix, saved)
@@ -223,6 +353,17 @@ def _poller(shard: Shard, store: Store, pool: WorkerPool, settings: ConsumerSett
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     inner = group.exceptions[0]
     return _first_error(inner) if isinstance(inner, BaseExceptionGroup) else inner
+
+
+def _check_group(settings: Settings) -> None:
+    """Leases need checkpoints every member can see and fence, and sources each member polls."""
+    if settings.consumer.checkpoint.store != "s3":
+        raise ConfigError("consumer.leases: a consumer group keeps its checkpoints in S3; "
+                          f"checkpoint.store {settings.consumer.checkpoint.store!r} cannot be shared")
+    for src in settings.sources:
+        if src.notifications is not None:
+            raise ConfigError(f"sources ({src.url}): a notifications source cannot be shared by leases; "
+                              "its SQS queue already spreads messages over every consumer reading it")
 
 
 def _check_overlaps(sources: list[SourceSettings]) -> None:

@@ -60,15 +60,23 @@ async def describe(settings: Settings, url: str) -> None:
         topic = await resolve_topic(store, bucket, name)
         found = await find_checkpoints(store, topic, settings.consumer.checkpoint.prefix)
         groups = sorted({cp.group for cp in found})
-        stats = []
-        for index, prefix in enumerate(topic.prefixes):
-            shard = ShardStats(index, prefix)
-            for group in groups:
-                shard.groups[group] = _position(topic, shard, [cp for cp in found if cp.group == group])
-            await _scan(store, topic, shard)
-            stats.append(shard)
+        stats = await shard_stats(store, topic, found, groups)
     for line in render(topic, stats, groups):
         click.echo(line)
+
+
+async def shard_stats(store: Store, topic: Topic, found: list[GroupCheckpoint],
+                      groups: list[str]) -> list[ShardStats]:
+    """Each shard of the topic, listed once, with each of ``groups``' position in it (from the
+    checkpoints ``found``)."""
+    stats = []
+    for index, prefix in enumerate(topic.prefixes):
+        shard = ShardStats(index, prefix)
+        for group in groups:
+            shard.groups[group] = _position(topic, shard, [cp for cp in found if cp.group == group])
+        await _scan(store, topic, shard)
+        stats.append(shard)
+    return stats
 
 
 def _position(topic: Topic, shard: ShardStats, found: list[GroupCheckpoint]) -> GroupShard:

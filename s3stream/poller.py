@@ -83,6 +83,9 @@ class ShardPoller(Generic[C]):
         skip = self.shard.fresh and settings.start_from == "latest"
         while True:
             started = time.monotonic()
+            if not self.shard.leased():  # a paused member woke up: list nothing until the group decides
+                await asyncio.sleep(delay)
+                continue
             try:
                 found = await self.poll_once(skip=skip)
             except RetriableError as exc:

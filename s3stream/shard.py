@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -59,6 +61,8 @@ class Shard:
     exclude: tuple[str, ...] = ()  # control prefixes (checkpoints, dead letters) inside this prefix
     saved_generation: int = -1
     last_poll: float = field(default_factory=time.monotonic)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when nothing is in flight
+    leased: Callable[[], bool] = lambda: True  # in a group: False once the lease may have expired
     decoder: Decoder = DEFAULT_DECODER  # how plain objects become messages (the source's codec settings)
 
     @property

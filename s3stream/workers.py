@@ -142,6 +142,8 @@ class WorkerPool:
             messages = []
         await self._deliver(shard, messages, watch, bound)
         shard.cursor.complete(entry.ident)
+        if not shard.cursor.in_flight:
+            shard.idle.set()
         self._pending -= 1
         metrics.IN_FLIGHT.set(self._pending)
         self._slots.release()

@@ -347,3 +347,19 @@ def test_service_endpoint_overrides_the_general_one(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
     assert build_settings({}).s3.resolved_endpoint() is None
+
+
+def test_command_line_beats_environment_beats_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A flag (``--metrics-port``, ``--lease-duration``) wins over an ``S3STREAM_…`` variable, which
+    wins over the file; file settings the flags do not name are kept."""
+    from s3stream.cli import consume_settings
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[metrics]\nport = 1111\n[consumer]\nconcurrency = 3\n"
+                   "[consumer.checkpoint]\ninterval = 0.5\n")
+    monkeypatch.setenv("S3STREAM_METRICS__PORT", "2222")
+    assert consume_settings("s3://b/t/", config=str(cfg)).metrics.port == 2222
+    settings = consume_settings("s3://b/t/", config=str(cfg), metrics_port=3333, lease_duration=9.0)
+    assert settings.metrics.port == 3333
+    assert (settings.consumer.leases.enabled, settings.consumer.leases.duration) == (True, 9.0)
+    assert (settings.consumer.concurrency, settings.consumer.checkpoint.interval) == (3, 0.5)

@@ -1,0 +1,280 @@
+"""Consumer groups, the I/O part: member records and shard leases under the control prefix.
+
+In each bucket a group consumes, under ``_s3stream/groups/<group>/``:
+
+* ``members/<member>.json``: rewritten every round (host, pid, the shards held). A member counts
+  while its record's LastModified is within the lease duration of the server's clock.
+* ``leases/<shard>.json``: ``{"owner", "generation", "prefix"}``. Created with ``If-None-Match: *``;
+  renewed (the same body again), taken over (owner and generation + 1) and released (owner ``null``)
+  with ``If-Match`` on the ETag, so two members never both believe they hold a shard for long: the
+  loser of a race gets a 412 and lets go.
+
+A round, every ``renew_interval`` seconds: write the member record, list the members and the leases,
+renew the held leases (a 412 means the shard was taken: it is dropped at once, without a commit),
+then follow :func:`s3stream.lease.plan`: release extra shards (the consumer finishes their in-flight
+work and commits first) and take free ones (the consumer fences the checkpoint, then polls). A member
+that cannot renew a lease for a whole lease duration drops the shard on its own. The first round
+only registers, so members started together see each other before they take anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+
+from s3stream.checkpoint import shard_name
+from s3stream.errors import NotFound, PreconditionFailed, RetriableError
+from s3stream.lease import LEASE_FORMAT, LeaseView, is_live, plan
+from s3stream.store import Store
+from s3stream.topics import CONTROL_PREFIX
+
+log = structlog.get_logger("s3stream.group")
+
+
+def group_prefix(group: str) -> str:
+    return f"{CONTROL_PREFIX}/groups/{group}/"
+
+
+def lease_key(group: str, prefix: str) -> str:
+    return f"{group_prefix(group)}leases/{shard_name(prefix)}.json"
+
+
+def member_key(group: str, member: str) -> str:
+    return f"{group_prefix(group)}members/{member}.json"
+
+
+def default_member_id() -> str:
+    """``<host>-<pid>``: unique on a host, and stable across restarts of a container (pid 1)."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A shard the group shares: its bucket and prefix, and what the consumer needs to open it."""
+
+    bucket: str
+    prefix: str
+    payload: Any = None
+
+
+@dataclass
+class Held:
+    """A lease this member holds: the ETag of its last write and when that write was sent."""
+
+    candidate: Candidate
+    generation: int
+    etag: str
+    renewed_at: float = field(default_factory=time.monotonic)
+    releasing: bool = False
+
+
+Take = Callable[[Candidate, int], Awaitable[bool]]  # open the shard under this generation; False: could not
+GiveUp = Callable[[Candidate], Awaitable[None]]  # finish in-flight work, commit, close the shard
+Lost = Callable[[Candidate], None]  # close the shard now, without committing
+
+
+class Membership:
+    """One member of a consumer group: keeps its record, renews its leases, rebalances."""
+
+    def __init__(self, store: Store, *, group: str, member: str, duration: float, renew_interval: float,
+                 candidates: list[Candidate], take: Take, give_up: GiveUp, lost: Lost) -> None:
+        self.store = store
+        self.group = group
+        self.member = member
+        self.duration = duration
+        self.renew_interval = renew_interval
+        self.candidates = candidates
+        self._take, self._give_up, self._lost = take, give_up, lost
+        self.held: dict[tuple[str, str], Held] = {}
+        self.rounds = 0
+        self.last_round = time.monotonic()
+        self._bodies: dict[str, tuple[str | None, int]] = {}  # lease ETag -> (owner, generation)
+        self._started_ms = int(time.time() * 1000)
+        self.log = log.bind(group=group, member=member)
+
+    async def run(self) -> None:
+        """Rounds until cancelled; releases run beside them so renewals never wait for a drain."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                try:
+                    await self.round(tg)
+                except RetriableError as exc:
+                    self.log.warning("group round failed; will retry", error=str(exc))
+                self._drop_unrenewed()
+                await asyncio.sleep(self.renew_interval)
+
+    async def round(self, tg: asyncio.TaskGroup) -> None:
+        """Register, renew, then rebalance, bucket by bucket."""
+        began = time.monotonic()
+        by_bucket: dict[str, list[Candidate]] = {}
+        for cand in self.candidates:
+            by_bucket.setdefault(cand.bucket, []).append(cand)
+        for bucket, cands in by_bucket.items():
+            await self._register(bucket)
+            await self._renew(bucket)
+            if self.rounds == 0:
+                continue
+            members, now_ms = await self._members(bucket)
+            views = await self._views(bucket, cands, now_ms)
+            held = {k[1] for k, h in self.held.items() if k[0] == bucket and not h.releasing}
+            decided = plan(self.member, members, [c.prefix for c in cands], views, held)
+            for prefix in decided.release:
+                self.held[(bucket, prefix)].releasing = True
+                tg.create_task(self._release_after_drain(self.held[(bucket, prefix)]))
+            by_prefix = {c.prefix: c for c in cands}
+            await asyncio.gather(*(self._acquire(by_prefix[v.shard], v, tg) for v in decided.acquire))
+        self.rounds += 1
+        self.last_round = time.monotonic()
+        self.log.debug("group round", seconds=round(self.last_round - began, 3), held=len(self.held))
+
+    async def release_all(self) -> None:
+        """Hand every held lease back (at shutdown, after the final commit) so others take over now."""
+        for held in list(self.held.values()):
+            await self._write_release(held)
+
+    async def _register(self, bucket: str) -> None:
+        body = orjson.dumps({
+            "format": LEASE_FORMAT, "member": self.member, "host": socket.gethostname(), "pid": os.getpid(),
+            "started_ms": self._started_ms, "lease_duration": self.duration,
+            "shards": sorted(p for (b, p) in self.held if b == bucket),
+        })
+        await self.store.put_object(bucket, member_key(self.group, self.member), body,
+                                    content_type="application/json")
+
+    async def _members(self, bucket: str) -> tuple[list[str], int]:
+        """The live members' ids, and the server's time of the listing."""
+        prefix = f"{group_prefix(self.group)}members/"
+        members, now_ms, token = [], 0, None
+        while True:
+            page = await self.store.list_objects(bucket, prefix, token=token)
+            now_ms = now_ms or page.server_time_ms
+            members += [e.key[len(prefix):-len(".json")] for e in page.entries
+                        if e.key.endswith(".json") and is_live(e.last_modified_ms, now_ms, self.duration)]
+            if (token := page.next_token) is None:
+                return members, now_ms
+
+    async def _views(self, bucket: str, cands: list[Candidate], now_ms: int) -> dict[str, LeaseView]:
+        """Every candidate's lease; bodies are read only when their ETag is new to this member."""
+        prefix = f"{group_prefix(self.group)}leases/"
+        listed, token = {}, None
+        while True:
+            page = await self.store.list_objects(bucket, prefix, token=token)
+            listed.update({e.key: e for e in page.entries})
+            if (token := page.next_token) is None:
+                break
+        views = {}
+        for cand in cands:
+            entry = listed.get(lease_key(self.group, cand.prefix))
+            if entry is None:
+                views[cand.prefix] = LeaseView(cand.prefix, None, 0, None, False)
+                continue
+            etag, live = entry.etag, is_live(entry.last_modified_ms, now_ms, self.duration)
+            if etag not in self._bodies:
+                try:
+                    obj = await self.store.get_object(bucket, entry.key)
+                except NotFound:
+                    views[cand.prefix] = LeaseView(cand.prefix, None, 0, None, False)
+                    continue
+                etag, live = obj.etag, live or obj.etag != entry.etag  # changed since listed: just written
+                self._bodies[etag] = _parse(obj.body)
+            owner, generation = self._bodies[etag]
+            views[cand.prefix] = LeaseView(cand.prefix, owner, generation, etag, live and owner is not None)
+        return views
+
+    async def _renew(self, bucket: str) -> None:
+        """Renew every lease held in ``bucket`` at once (the same body again, ``If-Match``)."""
+        await asyncio.gather(*(self._renew_one(h) for (b, _), h in list(self.held.items()) if b == bucket))
+
+    async def _renew_one(self, held: Held) -> None:
+        sent = time.monotonic()
+        try:
+            etag = await self._put_lease(held.candidate, self.member, held.generation, held.etag)
+        except PreconditionFailed:
+            if self.held.get((held.candidate.bucket, held.candidate.prefix)) is held:
+                self.log.warning("lease taken by another member; dropping the shard",
+                                 shard=held.candidate.prefix)
+                self._drop(held)
+            return
+        held.etag, held.renewed_at = etag, sent
+
+    async def _acquire(self, cand: Candidate, view: LeaseView, tg: asyncio.TaskGroup) -> None:
+        """Take the lease, then open the shard beside the rounds (fencing and loading take time)."""
+        generation = view.generation + 1
+        sent = time.monotonic()
+        try:
+            etag = await self._put_lease(cand, self.member, generation, view.etag)
+        except PreconditionFailed:
+            return  # another member was faster
+        held = Held(cand, generation, etag, renewed_at=sent)
+        self.held[(cand.bucket, cand.prefix)] = held
+        self.log.info("lease taken", shard=cand.prefix, generation=generation, previous_owner=view.owner)
+        tg.create_task(self._open(held))
+
+    async def _open(self, held: Held) -> None:
+        if not await self._take(held.candidate, held.generation):
+            await self._write_release(held)
+
+    async def _release_after_drain(self, held: Held) -> None:
+        self.log.info("giving a shard up", shard=held.candidate.prefix)
+        await self._give_up(held.candidate)
+        await self._write_release(held)
+
+    async def _write_release(self, held: Held) -> None:
+        key = (held.candidate.bucket, held.candidate.prefix)
+        if self.held.get(key) is not held:
+            return
+        del self.held[key]
+        try:
+            await self._put_lease(held.candidate, None, held.generation, held.etag)
+        except (PreconditionFailed, RetriableError) as exc:  # taken already, or it will expire
+            self.log.info("lease not released explicitly; it will expire", shard=key[1], error=str(exc))
+
+    async def _put_lease(self, cand: Candidate, owner: str | None, generation: int, etag: str | None) -> str:
+        body = orjson.dumps({"format": LEASE_FORMAT, "owner": owner, "generation": generation,
+                             "prefix": cand.prefix})
+        new_etag, _ = await self.store.put_object(
+            cand.bucket, lease_key(self.group, cand.prefix), body, if_match=etag,
+            if_none_match=etag is None, content_type="application/json")
+        self._bodies[new_etag] = (owner, generation)
+        return new_etag
+
+    def _drop_unrenewed(self) -> None:
+        """A lease not renewed for a whole duration may be someone else's by now: stop using it."""
+        now = time.monotonic()
+        for held in list(self.held.values()):
+            if now - held.renewed_at > self.duration:
+                self.log.warning("lease not renewed within its duration; dropping the shard",
+                                 shard=held.candidate.prefix)
+                self._drop(held)
+
+    def _drop(self, held: Held) -> None:
+        self.held.pop((held.candidate.bucket, held.candidate.prefix), None)
+        self._lost(held.candidate)
+
+    def leased(self, bucket: str, prefix: str) -> bool:
+        """True while the lease is held and its last renewal was sent less than a duration ago."""
+        held = self.held.get((bucket, prefix))
+        return held is not None and time.monotonic() - held.renewed_at < self.duration
+
+    def forfeit(self, bucket: str, prefix: str) -> None:
+        """The consumer found the shard fenced by another member: forget the lease, write nothing."""
+        if self.held.pop((bucket, prefix), None) is not None:
+            self.log.warning("shard fenced by another member; lease forfeited", shard=prefix)
+
+
+def _parse(body: bytes) -> tuple[str | None, int]:
+    try:
+        doc = orjson.loads(body)
+        owner = doc.get("owner")
+        return (str(owner) if owner is not None else None, int(doc.get("generation", 0)))
+    except (ValueError, AttributeError, TypeError):
+        return (None, 0)  # damaged: treat as free; taking it rewrites it
