@@ -14,7 +14,9 @@ renew the held leases (a 412 means the shard was taken: it is dropped at once, w
 then follow :func:`s3stream.lease.plan`: release extra shards (the consumer finishes their in-flight
 work and commits first) and take free ones (the consumer fences the checkpoint, then polls). A member
 that cannot renew a lease for a whole lease duration drops the shard on its own. The first round
-only registers, so members started together see each other before they take anything.
+only registers, so members started together see each other before they take anything. A member that
+stops cleanly releases its leases and deletes its record, so the others rebalance at their next round
+instead of waiting for it to expire.
 """
 
 from __future__ import annotations
@@ -137,9 +139,12 @@ class Membership:
         self.log.debug("group round", seconds=round(self.last_round - began, 3), held=len(self.held))
 
     async def release_all(self) -> None:
-        """Hand every held lease back (at shutdown, after the final commit) so others take over now."""
+        """Hand every held lease back and delete the member record (at shutdown, after the final
+        commit), so the others count one member fewer and take the shards at their next round."""
         for held in list(self.held.values()):
             await self._write_release(held)
+        for bucket in sorted({c.bucket for c in self.candidates}):
+            await self.store.delete_object(bucket, member_key(self.group, self.member))
 
     async def _register(self, bucket: str) -> None:
         body = orjson.dumps({

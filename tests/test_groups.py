@@ -99,12 +99,12 @@ def test_leases_need_s3_checkpoints() -> None:
         build_settings({"consumer": {"leases": {"duration": 3, "renew_interval": 2}}})
 
 
-def group_settings(endpoint: str, url: str, member: str) -> Any:
+def group_settings(endpoint: str, url: str, member: str, duration: float = DURATION) -> Any:
     return build_settings({
         "s3": {"endpoint_url": endpoint, "addressing_style": "path"},
         "consumer": {"group": "g", "concurrency": 8, "poll_interval": 0.1, "max_poll_interval": 1.0,
                      "settle_window": 1.0, "shutdown_grace": 5.0, "checkpoint": {"interval": 0.2},
-                     "leases": {"enabled": True, "duration": DURATION, "renew_interval": RENEW,
+                     "leases": {"enabled": True, "duration": duration, "renew_interval": RENEW,
                                 "member_id": member}},
         "sources": [{"url": url, "handler": "rec"}],
     })
@@ -123,14 +123,14 @@ async def publish(endpoint: str, url: str, keys: range, per_key: int = 1) -> set
 
 
 @contextlib.asynccontextmanager
-async def members(endpoint: str, url: str,
-                  names: list[str]) -> AsyncIterator[dict[str, tuple[Consumer, Recorder]]]:
+async def members(endpoint: str, url: str, names: list[str],
+                  duration: float = DURATION) -> AsyncIterator[dict[str, tuple[Consumer, Recorder]]]:
     """Run one in-process member per name; stop them all on exit."""
     running: dict[str, tuple[Consumer, Recorder]] = {}
     tasks = {}
     try:
         for name in names:
-            consumer = Consumer(group_settings(endpoint, url, name))
+            consumer = Consumer(group_settings(endpoint, url, name, duration))
             recorder = Recorder()
             consumer.register_handler("rec", recorder)
             running[name] = (consumer, recorder)
@@ -162,7 +162,8 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
     lease to expire, and messages published after that are delivered once as well."""
     await create_topic(store, bucket, "orders", shards=SHARDS)
     url = f"s3://{bucket}/orders"
-    async with members(moto_endpoint, url, ["a", "b", "c"]) as running:
+    long_lease = 10.0  # expiry would take over 10 s; a clean handover takes a round or two
+    async with members(moto_endpoint, url, ["a", "b", "c"], long_lease) as running:
         await wait_until(lambda: balanced(holdings(running)), within=30, what="balanced 5/5/6")
         sent = await publish(moto_endpoint, url, range(160))
 
@@ -175,7 +176,9 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         stopped = time.monotonic()
         rest = {k: v for k, v in running.items() if k != "c"}
         await wait_until(lambda: balanced(holdings(rest)), within=30, what="8/8 after c stopped")
-        assert time.monotonic() - stopped < DURATION + 2 * RENEW + 1.5  # released, not expired
+        assert time.monotonic() - stopped < long_lease / 2  # released, not expired
+        listed = await store.list_objects(bucket, "_s3stream/groups/g/members/")
+        assert sorted(e.key.rsplit("/", 1)[1] for e in listed.entries) == ["a.json", "b.json"]
         sent |= await publish(moto_endpoint, url, range(160, 240))
         await wait_until(lambda: set(got()) >= sent, within=30, what="all 240 delivered")
         assert sorted(Counter(got()).values())[-1] == 1
