@@ -14,6 +14,7 @@ from s3stream.commands import iso, key_versions, split_url
 from s3stream.config import Settings
 from s3stream.cursor import Checkpoint
 from s3stream.errors import ConfigError, NotFound, PermanentError
+from s3stream.group import GROUPS_PREFIX, group_prefix, lease_key
 from s3stream.logcursor import LogCheckpoint
 from s3stream.store import Store, open_store
 from s3stream.topics import (
@@ -143,6 +144,8 @@ async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool) -
                 removed += await purge(store, bucket, prefix, versions=versions)
             for found in await find_checkpoints(store, topic, settings.consumer.checkpoint.prefix):
                 await delete_key(store, bucket, found.key, versions=versions)
+            for key in await find_leases(store, topic):
+                await delete_key(store, bucket, key, versions=versions)
         if not topic.plain:
             await delete_key(store, bucket, topic.metadata_key, versions=versions)
     extra = f" and {removed} objects or versions" if data else ""
@@ -188,6 +191,22 @@ async def find_checkpoints(store: Store, topic: Topic, control_prefix: str,
     loaded = await asyncio.gather(*(_load_checkpoint(store, topic.bucket, key) for *_, key in wanted))
     return [GroupCheckpoint(group, shard, prefix, key, cp)
             for (group, shard, prefix, key), cp in zip(wanted, loaded, strict=True) if cp is not None]
+
+
+async def find_leases(store: Store, topic: Topic) -> list[str]:
+    """The keys of every consumer group's leases on the topic's shards. Member records are kept: a
+    member may consume other topics too, and an idle record expires on its own."""
+    found = []
+    for group in await _child_names(store, topic.bucket, GROUPS_PREFIX):
+        keys = {lease_key(group, prefix) for _, prefix in shard_prefixes(topic)}
+        leases = f"{group_prefix(group)}leases/"
+        token: str | None = None
+        while True:
+            page = await store.list_objects(topic.bucket, leases, token=token)
+            found += [e.key for e in page.entries if e.key in keys]
+            if (token := page.next_token) is None:
+                break
+    return found
 
 
 def shard_prefixes(topic: Topic) -> list[tuple[int, str]]:

@@ -27,31 +27,34 @@ def encode(checkpoint: Checkpoint | LogCheckpoint, *, bucket: str, prefix: str,
            extra: dict[str, Any] | None = None) -> bytes:
     """The JSON form of a checkpoint; ``done`` is grouped by key (or directory) to stay compact.
     ``extra`` adds fields (the lease a group member wrote it under)."""
-    if extra:
-        return orjson.dumps({**orjson.loads(encode(checkpoint, bucket=bucket, prefix=prefix)), **extra})
     if isinstance(checkpoint, LogCheckpoint):
-        return _encode_log(checkpoint, bucket=bucket, prefix=prefix)
+        doc = _log_document(checkpoint, bucket=bucket, prefix=prefix)
+    else:
+        doc = _document(checkpoint, bucket=bucket, prefix=prefix)
+    return orjson.dumps({**doc, **extra} if extra else doc)
+
+
+def _document(checkpoint: Checkpoint, *, bucket: str, prefix: str) -> dict[str, Any]:
     grouped: dict[str, list[list[Any]]] = {}
     for key, version_id, last_modified_ms in checkpoint.done:
         grouped.setdefault(key, []).append([version_id, last_modified_ms])
-    doc = {
+    return {
         "format": FORMAT_VERSION, "bucket": bucket, "prefix": prefix,
         "watermark_ms": checkpoint.watermark_ms, "done": grouped,
     }
-    return orjson.dumps(doc)
 
 
-def _encode_log(checkpoint: LogCheckpoint, *, bucket: str, prefix: str) -> bytes:
+def _log_document(checkpoint: LogCheckpoint, *, bucket: str, prefix: str) -> dict[str, Any]:
     done: dict[str, dict[str, list[list[int]]]] = {}
     for dir_ms, producer, ranges in checkpoint.done:
         done.setdefault(str(dir_ms), {})[producer] = [list(r) for r in ranges]
     others: dict[str, list[str]] = {}
     for dir_ms, key in checkpoint.others:
         others.setdefault(str(dir_ms), []).append(key)
-    return orjson.dumps({
+    return {
         "format": FORMAT_VERSION, "layout": "log", "bucket": bucket, "prefix": prefix,
         "sealed_ms": checkpoint.sealed_ms, "done": done, "others": others,
-    })
+    }
 
 
 def _decode_log(doc: dict[str, Any]) -> LogCheckpoint:
@@ -65,16 +68,21 @@ def _decode_log(doc: dict[str, Any]) -> LogCheckpoint:
 
 def decode(data: bytes, *, where: str) -> Checkpoint | LogCheckpoint:
     """Parse a stored checkpoint; a damaged one is a clear error, never a silent restart."""
+    return _parse(data, where=where)[1]
+
+
+def _parse(data: bytes, *, where: str) -> tuple[dict[str, Any], Checkpoint | LogCheckpoint]:
+    """The stored document and the checkpoint it holds."""
     try:
         doc = orjson.loads(data)
         if doc.get("format") != FORMAT_VERSION:
             raise ValueError(f"unknown format {doc.get('format')!r}")
         if doc.get("layout") == "log":
-            return _decode_log(doc)
+            return doc, _decode_log(doc)
         done = tuple(sorted(
             (key, str(vid), int(lm)) for key, versions in doc["done"].items() for vid, lm in versions
         ))
-        return Checkpoint(watermark_ms=int(doc["watermark_ms"]), done=done)
+        return doc, Checkpoint(watermark_ms=int(doc["watermark_ms"]), done=done)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"checkpoint {where} is damaged ({exc}); move it aside to restart") from None
 
@@ -118,8 +126,8 @@ class S3CheckpointStore:
             self._etag = None
             return None
         self._etag = obj.etag
-        checkpoint = decode(obj.body, where=f"s3://{self._bucket}/{self.key}")
-        return None if b'"fresh":true' in obj.body else checkpoint  # a fence before any progress
+        doc, checkpoint = _parse(obj.body, where=f"s3://{self._bucket}/{self.key}")
+        return None if doc.get("fresh") else checkpoint  # a fence before any progress
 
     async def fence(self, owner: str, generation: int) -> Checkpoint | LogCheckpoint | None:
         """Take the checkpoint over under lease ``generation``: read it, write it back naming the

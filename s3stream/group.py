@@ -41,8 +41,11 @@ from s3stream.topics import CONTROL_PREFIX
 log = structlog.get_logger("s3stream.group")
 
 
+GROUPS_PREFIX = f"{CONTROL_PREFIX}/groups/"
+
+
 def group_prefix(group: str) -> str:
-    return f"{CONTROL_PREFIX}/groups/{group}/"
+    return f"{GROUPS_PREFIX}{group}/"
 
 
 def lease_key(group: str, prefix: str) -> str:

@@ -26,6 +26,7 @@ from s3stream.config import build_settings
 from s3stream.cursor import Checkpoint
 from s3stream.emulator import run_emulator
 from s3stream.errors import BucketNotFound, EndpointUnreachable
+from s3stream.group import lease_key, member_key
 from s3stream.producer import Producer
 from s3stream.store import Store, open_store, translate
 from s3stream.topics import create_topic, load_topic
@@ -252,8 +253,8 @@ async def test_describe_shows_shards_and_group_lag_after_consume(
 
 async def test_topic_delete_metadata_then_data(store: Store, moto_endpoint: str) -> None:
     """``topic delete`` removes the metadata only; ``--data`` without ``--yes`` is refused (exit 2);
-    ``--data --yes`` also removes every version under the shards and the groups' checkpoints, and
-    leaves other topics alone."""
+    ``--data --yes`` also removes every version under the shards and the groups' checkpoints and
+    leases, and leaves other topics and the group's member records alone."""
     bucket = await versioned(store, "tdel")
     topic = await create_topic(store, bucket, "gone", shards=2)
     await create_topic(store, bucket, "kept")
@@ -269,11 +270,17 @@ async def test_topic_delete_metadata_then_data(store: Store, moto_endpoint: str)
     ckpt = S3CheckpointStore(store, bucket=bucket, prefix=topic.prefixes[0],
                              control_prefix="_s3stream/checkpoints", group="g")
     await ckpt.save(Checkpoint(watermark_ms=1))
+    lease = lease_key("g", topic.prefixes[1])
+    await store.put_object(bucket, lease, b'{"owner": null}')
+    member = member_key("g", "m1")
+    await store.put_object(bucket, member, b"{}")
     result = await ok(moto_endpoint, "topic", "delete", f"s3://{bucket}/gone", "--data", "--yes")
     assert result.text == f"deleted topic s3://{bucket}/gone and 4 objects or versions\n"
     assert await load_topic(store, bucket, "gone") is None
     assert (await store.list_versions(bucket, "gone/")).entries == []
     assert [e.key for e in (await store.list_versions(bucket, ckpt.key)).entries] == []
+    assert [e.key for e in (await store.list_versions(bucket, lease)).entries] == []
+    assert [e.key for e in (await store.list_versions(bucket, member)).entries] == [member]
     assert [e.key for e in (await store.list_versions(bucket, "kept/")).entries] == ["kept/00/k"]
 
 
