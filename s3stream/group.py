@@ -9,14 +9,19 @@ In each bucket a group consumes, under ``_s3stream/groups/<group>/``:
   with ``If-Match`` on the ETag, so two members never both believe they hold a shard for long: the
   loser of a race gets a 412 and lets go.
 
-A round, every ``renew_interval`` seconds: write the member record, list the members and the leases,
-renew the held leases (a 412 means the shard was taken: it is dropped at once, without a commit),
-then follow :func:`s3stream.lease.plan`: release extra shards (the consumer finishes their in-flight
-work and commits first) and take free ones (the consumer fences the checkpoint, then polls). A member
-that cannot renew a lease for a whole lease duration drops the shard on its own. The first round
-only registers, so members started together see each other before they take anything. A member that
-stops cleanly releases its leases and deletes its record, so the others rebalance at their next round
-instead of waiting for it to expire.
+Two loops, each every ``renew_interval`` seconds (counted from the start of its last pass):
+
+* keep-alive: write the member record and renew every held lease, all at once. A 412 means the
+  shard was taken: it is dropped at once, without a commit. A lease not renewed for a whole duration
+  pauses its shard (the poller lists nothing) until a renewal succeeds, which proves nobody took it
+  and resumes the shard where it was, or fails with a 412.
+* rebalance: list the members and the leases, then follow :func:`s3stream.lease.plan`: release extra
+  shards (the consumer finishes their in-flight work and commits first) and take free ones (the
+  consumer fences the checkpoint, then polls). It starts an interval after the first registration,
+  so members started together see each other before they take anything.
+
+A slow listing therefore never delays a renewal. A member that stops cleanly releases its leases and
+deletes its record, so the others rebalance at their next pass instead of waiting for it to expire.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class Held:
     etag: str
     renewed_at: float = field(default_factory=time.monotonic)
     releasing: bool = False
+    overdue: bool = False  # not renewed within the duration: its shard is paused until it is
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one write of the lease at a time
 
 
 Take = Callable[[Candidate, int], Awaitable[bool]]  # open the shard under this generation; False: could not
@@ -101,33 +108,58 @@ class Membership:
         self._take, self._give_up, self._lost = take, give_up, lost
         self.held: dict[tuple[str, str], Held] = {}
         self.rounds = 0
-        self.last_round = time.monotonic()
+        self.last_renewal = time.monotonic()
+        self._registered = asyncio.Event()
         self._bodies: dict[str, tuple[str | None, int]] = {}  # lease ETag -> (owner, generation)
         self._started_ms = int(time.time() * 1000)
         self.log = log.bind(group=group, member=member)
 
     async def run(self) -> None:
-        """Rounds until cancelled; releases run beside them so renewals never wait for a drain."""
+        """Renewals and rebalancing until cancelled, each on its own cadence, so a slow listing never
+        delays a renewal; releases run beside them, so neither waits for a drain."""
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keep_alive())
+            await self._registered.wait()
+            await asyncio.sleep(self.renew_interval)  # members started together see each other first
             while True:
+                began = time.monotonic()
                 try:
-                    await self.round(tg)
+                    await self.rebalance(tg)
                 except RetriableError as exc:
-                    self.log.warning("group round failed; will retry", error=str(exc))
-                self._drop_unrenewed()
-                await asyncio.sleep(self.renew_interval)
+                    self.log.warning("group rebalance failed; will retry", error=str(exc))
+                await asyncio.sleep(max(0.0, self.renew_interval - (time.monotonic() - began)))
 
-    async def round(self, tg: asyncio.TaskGroup) -> None:
-        """Register, renew, then rebalance, bucket by bucket."""
+    async def _keep_alive(self) -> None:
+        """Every ``renew_interval`` (from the start of the last renewal): the member record and every
+        held lease, all written at once."""
+        while True:
+            began = time.monotonic()
+            try:
+                await self.renew()
+            except RetriableError as exc:
+                self.log.warning("group renewal failed; will retry", error=str(exc))
+            self._note_overdue()
+            await asyncio.sleep(max(0.0, self.renew_interval - (time.monotonic() - began)))
+
+    async def renew(self) -> None:
+        """Rewrite the member record in each bucket and renew every held lease (``If-Match``)."""
+        buckets = sorted({c.bucket for c in self.candidates})
+        outcomes = await asyncio.gather(*(self._register(b) for b in buckets),
+                                        *(self._renew_one(h) for h in list(self.held.values())),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self._registered.set()
+        self.last_renewal = time.monotonic()
+
+    async def rebalance(self, tg: asyncio.TaskGroup) -> None:
+        """List the members and the leases and follow :func:`~s3stream.lease.plan`, bucket by bucket."""
         began = time.monotonic()
         by_bucket: dict[str, list[Candidate]] = {}
         for cand in self.candidates:
             by_bucket.setdefault(cand.bucket, []).append(cand)
         for bucket, cands in by_bucket.items():
-            await self._register(bucket)
-            await self._renew(bucket)
-            if self.rounds == 0:
-                continue
             members, now_ms = await self._members(bucket)
             views = await self._views(bucket, cands, now_ms)
             held = {k[1] for k, h in self.held.items() if k[0] == bucket and not h.releasing}
@@ -138,8 +170,7 @@ class Membership:
             by_prefix = {c.prefix: c for c in cands}
             await asyncio.gather(*(self._acquire(by_prefix[v.shard], v, tg) for v in decided.acquire))
         self.rounds += 1
-        self.last_round = time.monotonic()
-        self.log.debug("group round", seconds=round(self.last_round - began, 3), held=len(self.held))
+        self.log.debug("group rebalanced", seconds=round(time.monotonic() - began, 3), held=len(self.held))
 
     async def release_all(self) -> None:
         """Hand every held lease back and delete the member record (at shutdown, after the final
@@ -198,21 +229,25 @@ class Membership:
             views[cand.prefix] = LeaseView(cand.prefix, owner, generation, etag, live and owner is not None)
         return views
 
-    async def _renew(self, bucket: str) -> None:
-        """Renew every lease held in ``bucket`` at once (the same body again, ``If-Match``)."""
-        await asyncio.gather(*(self._renew_one(h) for (b, _), h in list(self.held.items()) if b == bucket))
-
     async def _renew_one(self, held: Held) -> None:
-        sent = time.monotonic()
-        try:
-            etag = await self._put_lease(held.candidate, self.member, held.generation, held.etag)
-        except PreconditionFailed:
-            if self.held.get((held.candidate.bucket, held.candidate.prefix)) is held:
-                self.log.warning("lease taken by another member; dropping the shard",
-                                 shard=held.candidate.prefix)
-                self._drop(held)
-            return
-        held.etag, held.renewed_at = etag, sent
+        """The same lease body again with ``If-Match``: success proves nobody took the lease, even
+        if it was overdue, so a paused shard resumes where it was; a 412 drops the shard."""
+        key = (held.candidate.bucket, held.candidate.prefix)
+        async with held.lock:
+            if self.held.get(key) is not held:
+                return  # released or dropped meanwhile
+            sent = time.monotonic()
+            try:
+                etag = await self._put_lease(held.candidate, self.member, held.generation, held.etag)
+            except PreconditionFailed:
+                if self.held.get(key) is held:
+                    self.log.warning("lease taken by another member; dropping the shard", shard=key[1])
+                    self._drop(held)
+                return
+            held.etag, held.renewed_at = etag, sent
+            if held.overdue:
+                held.overdue = False
+                self.log.info("lease renewed after all; the shard resumes", shard=key[1])
 
     async def _acquire(self, cand: Candidate, view: LeaseView, tg: asyncio.TaskGroup) -> None:
         """Take the lease, then open the shard beside the rounds (fencing and loading take time)."""
@@ -238,13 +273,15 @@ class Membership:
 
     async def _write_release(self, held: Held) -> None:
         key = (held.candidate.bucket, held.candidate.prefix)
-        if self.held.get(key) is not held:
-            return
-        del self.held[key]
-        try:
-            await self._put_lease(held.candidate, None, held.generation, held.etag)
-        except (PreconditionFailed, RetriableError) as exc:  # taken already, or it will expire
-            self.log.info("lease not released explicitly; it will expire", shard=key[1], error=str(exc))
+        async with held.lock:  # after a renewal in flight, with the ETag it wrote
+            if self.held.get(key) is not held:
+                return
+            del self.held[key]
+            try:
+                await self._put_lease(held.candidate, None, held.generation, held.etag)
+            except (PreconditionFailed, RetriableError) as exc:  # taken already, or it will expire
+                self.log.info("lease not released explicitly; it will expire", shard=key[1],
+                              error=str(exc))
 
     async def _put_lease(self, cand: Candidate, owner: str | None, generation: int, etag: str | None) -> str:
         body = orjson.dumps({"format": LEASE_FORMAT, "owner": owner, "generation": generation,
@@ -255,14 +292,15 @@ class Membership:
         self._bodies[new_etag] = (owner, generation)
         return new_etag
 
-    def _drop_unrenewed(self) -> None:
-        """A lease not renewed for a whole duration may be someone else's by now: stop using it."""
+    def _note_overdue(self) -> None:
+        """A lease not renewed for a whole duration may be someone else's by now: its shard lists
+        nothing (:meth:`leased` is False) until a renewal succeeds or fails with a 412."""
         now = time.monotonic()
-        for held in list(self.held.values()):
-            if now - held.renewed_at > self.duration:
-                self.log.warning("lease not renewed within its duration; dropping the shard",
+        for held in self.held.values():
+            if not held.overdue and now - held.renewed_at >= self.duration:
+                held.overdue = True
+                self.log.warning("lease not renewed within its duration; the shard is paused",
                                  shard=held.candidate.prefix)
-                self._drop(held)
 
     def _drop(self, held: Held) -> None:
         self.held.pop((held.candidate.bucket, held.candidate.prefix), None)

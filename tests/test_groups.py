@@ -27,12 +27,13 @@ from s3stream.config import build_settings
 from s3stream.consumer import Consumer
 from s3stream.cursor import Checkpoint
 from s3stream.errors import CheckpointConflict, ConfigError
-from s3stream.group import group_prefix
+from s3stream.group import group_prefix, lease_key
 from s3stream.lease import LeaseView, fair_share, plan
 from s3stream.producer import Producer
 from s3stream.store import Store
 from s3stream.topics import create_topic
 from tests.conftest import Recorder, cli_command, wait_until
+from tests.s3proxy import Delay, Rule, S3Proxy
 
 SHARDS = 16
 DURATION = 3.0
@@ -182,6 +183,45 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         sent |= await publish(moto_endpoint, url, range(160, 240))
         await wait_until(lambda: set(got()) >= sent, within=30, what="all 240 delivered")
         assert sorted(Counter(got()).values())[-1] == 1
+
+
+async def test_late_renewals_pause_the_shards_and_an_uncontested_renewal_resumes_them(
+        store: Store, bucket: str, moto_endpoint: str) -> None:
+    """When a member's lease renewals are held up past the lease duration (a slow store), its shards
+    stop polling, since the leases may have expired. Once a renewal gets through with ``If-Match``,
+    which proves nobody took the lease, the same shards resume: no lease changes hands (generation
+    stays 1), no shard is reopened, and every message is delivered exactly once."""
+    await create_topic(store, bucket, "orders", shards=SHARDS)
+    url = f"s3://{bucket}/orders"
+    with S3Proxy(moto_endpoint) as proxy:
+        async with members(proxy.endpoint, url, ["a"]) as running:
+            consumer, recorder = running["a"]
+            await wait_until(lambda: len(consumer.shards) == SHARDS, within=30, what="a holds 16")
+            membership = consumer.membership
+            assert membership is not None
+
+            def got() -> list[tuple[str, bytes]]:
+                return [(m.key.rsplit("/", 1)[1], m.body) for m in recorder.messages]
+
+            opened = list(consumer.shards)
+            sent = await publish(moto_endpoint, url, range(50))
+            await wait_until(lambda: set(got()) >= sent, within=30, what="first 50 delivered")
+            slow = proxy.add(Rule(Delay(DURATION + 1.5), method="PUT", first=SHARDS,
+                                  when=lambda r: "/leases/" in r.path))
+
+            def leased() -> list[bool]:
+                return [membership.leased(s.bucket, s.prefix) for s in opened]
+
+            await wait_until(lambda: not any(leased()), within=30, what="every shard paused")
+            await wait_until(lambda: all(leased()), within=30, what="every shard resumed")
+            sent |= await publish(moto_endpoint, url, range(50, 100))
+            await wait_until(lambda: set(got()) >= sent, within=30, what="all 100 delivered")
+            assert slow.applied == SHARDS
+            assert [id(s) for s in consumer.shards] == [id(s) for s in opened]
+            assert sorted(Counter(got()).values())[-1] == 1
+    for shard in opened:
+        lease = orjson.loads((await store.get_object(bucket, lease_key("g", shard.prefix))).body)
+        assert (lease["owner"], lease["generation"]) == (None, 1)  # released at the stop, never moved
 
 
 class Member:
