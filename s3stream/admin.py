@@ -199,13 +199,8 @@ async def find_leases(store: Store, topic: Topic) -> list[str]:
     found = []
     for group in await _child_names(store, topic.bucket, GROUPS_PREFIX):
         keys = {lease_key(group, prefix) for _, prefix in shard_prefixes(topic)}
-        leases = f"{group_prefix(group)}leases/"
-        token: str | None = None
-        while True:
-            page = await store.list_objects(topic.bucket, leases, token=token)
-            found += [e.key for e in page.entries if e.key in keys]
-            if (token := page.next_token) is None:
-                break
+        entries, _ = await store.list_all_objects(topic.bucket, f"{group_prefix(group)}leases/")
+        found += [e.key for e in entries if e.key in keys]
     return found
 
 

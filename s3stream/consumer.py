@@ -206,7 +206,7 @@ class Consumer:
         self._forget(shard)
 
     def _drop_shard(self, cand: Candidate) -> None:
-        """The lease was lost (taken, or not renewed in time): stop at once, commit nothing."""
+        """Another member took the lease: stop at once, commit nothing (its fence refuses us)."""
         shard = self._shard_for(cand)
         if shard is not None:
             log.warning("shard dropped: its lease is no longer ours", shard=shard.name)

@@ -2,7 +2,7 @@
 
 In each bucket a group consumes, under ``_s3stream/groups/<group>/``:
 
-* ``members/<member>.json``: rewritten every round (host, pid, the shards held). A member counts
+* ``members/<member>.json``: rewritten every renewal (host, pid, the shards held). A member counts
   while its record's LastModified is within the lease duration of the server's clock.
 * ``leases/<shard>.json``: ``{"owner", "generation", "prefix"}``. Created with ``If-None-Match: *``;
   renewed (the same body again), taken over (owner and generation + 1) and released (owner ``null``)
@@ -107,7 +107,6 @@ class Membership:
         self.candidates = candidates
         self._take, self._give_up, self._lost = take, give_up, lost
         self.held: dict[tuple[str, str], Held] = {}
-        self.rounds = 0
         self.last_renewal = time.monotonic()
         self._registered = asyncio.Event()
         self._bodies: dict[str, tuple[str | None, int]] = {}  # lease ETag -> (owner, generation)
@@ -169,12 +168,11 @@ class Membership:
                 tg.create_task(self._release_after_drain(self.held[(bucket, prefix)]))
             by_prefix = {c.prefix: c for c in cands}
             await asyncio.gather(*(self._acquire(by_prefix[v.shard], v, tg) for v in decided.acquire))
-        self.rounds += 1
         self.log.debug("group rebalanced", seconds=round(time.monotonic() - began, 3), held=len(self.held))
 
     async def release_all(self) -> None:
         """Hand every held lease back and delete the member record (at shutdown, after the final
-        commit), so the others count one member fewer and take the shards at their next round."""
+        commit), so the others count one member fewer and take the shards at their next pass."""
         for held in list(self.held.values()):
             await self._write_release(held)
         for bucket in sorted({c.bucket for c in self.candidates}):
@@ -192,24 +190,14 @@ class Membership:
     async def _members(self, bucket: str) -> tuple[list[str], int]:
         """The live members' ids, and the server's time of the listing."""
         prefix = f"{group_prefix(self.group)}members/"
-        members, now_ms, token = [], 0, None
-        while True:
-            page = await self.store.list_objects(bucket, prefix, token=token)
-            now_ms = now_ms or page.server_time_ms
-            members += [e.key[len(prefix):-len(".json")] for e in page.entries
-                        if e.key.endswith(".json") and is_live(e.last_modified_ms, now_ms, self.duration)]
-            if (token := page.next_token) is None:
-                return members, now_ms
+        entries, now_ms = await self.store.list_all_objects(bucket, prefix)
+        return [e.key[len(prefix):-len(".json")] for e in entries
+                if e.key.endswith(".json") and is_live(e.last_modified_ms, now_ms, self.duration)], now_ms
 
     async def _views(self, bucket: str, cands: list[Candidate], now_ms: int) -> dict[str, LeaseView]:
         """Every candidate's lease; bodies are read only when their ETag is new to this member."""
-        prefix = f"{group_prefix(self.group)}leases/"
-        listed, token = {}, None
-        while True:
-            page = await self.store.list_objects(bucket, prefix, token=token)
-            listed.update({e.key: e for e in page.entries})
-            if (token := page.next_token) is None:
-                break
+        entries, _ = await self.store.list_all_objects(bucket, f"{group_prefix(self.group)}leases/")
+        listed = {e.key: e for e in entries}
         views = {}
         for cand in cands:
             entry = listed.get(lease_key(self.group, cand.prefix))
@@ -250,7 +238,7 @@ class Membership:
                 self.log.info("lease renewed after all; the shard resumes", shard=key[1])
 
     async def _acquire(self, cand: Candidate, view: LeaseView, tg: asyncio.TaskGroup) -> None:
-        """Take the lease, then open the shard beside the rounds (fencing and loading take time)."""
+        """Take the lease, then open the shard beside the rebalancing (fencing and loading take time)."""
         generation = view.generation + 1
         sent = time.monotonic()
         try:

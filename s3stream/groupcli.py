@@ -119,14 +119,8 @@ async def read_group(settings: Settings, url: str) -> GroupView:
 
 async def _list_json(store: Store, bucket: str, prefix: str) -> tuple[list[Entry], int]:
     """Every ``.json`` object under ``prefix`` (all pages), and the server's time of the first page."""
-    entries: list[Entry] = []
-    now_ms, token = 0, None
-    while True:
-        page = await store.list_objects(bucket, prefix, token=token)
-        now_ms = now_ms or page.server_time_ms
-        entries += [e for e in page.entries if e.key.endswith(".json")]
-        if (token := page.next_token) is None:
-            return entries, now_ms or int(time.time() * 1000)
+    entries, now_ms = await store.list_all_objects(bucket, prefix)
+    return [e for e in entries if e.key.endswith(".json")], now_ms or int(time.time() * 1000)
 
 
 async def _read_json(store: Store, bucket: str, key: str) -> dict[str, Any] | None:

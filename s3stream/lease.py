@@ -38,7 +38,7 @@ class LeaseView:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What one round should change: shards to give up, and leases to take (by their current view)."""
+    """What one rebalancing pass should change: shards to give up, and leases to take."""
 
     release: list[str]
     acquire: list[LeaseView]
@@ -64,7 +64,7 @@ def preference(me: str, shard: str) -> bytes:
 
 def plan(me: str, members: list[str], shards: list[str], views: dict[str, LeaseView],
          held: set[str]) -> Plan:
-    """One round's decisions for ``me``, holding ``held``, given every shard's lease view.
+    """One rebalancing pass's decisions for ``me``, holding ``held``, given every shard's lease view.
 
     A lease still naming ``me`` that ``me`` does not hold (left by this member's previous run, under
     the same member id) is taken back at once rather than waited out."""

@@ -161,6 +161,17 @@ class Store:
             server_time_ms=_server_time_ms(resp),
         )
 
+    async def list_all_objects(self, bucket: str, prefix: str) -> tuple[list[Entry], int]:
+        """Every object under ``prefix`` (all pages), and the server's time of the first page."""
+        entries: list[Entry] = []
+        now_ms, token = 0, None
+        while True:
+            page = await self.list_objects(bucket, prefix, token=token)
+            now_ms = now_ms or page.server_time_ms
+            entries += page.entries
+            if (token := page.next_token) is None:
+                return entries, now_ms
+
     async def put_object(
         self, bucket: str, key: str, body: bytes, *, if_match: str | None = None,
         if_none_match: bool = False, content_type: str | None = None,
