@@ -4,8 +4,9 @@ Messages from the concurrent workers are gathered into ``SendMessageBatch`` call
 batch leaves when it is full or ``batch_linger`` after its first message), and each ``handle()``
 returns only once its own message is in SQS, so the consumer's checkpoint never passes an unsent one.
 On a FIFO queue (URL ending in ``.fifo``) every message carries a ``MessageDeduplicationId`` hashed
-from bucket, key and version (and offset, for a segment's line), so a resend after a crash or a
-lost answer is dropped by SQS within its five-minute window, and a ``MessageGroupId``: the shard
+from bucket, key and version (ETag and LastModified where the bucket keeps no versions; and offset,
+for a segment's line), so a resend after a crash or a lost answer is dropped by SQS within its
+five-minute window while an overwrite is a new message, and a ``MessageGroupId``: the shard
 (order and parallelism per shard) or, with ``group_by = "key"``, the object key.
 
 The body is by default the JSON object ``{"bucket", "key", "version_id", "size", "etag",
@@ -28,7 +29,7 @@ import orjson
 
 from s3stream.config import S3Settings
 from s3stream.errors import HandlerError, S3StreamError
-from s3stream.message import Message
+from s3stream.message import Message, datetime_to_ms
 from s3stream.sqs import MAX_BATCH, OutMessage, Queue, open_sqs
 
 FIELDS = ("bucket", "key", "version_id", "size", "etag", "last_modified", "deleted", "offset")
@@ -118,8 +119,16 @@ def _check_fields(node: Any) -> None:
 
 
 def dedup_id(message: Message) -> str:
-    """The FIFO deduplication id of a message: a hash of bucket, key, version (and offset)."""
-    ident = f"{message.bucket}\0{message.key}\0{message.version_id}\0{message.offset}"
+    """The FIFO deduplication id of a message: a hash of its write's identity (and offset).
+
+    A version id names one write for good. Where the bucket keeps no versions it is ``null`` for
+    every write of a key, so the write is named as the ``objects`` layout names it: ETag and
+    LastModified. An overwrite is then a new message, while a resend of the same write (a retry, a
+    restart before the checkpoint) keeps its id and is dropped by SQS."""
+    version = message.version_id
+    if version == "null":
+        version = f"{message.etag}@{datetime_to_ms(message.last_modified)}"
+    ident = f"{message.bucket}\0{message.key}\0{version}\0{message.offset}"
     return hashlib.blake2b(ident.encode(), digest_size=32).hexdigest()
 
 

@@ -452,3 +452,26 @@ async def test_once_on_a_log_topic_covers_old_history_and_segments(store: Store,
     assert sum(1 for b in bodies if "offset" in b) == 8
     assert len({m.attributes["MessageDeduplicationId"] for m in got}) == 14
     assert {m.attributes["MessageGroupId"] for m in got} <= {f"{topic}/00/", f"{topic}/01/"}
+
+
+async def test_fifo_overwrite_in_an_unversioned_bucket_is_a_new_message(store: Store, queue: Queue,
+                                                                        moto_endpoint: str) -> None:
+    """In a bucket without versioning every version id is ``null``; an object written twice within
+    seconds is two writes, so both reach a FIFO queue (SQS drops a repeated deduplication id for five
+    minutes). A resend of the same write keeps its deduplication id and is dropped."""
+    bucket = new_bucket_name("plain")
+    await store.create_bucket(bucket, versioning=False)
+    url = await queue.create_queue(new_bucket_name("q"), fifo=True)
+    first_etag, _ = await store.put_object(bucket, "w/doc", b"first")
+    assert await run_bridge(*settings_for(moto_endpoint, f"s3://{bucket}/w/", url), once=True) == 1
+    second_etag, _ = await store.put_object(bucket, "w/doc", b"second")
+    assert await run_bridge(*settings_for(moto_endpoint, f"s3://{bucket}/w/", url), once=True) == 1
+    got = await drain(queue, url)
+    assert sorted(orjson.loads(m.body)["etag"] for m in got) == sorted([first_etag, second_etag])
+    assert {orjson.loads(m.body)["version_id"] for m in got} == {"null"}
+
+    resent = Message(bucket=bucket, key="w/doc", version_id="null", last_modified=ms_to_datetime(5000),
+                     size=6, etag=second_etag, body=b"second")
+    assert dedup_id(resent) == dedup_id(replace(resent, body=b""))
+    assert dedup_id(resent) != dedup_id(replace(resent, etag=first_etag))
+    assert dedup_id(resent) != dedup_id(replace(resent, last_modified=ms_to_datetime(6000)))
