@@ -12,7 +12,9 @@ source's prefix, lists everything and hands out what notifications missed (lost 
 objects written before the notification configuration). Both paths share one
 :class:`NotifyCursor` per shard: a version handed out by either is in flight or done for the other,
 checked immediately before it is started, so it is delivered once; the checkpoint is an ordinary
-versions checkpoint.
+versions checkpoint. They also share one :class:`HandOut` per shard, through which the versions they
+start reach the worker pool in the order they were started, whichever path is waiting for room in the
+pool: one key's versions keep their order even when both paths found some of them.
 
 An SQS message is held while its objects are handled: a heartbeat extends the visibility timeout of
 every held message every third of the timeout, and the message is deleted only when every version
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -90,22 +93,55 @@ def claim(cursor: VersionCursor, entries: list[Entry], *, skip: bool, deletes: b
     return started
 
 
+class HandOut:
+    """One shard's way into the worker pool, shared by the receiver and the reconciling poller.
+
+    A path starts the versions it found in the cursor at once (:meth:`claim`, no await) and appends
+    them here; :meth:`flush` then puts everything appended into the pool, in order, one path at a
+    time. A path waiting for room in a full pool therefore holds its place: versions the other path
+    starts meanwhile (a key's later versions) queue behind the ones already started, never before.
+    """
+
+    def __init__(self, shard: Shard, cursor: NotifyCursor, pool: WorkerPool) -> None:
+        self.shard = shard
+        self.cursor = cursor
+        self.pool = pool
+        self._started: deque[Entry] = deque()  # started in the cursor, not yet in the pool
+        self._putting = asyncio.Lock()
+
+    def claim(self, entries: list[Entry], *, skip: bool, deletes: bool) -> list[Entry]:
+        """Start the entries still new (see :func:`claim`) and queue them for the pool."""
+        started = claim(self.cursor, entries, skip=skip, deletes=deletes)
+        self._started.extend(started)
+        return started
+
+    async def flush(self) -> None:
+        """Put every started version into the pool in the order started; returns once all are in.
+        An entry leaves the queue only once the pool took it, so a cancelled flush loses nothing
+        that a later one would not put."""
+        async with self._putting:
+            started = self._started
+            while started:
+                await self.pool.put(WorkItem(self.shard, started[0]))
+                started.popleft()
+
+
 class ReconcilePoller(Poller):
     """The listing side: a versions poller that passes every ``reconcile_interval`` seconds and
     re-checks each version just before handing it out (the notification path may have taken it)."""
 
-    def __init__(self, shard: Shard, cursor: NotifyCursor, store: Store, pool: WorkerPool,
-                 settings: ConsumerSettings, on_pass: Callable[[], None], opts: NotificationSettings) -> None:
+    def __init__(self, handout: HandOut, store: Store, settings: ConsumerSettings,
+                 on_pass: Callable[[], None], opts: NotificationSettings) -> None:
         every = opts.reconcile_interval
         paced = settings.model_copy(update={"poll_interval": every, "max_poll_interval": every})
-        super().__init__(shard, cursor, store, pool, paced, on_pass)
+        super().__init__(handout.shard, handout.cursor, store, handout.pool, paced, on_pass)
+        self.handout = handout
         self.deletes = opts.deletes
-        self._listed = LISTED.labels(shard=shard.name)
+        self._listed = LISTED.labels(shard=handout.shard.name)
 
     async def _hand_out(self, held: list[Entry], skip: bool) -> int:
-        started = claim(self.cursor, held, skip=skip, deletes=self.deletes)
-        for entry in started:
-            await self.pool.put(WorkItem(self.shard, entry))
+        started = self.handout.claim(held, skip=skip, deletes=self.deletes)
+        await self.handout.flush()
         if started:
             self._listed.inc(len(started))
             self.log.debug("listing found versions no notification announced", key=started[0].key,
@@ -132,12 +168,11 @@ async def key_entries(store: Store, bucket: str, key: str, *, objects: bool = Fa
 class Receiver:
     """Receives one queue's notifications for the shards of every source reading that queue."""
 
-    def __init__(self, queue_url: str, targets: list[tuple[Shard, NotificationSettings]], store: Store,
-                 pool: WorkerPool, settings: Settings) -> None:
+    def __init__(self, queue_url: str, targets: list[tuple[HandOut, NotificationSettings]], store: Store,
+                 settings: Settings) -> None:
         self.queue_url = queue_url
-        self.targets = sorted(targets, key=lambda t: len(t[0].prefix), reverse=True)  # longest prefix first
+        self.targets = sorted(targets, key=lambda t: len(t[0].shard.prefix), reverse=True)  # longest first
         self.store = store
-        self.pool = pool
         self.settings = settings
         options = [opts for _, opts in targets]
         self.visibility = max(o.visibility_timeout for o in options)
@@ -176,8 +211,8 @@ class Receiver:
                 continue
             delay = 0.1
             now = time.monotonic()
-            for shard, _ in self.targets:
-                shard.last_poll = now
+            for handout, _ in self.targets:
+                handout.shard.last_poll = now
             for message in batch:
                 self.held[message.receipt_handle] = message
                 tg.create_task(self._process(queue, message))
@@ -241,22 +276,21 @@ class Receiver:
         target = self._target(event.bucket, event.key)
         if target is None:
             return []
-        shard, opts = target
-        cursor = shard.cursor
-        assert isinstance(cursor, NotifyCursor)
+        handout, opts = target
+        shard, cursor = handout.shard, handout.cursor
         entries = await key_entries(self.store, shard.bucket, event.key, objects=shard.layout == "objects")
-        started = claim(cursor, entries, skip=False, deletes=opts.deletes)
+        started = handout.claim(entries, skip=False, deletes=opts.deletes)
         waits = [w for e in entries if (w := cursor.waiter(e.ident)) is not None]
-        for entry in started:
-            await self.pool.put(WorkItem(shard, entry))
+        await handout.flush()
         if started:
             NOTIFIED.labels(shard=shard.name).inc(len(started))
         return waits
 
-    def _target(self, bucket: str, key: str) -> tuple[Shard, NotificationSettings] | None:
-        for shard, opts in self.targets:
+    def _target(self, bucket: str, key: str) -> tuple[HandOut, NotificationSettings] | None:
+        for handout, opts in self.targets:
+            shard = handout.shard
             if shard.bucket == bucket and key.startswith(shard.prefix) and shard.wants(key):
-                return shard, opts
+                return handout, opts
         return None
 
 
@@ -278,14 +312,14 @@ def notification_tasks(notified: list[tuple[SourceSettings, list[Shard]]], store
     """The coroutines to run for notification sources: a reconciling poller per shard and a receiver
     per queue (sources that share a queue share its receiver)."""
     runs: list[Coroutine[Any, Any, None]] = []
-    by_queue: dict[str, list[tuple[Shard, NotificationSettings]]] = {}
+    by_queue: dict[str, list[tuple[HandOut, NotificationSettings]]] = {}
     for src, shards in notified:
         opts = src.notifications
         assert opts is not None
         for shard in shards:
             assert isinstance(shard.cursor, NotifyCursor)
-            poller = ReconcilePoller(shard, shard.cursor, store, pool, settings.consumer, on_pass, opts)
-            runs.append(poller.run())
-            by_queue.setdefault(opts.queue_url, []).append((shard, opts))
-    runs += [Receiver(url, targets, store, pool, settings).run() for url, targets in by_queue.items()]
+            handout = HandOut(shard, shard.cursor, pool)
+            runs.append(ReconcilePoller(handout, store, settings.consumer, on_pass, opts).run())
+            by_queue.setdefault(opts.queue_url, []).append((handout, opts))
+    runs += [Receiver(url, targets, store, settings).run() for url, targets in by_queue.items()]
     return runs

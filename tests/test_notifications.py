@@ -392,3 +392,38 @@ async def test_a_message_that_is_no_s3_event_is_left_in_the_queue(
 
 async def _counts_are(queue: Queue, url: str, expected: tuple[int, int]) -> bool:
     return await queue_counts(queue, url) == expected
+
+
+async def test_a_keys_versions_keep_their_order_across_both_paths_under_backpressure(
+        store: Store, bucket: str, sqs: Queue, moto_endpoint: str) -> None:
+    """Per-key order holds whichever path found a version, even when the pool is full and both paths
+    wait: with room for one item and one worker, the listing pass hands out ``gate`` (its handler
+    blocks) and finds ``k`` v1 and v2; v3 written next is found by a notification while the pass still
+    waits to queue v1. Once ``gate`` finishes, the handler sees ``k`` as v1, v2, v3."""
+    gate = asyncio.Event()
+    recorder = Recorder()
+
+    async def handler(message: Message) -> None:
+        if message.key.endswith("gate"):
+            await gate.wait()
+        await recorder(message)
+
+    url = await sqs.create_queue(f"q-{bucket}")
+    settings = notify_settings(moto_endpoint, source(bucket), url)
+    narrow = {"queue_size": 1, "concurrency": 1}
+    settings = settings.model_copy(update={"consumer": settings.consumer.model_copy(update=narrow)})
+    await store.put_object(bucket, f"{PREFIX}a-gate", b"g")
+    v1 = (await store.put_object(bucket, f"{PREFIX}k", b"1"))[1]
+    v2 = (await store.put_object(bucket, f"{PREFIX}k", b"2"))[1]
+    consumer = Consumer(settings)
+    consumer.register_handler("rec", handler)
+    async with running(consumer):
+        cursor = consumer.shards[0].cursor
+        await wait_until(lambda: cursor.in_flight == 3, what="the pass holding gate, v1 and v2")
+        v3 = (await store.put_object(bucket, f"{PREFIX}k", b"3"))[1]
+        await send(sqs, url, direct(bucket, f"{PREFIX}k"))
+        await wait_until(lambda: cursor.in_flight == 4, what="the notification starting v3")
+        gate.set()
+        await recorder.wait_count(4)
+        await wait_until(lambda: drained(sqs, url), what="queue drained")
+    assert recorder.by_key()[f"{PREFIX}k"] == [v1, v2, v3]
