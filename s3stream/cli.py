@@ -38,6 +38,21 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         fail(exc)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        release_closed_stdout()
+
+
+def release_closed_stdout() -> None:
+    """When the reader of standard output went away (``s3stream consume … | head -3``), point it at
+    /dev/null: the run already stopped cleanly, and what is left in Python's buffer must not turn the
+    interpreter's last flush into a BrokenPipeError message and exit code 120."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
 
 def fail(exc: S3StreamError) -> None:

@@ -104,6 +104,8 @@ class ConsumerSettings(_Model):
     start_from: Literal["earliest", "latest"] = "earliest"
     page_size: int = Field(default=1000, gt=0, le=1000)
     handler_attempts: int = Field(default=5, ge=1, description="Tries before dead-lettering.")
+    handler_retry_time: float = Field(default=60.0, ge=0, description="Seconds a failing message's "
+                                      "attempts are spread over: the last comes this long after the first.")
     handler_timeout: float | None = Field(default=300.0, gt=0, description="Seconds per handler call.")
     dead_letters: bool = Field(default=True, description="Set failing messages aside (else stop).")
     shutdown_grace: float = Field(default=30.0, ge=0)

@@ -1,10 +1,12 @@
-"""Dead letters: messages a handler kept failing on (or that could not be decoded), set aside.
+"""Dead letters: messages a handler kept failing on (or that could not be read or decoded), set aside.
 
 Each dead letter is one JSON object under the control prefix,
 ``_s3stream/dead-letters/<group>/<shard>/<time>-<id>.json``, holding the original bucket, key,
-version and offset, the error, the number of attempts, the time, and the body (base64) when it is at
-most ``BODY_LIMIT`` bytes. The stream moves on and the checkpoint passes the message: the dead letter
-is now where it lives. ``s3stream dlq list|replay|purge`` work on them.
+version and offset, the error (the reason), the traceback of the last failure (its last
+``TRACEBACK_LIMIT`` characters), the number of attempts, the time, and the body (base64) when it was
+read and is at most ``BODY_LIMIT`` bytes (otherwise ``body_b64`` is null and a replay fetches the
+original again). The stream moves on and the checkpoint passes the message: the dead letter is now
+where it lives. ``s3stream dlq list|replay|purge`` work on them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from s3stream.message import Message
 from s3stream.store import Store
 
 BODY_LIMIT = 1 << 20
+ERROR_LIMIT = 4000
+TRACEBACK_LIMIT = 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class DeadLetter:
     attempts: int
     time_ms: int
     body: bytes | None
+    traceback: str = ""
 
     @classmethod
     def from_json(cls, key: str, data: bytes) -> DeadLetter:
@@ -46,7 +52,17 @@ class DeadLetter:
         body = base64.b64decode(doc["body_b64"]) if doc.get("body_b64") is not None else None
         return cls(key=key, original_bucket=doc["bucket"], original_key=doc["key"],
                    version_id=doc["version_id"], offset=doc.get("offset"), error=doc["error"],
-                   attempts=int(doc["attempts"]), time_ms=int(doc["time_ms"]), body=body)
+                   attempts=int(doc["attempts"]), time_ms=int(doc["time_ms"]), body=body,
+                   traceback=str(doc.get("traceback") or ""))
+
+
+def format_traceback(exc: BaseException | None) -> str:
+    """``exc``'s traceback as Python prints it, cut to its last ``TRACEBACK_LIMIT`` characters (the
+    innermost frames and the error itself)."""
+    if exc is None:
+        return ""
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= TRACEBACK_LIMIT else "..." + text[-(TRACEBACK_LIMIT - 3):]
 
 
 def group_prefix(control_prefix: str, group: str) -> str:
@@ -60,15 +76,18 @@ class DeadLetters:
         self.store = store
         self.prefix = group_prefix(control_prefix, group)
 
-    async def add(self, shard_prefix: str, message: Message, *, error: str, attempts: int) -> str:
-        """Store a dead letter next to the original's bucket; returns its key."""
+    async def add(self, shard_prefix: str, message: Message, *, error: str, attempts: int,
+                  exc: BaseException | None = None, body_read: bool = True) -> str:
+        """Store a dead letter next to the original's bucket; returns its key. ``exc`` gives the
+        traceback; ``body_read=False`` says the body was never read (it is not an empty body)."""
         now_ms = int(time.time() * 1000)
         key = f"{self.prefix}{shard_name(shard_prefix)}/{now_ms:013d}-{uuid.uuid4().hex[:12]}.json"
+        kept = body_read and len(message.body) <= BODY_LIMIT
         doc = {
             "bucket": message.bucket, "key": message.key, "version_id": message.version_id,
             "offset": message.offset, "partition_key": message.partition_key, "deleted": message.deleted,
-            "error": error[:4000], "attempts": attempts, "time_ms": now_ms,
-            "body_b64": base64.b64encode(message.body).decode() if len(message.body) <= BODY_LIMIT else None,
+            "error": error[:ERROR_LIMIT], "traceback": format_traceback(exc), "attempts": attempts,
+            "time_ms": now_ms, "body_b64": base64.b64encode(message.body).decode() if kept else None,
         }
         # A 412 is a retry of our own write whose answer was lost: the key is unique to this call.
         with contextlib.suppress(PreconditionFailed):

@@ -7,6 +7,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
     ├── ConfigError                 a setting is missing or invalid (names the field)
     ├── HandlerError                a handler cannot be resolved or built
     ├── HandlerFailed               a handler kept failing on one message
+    ├── OutputClosed                a handler's output is gone (a closed pipe): the run ends cleanly
     ├── CheckpointConflict          another writer changed the checkpoint under us
     └── StoreError                  the object store refused or could not be reached
         ├── RetriableError          worth another try after a backoff
@@ -24,6 +25,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
 The command line prints ``str(error)`` of any :class:`S3StreamError` as one line. It exits 2 for
 ``ConfigError``, ``HandlerError`` and ``StoreError`` (the setup is wrong or the store is unusable) and
 1 for the rest (``HandlerFailed``, ``CheckpointConflict``: the stream itself could not go on).
+``OutputClosed`` is not a failure: the consumer stops cleanly and the command exits 0.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ class HandlerError(S3StreamError):
 
 class HandlerFailed(S3StreamError):
     """A handler raised on the same message more times than the policy allows."""
+
+
+class OutputClosed(S3StreamError):
+    """A handler's output is gone for good: the reader of its pipe went away (``consume | head``) or
+    its file was closed. Raised by the built-in ``stdout`` and ``jsonl`` handlers (and any handler may
+    raise it): the message is neither retried nor dead-lettered, it stays uncommitted, and the consumer
+    stops cleanly as if it had been asked to."""
 
 
 class CheckpointConflict(S3StreamError):

@@ -4,11 +4,15 @@ A handler is either an async callable taking a :class:`~s3stream.message.Message
 ``async handle(message)`` and ``async close()``. A *spec* names one: an entry point in the
 ``s3stream.handlers`` group (``stdout``) or ``package.module:attr``. The target may be the handler
 itself (an ``async def``) or a factory that receives the handler's own config section and returns one.
+
+An output that goes away (the reader of a pipe exits, as ``head`` does; the file is closed) raises
+:class:`~s3stream.errors.OutputClosed`: the end of the run, not a failure to retry or dead-letter.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import importlib
 import inspect
 import sys
@@ -20,7 +24,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 import orjson
 
-from s3stream.errors import HandlerError
+from s3stream.errors import HandlerError, OutputClosed
 from s3stream.message import Message
 
 HandleFn = Callable[[Message], Awaitable[None]]
@@ -125,29 +129,63 @@ def message_json(message: Message) -> bytes:
     return orjson.dumps(doc) + b"\n"
 
 
-class LineWriter:
-    """Writes each message as one JSON line to a binary stream, flushed per line."""
+def output_closed(exc: Exception, what: str) -> OutputClosed | None:
+    """The :class:`OutputClosed` that ``exc``, raised writing to ``what``, means, if it means one: a
+    broken pipe (the reader went away) or a write to a closed file."""
+    if isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
+        return OutputClosed(f"{what}: the reader went away")
+    if isinstance(exc, ValueError) and "closed file" in str(exc):
+        return OutputClosed(f"{what}: it was closed")
+    return None
 
-    def __init__(self, stream: IO[bytes], *, owned: bool) -> None:
+
+def write_out(stream: IO[bytes], data: bytes, what: str) -> None:
+    """Write and flush ``data``; a gone output raises :class:`OutputClosed` (other errors as they are)."""
+    try:
+        stream.write(data)
+        stream.flush()
+    except (OSError, ValueError) as exc:
+        closed = output_closed(exc, what)
+        if closed is None:
+            raise
+        raise closed from exc
+
+
+class LineWriter:
+    """Writes each message as one JSON line to a binary stream, flushed per line. Once the stream is
+    gone every later message raises :class:`OutputClosed` at once: nothing is written after a gap."""
+
+    def __init__(self, stream: IO[bytes], *, owned: bool, name: str = "output") -> None:
         self._stream = stream
         self._owned = owned
+        self._name = name
+        self._closed: OutputClosed | None = None
 
     async def handle(self, message: Message) -> None:
-        self._stream.write(message_json(message))
-        self._stream.flush()
+        if self._closed is not None:
+            raise self._closed
+        try:
+            write_out(self._stream, message_json(message), self._name)
+        except OutputClosed as exc:
+            self._closed = exc
+            raise
 
     async def close(self) -> None:
-        if self._owned:
-            self._stream.close()
-        else:
-            self._stream.flush()
+        try:
+            if self._owned:
+                self._stream.close()
+            else:
+                self._stream.flush()
+        except (OSError, ValueError) as exc:
+            if output_closed(exc, self._name) is None:
+                raise
 
 
 def stdout_handler(options: dict[str, Any]) -> LineWriter:
     """Built-in ``stdout``: one JSON object per message on standard output."""
     if options:
         raise HandlerError(f"handler 'stdout' takes no options, got {sorted(options)}")
-    return LineWriter(sys.stdout.buffer, owned=False)
+    return LineWriter(sys.stdout.buffer, owned=False, name="standard output")
 
 
 def jsonl_handler(options: dict[str, Any]) -> LineWriter:
@@ -157,4 +195,4 @@ def jsonl_handler(options: dict[str, Any]) -> LineWriter:
         raise HandlerError("handler 'jsonl' needs `path = \"FILE\"` and nothing else")
     path = Path(str(options["path"]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return LineWriter(path.open("ab"), owned=True)
+    return LineWriter(path.open("ab"), owned=True, name=str(path))

@@ -1,7 +1,8 @@
 """Live commands: ``tail`` (print new messages as they arrive) and ``chat`` (seed 000's chat client).
 
-Both run a :class:`~s3stream.consumer.Consumer` whose checkpoints stay in memory, so they leave nothing
-behind in the bucket. The command line passes ``serve``, which runs the consumer until SIGINT/SIGTERM
+Both run a :class:`~s3stream.consumer.Consumer` whose checkpoints stay in memory and that writes no
+dead letters, so they leave nothing behind in the bucket. An output that goes away (``tail | head``)
+ends the run cleanly. The command line passes ``serve``, which runs the consumer until SIGINT/SIGTERM
 (signals belong to the command line). Each says on stderr when its first listing pass is complete:
 from then on, every message published is shown.
 """
@@ -26,7 +27,7 @@ from s3stream.commands import iso, split_url
 from s3stream.config import Settings
 from s3stream.consumer import Consumer
 from s3stream.errors import BucketNotFound
-from s3stream.handlers import message_json
+from s3stream.handlers import message_json, write_out
 from s3stream.message import Message, datetime_to_ms
 from s3stream.producer import Producer
 from s3stream.store import Store, open_store
@@ -39,13 +40,14 @@ LINE_LIMIT = 1 << 20  # longest chat line read from stdin
 
 def live_config(url: str, *, start_from: Literal["earliest", "latest"] = "latest",
                 poll_interval: float = 0.5, concurrency: int = 1) -> dict[str, Any]:
-    """The consumer sections of a live reader of ``url``: memory checkpoints, quick polls. With one
-    worker (the default) messages are shown in the order they are handed out."""
+    """The consumer sections of a live reader of ``url``: memory checkpoints, no dead letters (a live
+    reader writes nothing to the bucket), quick polls. With one worker (the default) messages are shown
+    in the order they are handed out."""
     return {
         "consumer": {
             "group": HANDLER, "start_from": start_from, "poll_interval": poll_interval,
             "max_poll_interval": max(poll_interval, 1.0), "concurrency": concurrency,
-            "checkpoint": {"store": "memory"},
+            "checkpoint": {"store": "memory"}, "dead_letters": False,
         },
         "sources": [{"url": url, "handler": HANDLER}],
     }
@@ -72,15 +74,14 @@ class _Printer:
         self.as_json = as_json
 
     async def __call__(self, message: Message) -> None:
-        out = sys.stdout.buffer
         if self.as_json:
-            out.write(message_json(message))
+            line = message_json(message)
         elif message.deleted:
             click.echo(f"(deleted: {message.key})", err=True)
             return
         else:
-            out.write(message.body if message.body.endswith(b"\n") else message.body + b"\n")
-        out.flush()
+            line = message.body if message.body.endswith(b"\n") else message.body + b"\n"
+        write_out(sys.stdout.buffer, line, "standard output")
 
 
 async def tail(settings: Settings, *, as_json: bool, serve: ServeFn) -> None:
@@ -106,7 +107,8 @@ def chat_line(message: Message) -> str:
 
 async def _show(message: Message) -> None:
     if not message.deleted:
-        click.echo(chat_line(message))
+        write_out(sys.stdout.buffer, chat_line(message).encode("utf-8", errors="replace") + b"\n",
+                  "standard output")
 
 
 async def chat(settings: Settings, url: str, *, user: str, serve: ServeFn) -> None:

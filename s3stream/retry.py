@@ -1,8 +1,10 @@
-"""The one retry policy: exponential backoff with full jitter, bounded by attempts and by time."""
+"""The one retry policy: exponential backoff with full jitter, bounded by attempts and by time; and
+the handlers' backoff, which spreads a failing message's attempts over a set time."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +53,36 @@ class RetryPolicy:
                 metrics.RETRIES.labels(what=what.split(" ")[0] or "call").inc()
                 log.debug("retrying", what=what, attempt=attempt, error=str(exc), wait=round(wait, 3))
                 await asyncio.sleep(wait)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerBackoff:
+    """When to call a failing handler again: ``attempts`` calls spread over ``retry_time`` seconds.
+
+    The waits double (``retry_time`` split in parts of 1, 2, 4 ... units), each drawn from the upper
+    half of its step so that messages failing together do not come back together, and the last attempt
+    is made ``retry_time`` after the first failure, never sooner: a downstream that is down for less
+    than that loses nothing. 5 attempts over 60 s wait about 4, 8 and 16 s, then until 60 s.
+    """
+
+    attempts: int
+    retry_time: float
+
+    @property
+    def steps(self) -> list[float]:
+        """The nominal wait before each retry (they add up to ``retry_time``)."""
+        return [self._step(retry) for retry in range(1, self.attempts)]
+
+    def wait(self, retry: int, elapsed: float) -> float:
+        """The wait before retry number ``retry`` (1-based), ``elapsed`` s after the first failure."""
+        if retry >= self.attempts - 1:
+            return max(0.0, self.retry_time - elapsed)
+        step = self._step(retry)
+        return random.uniform(step / 2, step)
+
+    def _step(self, retry: int) -> float:
+        waits = self.attempts - 1  # retry_time * 2**(retry-1) / (2**waits - 1), without overflow
+        return math.ldexp(self.retry_time, retry - 1 - waits) / -math.expm1(-waits * math.log(2))
 
 
 class Throttle:

@@ -5,6 +5,11 @@ is busy with parks it behind that key; the busy worker runs the parked items, in
 done. So different keys run in parallel and one key's versions run one after another, oldest first.
 Parked items still count against ``queue_size``: the total of queued, parked and running items is
 bounded, and pollers wait when it is reached.
+
+A handler that fails is called again under :class:`~s3stream.retry.HandlerBackoff` (``handler_attempts``
+spread over ``handler_retry_time``), then the message is dead-lettered. :class:`OutputClosed` is not a
+failure: the item stays in flight (uncommitted), the pool starts nothing more and asks the consumer to
+stop. A stop also cuts short the waits between attempts: such an item stays in flight too.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from prometheus_client.metrics import Counter, Histogram
 
 from s3stream import codecs, metrics, segments
 from s3stream.deadletter import DeadLetters
-from s3stream.errors import HandlerFailed, NotFound, RetriableError
+from s3stream.errors import HandlerFailed, NotFound, OutputClosed, RetriableError
 from s3stream.message import Entry, Message, ms_to_datetime
-from s3stream.retry import RetryPolicy
+from s3stream.retry import HandlerBackoff
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store, StoredObject
 from s3stream.topics import KEY_METADATA, parse_log_key
@@ -37,8 +42,9 @@ class WorkerPool:
     """A bounded queue of :class:`WorkItem` and the workers that drain it."""
 
     def __init__(self, store: Store, *, queue_size: int, handler_attempts: int,
-                 handler_timeout: float | None = None, dead_letters: DeadLetters | None = None,
-                 on_idle: Callable[[], None] = lambda: None) -> None:
+                 handler_retry_time: float = 60.0, handler_timeout: float | None = None,
+                 dead_letters: DeadLetters | None = None, on_idle: Callable[[], None] = lambda: None,
+                 on_output_closed: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=queue_size)
         self._slots = asyncio.Semaphore(queue_size)
@@ -48,13 +54,13 @@ class WorkerPool:
         self._none_running = asyncio.Event()
         self._none_running.set()
         self._stopping = False
-        self._handler_retry = RetryPolicy(attempts=handler_attempts, max_elapsed=float("inf"))
-        self._handler_retry_rest = RetryPolicy(attempts=max(1, handler_attempts - 1),
-                                               max_elapsed=float("inf"))
+        self._stopped = asyncio.Event()  # set with _stopping: wakes the waits between attempts
+        self._backoff = HandlerBackoff(attempts=handler_attempts, retry_time=handler_retry_time)
         self._watches: set[_Watch] = set()
         self._handler_timeout = handler_timeout
         self._dead_letters = dead_letters
         self._on_idle = on_idle
+        self._on_output_closed = on_output_closed
 
     @property
     def pending(self) -> int:
@@ -72,7 +78,7 @@ class WorkerPool:
     async def drain(self) -> None:
         """Shutdown: start nothing new; return once the items already running have completed.
         Items still queued or parked stay in flight in their cursor and are redelivered later."""
-        self._stopping = True
+        self._stop()
         await self._none_running.wait()
 
     async def worker(self) -> None:
@@ -117,11 +123,23 @@ class WorkerPool:
                     watch.fired = True
                     watch.task.cancel()
 
+    def _stop(self) -> None:
+        self._stopping = True
+        self._stopped.set()
+
     async def _run(self, item: WorkItem, watch: _Watch) -> None:
         self._running += 1
         self._none_running.clear()
         try:
             await self._handle(item, watch)
+        except OutputClosed as exc:
+            if not self._stopping:
+                log.info("output closed: stopping; the message being written stays uncommitted",
+                         error=str(exc), shard=item.shard.name, key=item.entry.key)
+                self._stop()
+                self._on_output_closed()
+        except _Left:
+            pass  # stopped while waiting to retry: the item stays in flight, redelivered next run
         finally:
             self._running -= 1
             if not self._running:
@@ -138,7 +156,8 @@ class WorkerPool:
                           last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size,
                           etag=entry.etag, body=decode.body if decode else b"",
                           offset=decode.offset if decode else None)
-            await self._dead_letter(shard, raw, f"undecodable: {exc}", 0, bound)
+            await self._dead_letter(shard, raw, f"undecodable: {exc}", 0, bound, exc,
+                                    body_read=decode is not None)
             messages = []
         await self._deliver(shard, messages, watch, bound)
         shard.cursor.complete(entry.ident)
@@ -192,6 +211,8 @@ class WorkerPool:
             failure: BaseException | None = None
             try:
                 await handle(message)
+            except OutputClosed:
+                raise
             except asyncio.CancelledError:
                 if not watch.fired:
                     raise
@@ -213,45 +234,52 @@ class WorkerPool:
 
     async def _retry(self, shard: Shard, message: Message, first: BaseException,
                      bound: structlog.typing.FilteringBoundLogger) -> bool:
-        """The handler failed once on ``message``: retry it under the policy, each try under the timeout;
-        dead-letter it if it keeps failing. True when a retry succeeded."""
-        handler = shard.handler
-        attempts = 1
+        """The handler failed once on ``message``: call it again under the backoff, each call under the
+        timeout; dead-letter it if it keeps failing. True when a later call succeeded."""
+        handler, backoff = shard.handler, self._backoff
+        attempts, last = 1, first
         _note_failure(handler.name, first, attempts, bound)
-        last: BaseException = first
-
-        async def once() -> None:
-            nonlocal attempts, last
+        failed_at = time.monotonic()
+        while attempts < backoff.attempts:
+            await self._pause(backoff.wait(attempts, time.monotonic() - failed_at))
             attempts += 1
+            metrics.RETRIES.labels(what="handler").inc()
             try:
                 async with asyncio.timeout(self._handler_timeout):
                     await handler.handle(message)
+                return True
+            except OutputClosed:
+                raise
             except Exception as exc:
                 last = exc
                 _note_failure(handler.name, exc, attempts, bound)
-                raise
-
-        if self._handler_retry.attempts > 1:
-            await asyncio.sleep(self._handler_retry.delay(0))
-            with contextlib.suppress(Exception):
-                await self._handler_retry_rest.call(once, what="handler", retry_on=(Exception,))
-                return True
         error = "timed out" if isinstance(last, TimeoutError) else repr(last)
         if self._dead_letters is None:
             raise HandlerFailed(
                 f"handler {handler.name!r} failed {attempts} times on "
                 f"s3://{message.bucket}/{message.key} version {message.version_id}: {error}"
             ) from last
-        await self._dead_letter(shard, message, error, attempts, bound)
+        await self._dead_letter(shard, message, error, attempts, bound, last)
         return False
 
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next attempt, unless the pool stops first (then :class:`_Left`)."""
+        if seconds > 0 and not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._stopped.wait()
+        if self._stopped.is_set():
+            raise _Left
+
     async def _dead_letter(self, shard: Shard, message: Message, error: str, attempts: int,
-                           bound: structlog.typing.FilteringBoundLogger) -> None:
+                           bound: structlog.typing.FilteringBoundLogger, exc: BaseException | None = None,
+                           *, body_read: bool = True) -> None:
         if self._dead_letters is None:
             raise HandlerFailed(f"s3://{message.bucket}/{message.key}: {error}")
         while True:
             try:
-                where = await self._dead_letters.add(shard.prefix, message, error=error, attempts=attempts)
+                where = await self._dead_letters.add(shard.prefix, message, error=error, attempts=attempts,
+                                                     exc=exc, body_read=body_read)
                 break
             except RetriableError as exc:  # the message must land somewhere before it is passed
                 bound.warning("dead letter write keeps failing; retrying", error=str(exc))
@@ -286,6 +314,10 @@ def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> 
 def _version_id(shard: Shard, entry: Entry) -> str:
     """The message's version id: S3's, or ``"null"`` where the bucket keeps no versions."""
     return "null" if shard.layout == "objects" else entry.version_id
+
+
+class _Left(Exception):
+    """The pool stopped while an item waited for its next attempt: leave the item in flight."""
 
 
 class _Watch:

@@ -47,9 +47,10 @@ def proxy(moto_endpoint: str) -> Iterator[S3Proxy]:
 
 def settings(endpoint: str, url: str, *, s3: dict[str, Any] | None = None, handler: str = "rec",
              checkpoint_interval: float = 0.1, **consumer: Any) -> Settings:
-    """One source at ``endpoint`` (the proxy), fast polling and frequent checkpoints."""
+    """One source at ``endpoint`` (the proxy), fast polling, frequent checkpoints, and a failing
+    handler's attempts spread over 0.3 s (the default minute would only make tests wait)."""
     consumer = {"poll_interval": 0.05, "max_poll_interval": 0.2, "settle_window": 2.0,
-                "checkpoint": {"interval": checkpoint_interval}, **consumer}
+                "handler_retry_time": 0.3, "checkpoint": {"interval": checkpoint_interval}, **consumer}
     return build_settings({
         "s3": {"endpoint_url": endpoint, "addressing_style": "path", **(s3 or {})},
         "consumer": consumer,

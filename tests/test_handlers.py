@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -11,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from s3stream.errors import HandlerError
+from s3stream.errors import HandlerError, OutputClosed
 from s3stream.handlers import (
     Handler,
     LineWriter,
@@ -350,3 +352,40 @@ def test_stdout_line_is_flushed_before_close() -> None:
     assert doc["version_id"] == "v9"
     assert doc["body"] == "hi"
     assert doc["last_modified"] == "1970-01-01T00:00:00Z"
+
+
+# --- an output that goes away ----------------------------------------------------------------------
+
+
+async def test_writer_to_a_pipe_nobody_reads_raises_output_closed() -> None:
+    """A ``LineWriter`` on a pipe whose reader has gone (``| head``) raises ``OutputClosed``, not
+    ``BrokenPipeError``, and keeps raising it for every later message without writing anything."""
+    read, write = os.pipe()
+    os.close(read)
+    stream = os.fdopen(write, "wb")
+    writer = LineWriter(stream, owned=True, name="the pipe")
+    with pytest.raises(OutputClosed, match="the pipe: the reader went away"):
+        await writer.handle(msg())
+    with pytest.raises(OutputClosed):
+        await writer.handle(msg(version_id="v2"))
+    await writer.close()  # closing a gone output is quiet
+
+
+async def test_writer_to_a_closed_file_raises_output_closed(tmp_path: Path) -> None:
+    """A ``jsonl`` handler whose file was closed under it raises ``OutputClosed`` naming the file."""
+    writer = jsonl_handler({"path": str(tmp_path / "out.jsonl")})
+    await writer.close()
+    with pytest.raises(OutputClosed, match=r"out\.jsonl: it was closed"):
+        await writer.handle(msg())
+
+
+async def test_a_full_disk_is_a_failure_not_a_closed_output() -> None:
+    """Only a gone output ends the run: a write that fails otherwise (``/dev/full``: no space left)
+    raises its own ``OSError``, so the message is retried and dead-lettered like any failure."""
+    stream = os.fdopen(os.open("/dev/full", os.O_WRONLY), "wb", buffering=0)
+    writer = LineWriter(stream, owned=True)
+    with pytest.raises(OSError, match="No space left") as info:
+        await writer.handle(msg())
+    await writer.close()
+    assert not isinstance(info.value, OutputClosed)
+    assert info.value.errno == errno.ENOSPC

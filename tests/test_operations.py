@@ -478,7 +478,7 @@ async def test_logs_are_json_lines_with_context_and_without_bodies_or_secrets(
     body = b"BODY-MARKER-c41d9e"
     written = await put_keys(store, bucket, ["j/a", "j/b", "j/c"], body)
     poison = await put_keys(store, bucket, ["j/x-poison"], body)
-    cfg = consumer_config(tmp_path, moto_endpoint, handler_attempts=2)
+    cfg = consumer_config(tmp_path, moto_endpoint, handler_attempts=2, handler_retry_time=0.2)
     env = child_env(handlers_dir, ev, S3STREAM_LOG_LEVEL="debug")
     proc = start_consumer(bucket, "j/", cfg, env, err, handler="opshandlers:refuse_poison")
     try:
