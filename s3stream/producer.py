@@ -23,6 +23,7 @@ their own format: their compression is in their name.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 import time
@@ -77,7 +78,7 @@ class Producer:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings or Settings()
         self.clock = clock  # seconds since the epoch; names carry this producer's time
-        self.id = secrets.token_hex(4)
+        self.id = new_producer_id()
         self._store = store
         self._stack = contextlib.AsyncExitStack()
         self._topics: dict[str, Topic] = {}
@@ -334,6 +335,16 @@ class Producer:
                 if not create_only:
                     raise
                 return "", None  # a retry of a PUT that had already succeeded: the name is ours alone
+
+
+def new_producer_id() -> str:
+    """A producer's id in log-layout names: 120 random bits as 24 characters of lower-case base32.
+
+    A log object's identity is its shard, producer id and sequence number, and one-shot producers
+    (``s3stream publish``, a ``Producer`` per request) all number from 1; their ids alone keep
+    identities apart, so they are drawn wide enough never to repeat (32-bit ids collide among some
+    10^5 producers)."""
+    return base64.b32encode(secrets.token_bytes(15)).decode("ascii").lower()
 
 
 def _prepared(prepare: Callable[[Any], bytes],

@@ -9,7 +9,8 @@ Layouts:
 * ``versions``: a message with key ``K`` is a PUT to ``T/<shard>/K``; each PUT is a new version.
 * ``log``: every message is a new object with a unique, time-ordered name in a minute directory,
   ``T/<shard>/<yyyymmddHHMM>/<ms>-<producer>-<seq>-<lane><suffix>``. ``<ms>`` is the producer's clock,
-  ``<producer>`` a random id per producer, ``<seq>`` its counter, ``<lane>`` a short hash of the
+  ``<producer>`` a random id per producer (120 bits: ids never repeat, so neither do identities),
+  ``<seq>`` its counter, ``<lane>`` a short hash of the
   message key (``_`` without one); ``<suffix>`` marks segments (``.seg.jsonl`` plus ``.gz``/``.zst``),
   and objects of framing ``lines`` (``.jsonl``, ``.csv``, ``.txt``) or compressed ones (``.gz``/``.zst``).
 """

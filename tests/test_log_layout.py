@@ -4,8 +4,9 @@ directory-bucket semantics (shuffled listings, no StartAfter, no ListObjectVersi
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,7 +28,7 @@ def _producer(endpoint: str, *, behind: float = 0.0, **producer: object) -> Prod
 
 
 @pytest.fixture
-def express(moto_endpoint: str) -> AsyncIterator[S3Proxy]:
+def express(moto_endpoint: str) -> Iterator[S3Proxy]:
     """moto behind a proxy that answers like an S3 Express One Zone directory bucket."""
     with S3Proxy(moto_endpoint, directory_bucket_rules(seed=11)) as proxy:
         yield proxy
@@ -182,3 +183,39 @@ async def test_restart_resumes_without_redelivery_and_state_stays_small(
                          what="a pass that started after the write")
     assert [m.body for m in rec2.messages] == [b"new"]
     assert len(rec1.messages) == 40
+
+
+async def test_one_shot_producers_never_share_an_identity(
+    store: Store, bucket: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty one-shot producers (a `Producer` per message, as `s3stream publish` is) whose random
+    ids agree in their first 32 bits, which among some 10^5 producers with 32-bit ids is certain,
+    publish into the same minute directory in two rounds. Every message is delivered: two different
+    objects never share an identity, so none is taken for one already handled."""
+    await create_topic(store, bucket, "oneshot", layout="log")
+    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/oneshot", settle_window=60))
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    minute = time.time()  # every name in one directory, kept open by the 60 s window
+    drawn = iter(range(1, 1000))
+
+    def same_first_32_bits(n: int) -> bytes:
+        tail = next(drawn).to_bytes(8, "big")[-max(0, n - 4):] if n > 4 else b""
+        return b"\x5a\x5a\x5a\x5a" + tail
+
+    async def one_shot(body: str) -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(secrets, "token_bytes", same_first_32_bits)
+            producer = Producer(store=store, clock=lambda: minute)
+        async with producer:
+            await producer.publish(f"s3://{bucket}/oneshot", body)
+
+    async with running(consumer):
+        for i in range(10):
+            await one_shot(f"first-{i}")
+        await rec.wait_count(10)
+        for i in range(10):
+            await one_shot(f"second-{i}")
+        await rec.wait_count(20, within=15)
+    assert sorted(m.body for m in rec.messages) == sorted(
+        f"{r}-{i}".encode() for r in ("first", "second") for i in range(10))
