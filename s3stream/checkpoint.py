@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from s3stream.cursor import Checkpoint
+from s3stream.cursor import Checkpoint, PassProgress, Version
 from s3stream.errors import CheckpointConflict, ConfigError, NotFound, PreconditionFailed
 from s3stream.logcursor import LogCheckpoint
 from s3stream.store import Store
@@ -34,14 +34,33 @@ def encode(checkpoint: Checkpoint | LogCheckpoint, *, bucket: str, prefix: str,
     return orjson.dumps({**doc, **extra} if extra else doc)
 
 
-def _document(checkpoint: Checkpoint, *, bucket: str, prefix: str) -> dict[str, Any]:
+def _grouped(versions: tuple[Version, ...]) -> dict[str, list[list[Any]]]:
     grouped: dict[str, list[list[Any]]] = {}
-    for key, version_id, last_modified_ms in checkpoint.done:
+    for key, version_id, last_modified_ms in versions:
         grouped.setdefault(key, []).append([version_id, last_modified_ms])
-    return {
+    return grouped
+
+
+def _ungrouped(grouped: dict[str, list[list[Any]]]) -> tuple[Version, ...]:
+    return tuple(sorted((key, str(vid), int(lm)) for key, pairs in grouped.items() for vid, lm in pairs))
+
+
+def _document(checkpoint: Checkpoint, *, bucket: str, prefix: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "format": FORMAT_VERSION, "bucket": bucket, "prefix": prefix,
-        "watermark_ms": checkpoint.watermark_ms, "done": grouped,
+        "watermark_ms": checkpoint.watermark_ms, "done": _grouped(checkpoint.done),
     }
+    if checkpoint.pending:
+        doc["pending"] = _grouped(checkpoint.pending)
+    if checkpoint.progress:
+        doc["progress"] = [[p.horizon_ms, p.key, p.before_ms] for p in checkpoint.progress]
+    return doc
+
+
+def _decode_versions(doc: dict[str, Any]) -> Checkpoint:
+    progress = tuple(PassProgress(int(h), str(k), int(b)) for h, k, b in doc.get("progress", ()))
+    return Checkpoint(watermark_ms=int(doc["watermark_ms"]), done=_ungrouped(doc["done"]),
+                      pending=_ungrouped(doc.get("pending", {})), progress=progress)
 
 
 def _log_document(checkpoint: LogCheckpoint, *, bucket: str, prefix: str) -> dict[str, Any]:
@@ -79,10 +98,7 @@ def _parse(data: bytes, *, where: str) -> tuple[dict[str, Any], Checkpoint | Log
             raise ValueError(f"unknown format {doc.get('format')!r}")
         if doc.get("layout") == "log":
             return doc, _decode_log(doc)
-        done = tuple(sorted(
-            (key, str(vid), int(lm)) for key, versions in doc["done"].items() for vid, lm in versions
-        ))
-        return doc, Checkpoint(watermark_ms=int(doc["watermark_ms"]), done=done)
+        return doc, _decode_versions(doc)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"checkpoint {where} is damaged ({exc}); move it aside to restart") from None
 

@@ -23,19 +23,12 @@ from s3stream.message import Entry
 from s3stream.s3xml import VersionPage
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
+from s3stream.versionorder import KeyRun, oldest_first
 from s3stream.workers import WorkerPool
 
+__all__ = ["Poller", "ShardPoller", "list_page", "oldest_first"]  # oldest_first: kept importable here
+
 log = structlog.get_logger("s3stream.poller")
-
-
-def oldest_first(entries: list[Entry]) -> list[Entry]:
-    """One key's versions from listing order (newest first) to delivery order (oldest first).
-
-    ``LastModified`` has whole-second precision, so ties keep S3's own order, reversed; ``IsLatest``
-    breaks a tie for servers (moto) that list delete markers apart from versions.
-    """
-    ranked = sorted(enumerate(entries), key=lambda p: (p[1].last_modified_ms, p[1].latest, -p[0]))
-    return [entry for _, entry in ranked]
 
 
 async def list_page(store: Store, bucket: str, prefix: str, *, objects: bool, key_marker: str | None,
@@ -107,28 +100,31 @@ class Poller(ShardPoller[VersionCursor]):
 
     async def poll_once(self, *, skip: bool = False) -> int:
         """One full listing pass; returns how many versions were handed out (or skipped)."""
-        shard, cursor = self.shard, self.cursor
-        horizon_ms: int | None = None
+        shard, cursor, order = self.shard, self.cursor, self.store.listing
+        objects = shard.layout == "objects"
+        run: KeyRun | None = None
         key_marker: str | None = None
         version_marker: str | None = None
-        held: list[Entry] = []
         found = 0
         while True:
-            page = await list_page(self.store, shard.bucket, shard.prefix, objects=shard.layout == "objects",
+            page = await list_page(self.store, shard.bucket, shard.prefix, objects=objects,
                                    key_marker=key_marker, version_marker=version_marker,
                                    max_keys=self.settings.page_size)
-            if horizon_ms is None:  # the Date header has whole seconds: step back one
+            if run is None:  # the Date header has whole seconds: step back one
                 horizon_ms = page.server_time_ms - 1000 - int(self.settings.settle_window * 1000)
-            for entry in page.entries:
-                if held and held[0].key != entry.key:
-                    found += await self._hand_out(held, skip)
-                    held = []
-                if shard.wants(entry.key) and cursor.is_new(entry):
-                    held.append(entry)
+                cursor.begin_pass(horizon_ms)
+                run = KeyRun("", self.settings.page_size)
+            for entry in (page.entries if objects else order.page(page.entries)):
+                if entry.key != run.key:
+                    found += await self._finish_key(run, skip)
+                    cursor.listed_through(entry.key)
+                    run = KeyRun(entry.key, self.settings.page_size)
+                run.add(entry, new=shard.wants(entry.key) and cursor.is_new(entry))
             if not page.truncated:
                 break
             key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
-        found += await self._hand_out(held, skip)
+        assert run is not None
+        found += await self._finish_key(run, skip)
         cursor.pass_complete(horizon_ms)
         shard.last_poll = time.monotonic()
         self.on_pass()
@@ -136,8 +132,43 @@ class Poller(ShardPoller[VersionCursor]):
             self.log.debug("pass", new=found, watermark_ms=cursor.watermark_ms)
         return found
 
+    async def _finish_key(self, run: KeyRun, skip: bool) -> int:
+        """Hand out one key's new versions, oldest first. A key with more new versions than a page
+        was not held: its versions are listed again a chunk at a time, oldest chunk first."""
+        if not run.spilled:
+            return await self._hand_out(run.held, skip) if run.held else 0
+        found = 0
+        for index in range(len(run.chunks) - 1, -1, -1):
+            chunk = await self._relist(run, index)
+            found += await self._hand_out(chunk, skip)
+            self.cursor.listed_through(run.key, run.unstarted_before(index))
+        return found
+
+    async def _relist(self, run: KeyRun, index: int) -> list[Entry]:
+        """The still-new versions of chunk ``index`` of a spilled key, in listing order."""
+        chunk = run.chunks[index]
+        end = run.chunks[index + 1].after if index + 1 < len(run.chunks) else None
+        key_marker, version_marker = (run.key, chunk.after) if chunk.after is not None else (None, None)
+        entries: list[Entry] = []
+        started = chunk.after is not None  # the first chunk skips versions written since the pass listed it
+        while True:
+            page = await self.store.list_versions(self.shard.bucket, run.key, key_marker=key_marker,
+                                                  version_id_marker=version_marker,
+                                                  max_keys=self.settings.page_size)
+            for entry in self.store.listing.page(page.entries):
+                if entry.key != run.key:
+                    return entries
+                started = started or entry.version_id == chunk.first
+                if started and self.cursor.is_new(entry):
+                    entries.append(entry)
+                if entry.version_id == end:
+                    return entries
+            if not page.truncated:
+                return entries
+            key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
+
     async def _hand_out(self, held: list[Entry], skip: bool) -> int:
-        for entry in oldest_first(held):
+        for entry in self.store.listing.oldest_first(held):
             if skip:
                 self.cursor.skip(entry)
                 continue

@@ -43,6 +43,7 @@ from s3stream.s3xml import (
     parse_version_entries,
     parse_version_page,
 )
+from s3stream.versionorder import ListingOrder
 
 _ENTRIES = "S3StreamEntries"
 
@@ -79,6 +80,7 @@ class Store:
         self.retry = retry
         self._throttles: dict[str, Throttle] = {}
         self.lean = lean
+        self.listing = ListingOrder()  # how this server orders versions and delete markers, once seen
 
     async def list_versions(
         self, bucket: str, prefix: str, *, key_marker: str | None = None,

@@ -67,55 +67,52 @@ def test_started_version_is_not_new_and_counts_in_flight() -> None:
     assert not cursor.is_new(e)
 
 
-def test_watermark_never_passes_an_in_flight_version() -> None:
-    """With a version in flight the watermark stops at it, however far ahead the horizon is, and the
-    checkpoint taken meanwhile does not count it as done."""
+def test_a_version_in_flight_below_the_watermark_is_pending() -> None:
+    """The watermark follows complete passes even while a version is in flight; the checkpoint taken
+    meanwhile lists that version as pending, so a restart delivers it again and not the completed one."""
     cursor = VersionCursor()
     slow = entry("a", "slow", 10 * SECOND)
     fast = entry("b", "fast", 20 * SECOND)
     cursor.start(slow)
     handle(cursor, fast)
     cursor.pass_complete(FAR_AHEAD)
-    assert cursor.horizon_ms == FAR_AHEAD
-    assert cursor.watermark_ms <= slow.last_modified_ms
+    assert cursor.watermark_ms == FAR_AHEAD
     cp = cursor.checkpoint()
-    assert cp.watermark_ms <= slow.last_modified_ms
-    assert ("a", "slow", slow.last_modified_ms) not in cp.done
-    # later passes do not move it either
-    cursor.pass_complete(FAR_AHEAD + 5 * SECOND)
-    assert cursor.checkpoint().watermark_ms <= slow.last_modified_ms
-    # a consumer restarted from that checkpoint would deliver the in-flight version again ...
-    assert VersionCursor(cp).is_new(slow)
-    # ... but not the completed one
-    assert not VersionCursor(cp).is_new(fast)
+    assert cp.pending == (("a", "slow", slow.last_modified_ms),)
+    assert cp.done == ()
+    assert not cursor.is_new(slow)  # still in flight here
+    restarted = VersionCursor(cp)
+    assert restarted.is_new(slow)
+    assert not restarted.is_new(fast)
 
 
-def test_completing_in_flight_version_lets_watermark_reach_horizon() -> None:
-    """When the last in-flight version completes, the watermark advances to the horizon."""
+def test_completing_a_pending_version_empties_the_checkpoint() -> None:
+    """When the pending version completes, the checkpoint is the watermark alone, and it is due."""
     cursor = VersionCursor()
     slow = entry("a", "slow", 10 * SECOND)
     cursor.start(slow)
     cursor.pass_complete(100 * SECOND)
-    assert cursor.checkpoint().watermark_ms == 10 * SECOND
+    assert cursor.checkpoint().pending == (("a", "slow", 10 * SECOND),)
+    g = cursor.generation
     cursor.complete(slow.ident)
+    assert cursor.generation != g
     cp = cursor.checkpoint()
-    assert cp.watermark_ms == 100 * SECOND
-    assert cursor.watermark_ms == 100 * SECOND
-    assert cp.done == ()  # the version is below the watermark now, so it needs no entry
+    assert cp == Checkpoint(watermark_ms=100 * SECOND)
 
 
-def test_watermark_follows_oldest_of_several_in_flight_versions() -> None:
-    """With several versions in flight the watermark is held by the oldest one still running."""
-    cursor = VersionCursor()
-    first, second = entry("a", "1", 10 * SECOND), entry("b", "2", 30 * SECOND)
-    cursor.start(first)
-    cursor.start(second)
-    cursor.pass_complete(100 * SECOND)
-    assert cursor.checkpoint().watermark_ms == 10 * SECOND
-    cursor.complete(first.ident)
-    assert cursor.checkpoint().watermark_ms == 30 * SECOND
-    cursor.complete(second.ident)
-    assert cursor.checkpoint().watermark_ms == 100 * SECOND
+def test_a_restored_pending_version_is_delivered_once_then_forgotten() -> None:
+    """A pending version from a checkpoint is new after the restart; once handled, or once a complete
+    pass did not list it (it was deleted meanwhile), the checkpoint no longer mentions it."""
+    cp = Checkpoint(watermark_ms=100 * SECOND, pending=(("a", "1", 10 * SECOND), ("b", "2", 30 * SECOND)))
+    cursor = VersionCursor(cp)
+    first = entry("a", "1", 10 * SECOND)
+    assert cursor.is_new(first)
+    handle(cursor, first)
+    assert not cursor.is_new(first)
+    assert cursor.checkpoint().pending == (("b", "2", 30 * SECOND),)
+    cursor.begin_pass(200 * SECOND)
+    cursor.pass_complete(200 * SECOND)
+    assert cursor.checkpoint() == Checkpoint(watermark_ms=200 * SECOND)
 
 
 def test_watermark_never_exceeds_horizon() -> None:
