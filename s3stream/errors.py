@@ -19,6 +19,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
             ├── BucketNotFound
             ├── AccessDenied        bad or missing credentials, or IAM says no
             ├── NotFound            no such key or version
+            ├── ObjectUnreadable    this one object cannot be read (archived, its key refused, too large)
             ├── PreconditionFailed  412 on If-Match / If-None-Match
             └── VersioningNotEnabled
 
@@ -101,6 +102,14 @@ class AccessDenied(PermanentError):
 
 class NotFound(PermanentError):
     """No such key or version."""
+
+
+class ObjectUnreadable(PermanentError):
+    """One object (version) cannot be read although the store works: archived (403
+    ``InvalidObjectState``), encrypted with a KMS key we may not use or that is disabled, encrypted with
+    a customer key (SSE-C) we do not have, or larger than ``max_body_mb``. The consumer dead-letters it
+    with this reason and goes on; other permanent errors (the bucket gone, access denied to everything)
+    stop it."""
 
 
 class PreconditionFailed(PermanentError):

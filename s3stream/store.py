@@ -535,6 +535,9 @@ def classify(code: str, status: int, message: str | None, operation: str,
     kw = {"code": code, "operation": operation}
     if code == "NoSuchBucket" or (operation == "HeadBucket" and status == 404):
         return errors.BucketNotFound(f"bucket {bucket!r} does not exist", **kw)
+    if operation == "GetObject" and _unreadable_object(code, status, message or ""):
+        return errors.ObjectUnreadable(f"GetObject: the object cannot be read ({code or status}: {detail})",
+                                       **kw)
     if code in _DENIED_CODES or status == 403:
         return errors.AccessDenied(
             f"{operation} on bucket {bucket!r} was denied ({code or status}): check the credentials "
@@ -553,6 +556,19 @@ def classify(code: str, status: int, message: str | None, operation: str,
     if status >= 500:
         return errors.ServerError(f"{operation}: server error {status} ({detail})", **kw)
     return errors.PermanentError(f"{operation}: {code or status}: {detail}", **kw)
+
+
+def _unreadable_object(code: str, status: int, message: str) -> bool:
+    """Whether a GetObject refusal is about that object, not the store or the credentials: archived
+    (``InvalidObjectState``), its KMS key refused or disabled (a ``KMS.*`` code, or ``AccessDenied``
+    naming KMS), or encrypted with a customer key (SSE-C) that was not sent (a 400 naming encryption).
+    A bare ``AccessDenied`` cannot be told apart from a policy that denies every read: it stops."""
+    if code == "InvalidObjectState" or code.startswith("KMS."):
+        return True
+    text = message.lower()
+    if code == "AccessDenied":
+        return "kms" in text or "ciphertext" in text
+    return status == 400 and "encrypt" in text
 
 
 def _capture_version_entries(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],

@@ -28,7 +28,7 @@ from prometheus_client.metrics import Counter, Histogram
 
 from s3stream import codecs, metrics, segments
 from s3stream.deadletter import DeadLetters
-from s3stream.errors import HandlerFailed, NotFound, OutputClosed, RetriableError
+from s3stream.errors import HandlerFailed, NotFound, ObjectUnreadable, OutputClosed, RetriableError
 from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.retry import HandlerBackoff
 from s3stream.shard import Shard, WorkItem
@@ -152,12 +152,18 @@ class WorkerPool:
             messages = await self._fetch(item, bound)
         except (segments.SegmentError, codecs.DecodeError) as exc:  # nothing to retry: set it aside
             decode = exc if isinstance(exc, codecs.DecodeError) else None
-            raw = Message(bucket=shard.bucket, key=entry.key, version_id=_version_id(shard, entry),
-                          last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size,
-                          etag=entry.etag, body=decode.body if decode else b"",
-                          offset=decode.offset if decode else None)
+            raw = _unread(shard, entry, decode.body if decode else b"", decode.offset if decode else None)
             await self._dead_letter(shard, raw, f"undecodable: {exc}", 0, bound, exc,
                                     body_read=decode is not None)
+            messages = []
+        except ObjectUnreadable as exc:  # this object only: the others flow
+            if self._dead_letters is None:
+                raise ObjectUnreadable(
+                    f"s3://{shard.bucket}/{entry.key} version {_version_id(shard, entry)}: {exc}; "
+                    "with dead letters off the consumer stops here", code=exc.code,
+                    operation=exc.operation) from exc
+            await self._dead_letter(shard, _unread(shard, entry), f"unreadable: {exc}", 0, bound, exc,
+                                    body_read=False)
             messages = []
         await self._deliver(shard, messages, watch, bound)
         shard.cursor.complete(entry.ident)
@@ -309,6 +315,13 @@ def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> 
         return [Message(bucket, key, vid, when, len(obj.body), etag, obj.body, False, meta, pkey)]
     return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset, value)
             for offset, body, value in decoder.decode(obj.body, key, obj.content_encoding)]
+
+
+def _unread(shard: Shard, entry: Entry, body: bytes = b"", offset: int | None = None) -> Message:
+    """A message standing for an object that could not be turned into messages, for its dead letter."""
+    return Message(bucket=shard.bucket, key=entry.key, version_id=_version_id(shard, entry),
+                   last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size, etag=entry.etag,
+                   body=body, offset=offset)
 
 
 def _version_id(shard: Shard, entry: Entry) -> str:
