@@ -98,8 +98,8 @@ class LogCursor:
 
     def open_dirs(self, now_ms: int, settle_ms: int, limit: int) -> list[int]:
         """Directories to list this pass: from the sealed boundary up to ``now + settle`` (clocks
-        ahead), at most ``limit`` of them."""
-        last = now_ms + settle_ms
+        ahead), at most ``limit`` of them, and never none (``now`` behind the boundary lists it)."""
+        last = max(now_ms + settle_ms, self.sealed_ms)
         return list(range(self.sealed_ms, last - last % MINUTE_MS + 1, MINUTE_MS))[:limit]
 
     def dir_of(self, key: str) -> int | None:

@@ -4,6 +4,8 @@ Nothing here depends on key order or ``StartAfter`` (S3 Express directory bucket
 Each pass lists every open directory in full, oldest first; new objects of a directory are handed out
 sorted by the time, producer and sequence in their names. After the pass, the cursor seals the
 directories that were listed after their end plus the settle window and have nothing in flight.
+Every time comes from the server (:class:`~s3stream.serverclock.ServerClock`): a new group's starting
+point, the directories to list and the sealing, whatever this host's clock says.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from s3stream.config import ConsumerSettings
 from s3stream.logcursor import LogCursor
 from s3stream.message import Entry
 from s3stream.poller import ShardPoller
+from s3stream.serverclock import ServerClock
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
 from s3stream.topics import MINUTE_MS, dir_start_ms, minute_dir, parse_log_key
@@ -47,18 +50,17 @@ class LogPoller(ShardPoller[LogCursor]):
     def __init__(self, shard: Shard, cursor: LogCursor, store: Store, pool: WorkerPool,
                  settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
         super().__init__(shard, cursor, store, pool, settings, on_pass)
-        self._clock_offset_ms = 0  # server clock minus ours, from the last Date header
+        self.clock = ServerClock()  # read from every pass's first answer
         self._placed = not shard.fresh
-
-    def _now_ms(self) -> int:
-        return int(time.time() * 1000) + self._clock_offset_ms
 
     async def poll_once(self, *, skip: bool = False) -> int:
         """One pass over the open directories; returns how many objects were handed out (or skipped)."""
         settle_ms = int(self.settings.settle_window * 1000)
         if not self._placed:
             await self._place_new_group(settle_ms)
-        dirs = self.cursor.open_dirs(self._now_ms(), settle_ms, MAX_DIRS_PER_PASS)
+        elif not self.clock.known:
+            await self._read_clock()
+        dirs = self.cursor.open_dirs(self.clock.now_ms(), settle_ms, MAX_DIRS_PER_PASS)
         pass_start: int | None = None
         found = 0
         for first in range(0, len(dirs), DIRS_AT_ONCE):
@@ -69,7 +71,7 @@ class LogPoller(ShardPoller[LogCursor]):
             for new, server_ms in listed:
                 pass_start = server_ms if pass_start is None else min(pass_start, server_ms)
                 found += await self._hand_out(new, skip)
-        self.cursor.pass_complete(dirs, (pass_start or self._now_ms()) - 1000, settle_ms)
+        self.cursor.pass_complete(dirs, (pass_start or self.clock.now_ms()) - 1000, settle_ms)
         self.shard.last_poll = time.monotonic()
         self.on_pass()
         return found
@@ -94,29 +96,41 @@ class LogPoller(ShardPoller[LogCursor]):
             page = await self.store.list_objects(self.shard.bucket, prefix, token=token)
             if first_ms is None:
                 first_ms = page.server_time_ms
-                self._clock_offset_ms = page.server_time_ms - int(time.time() * 1000)
+                self.clock.observe(first_ms)
             new.extend(e for e in page.entries if self.shard.wants(e.key) and self.cursor.is_new(e))
             token = page.next_token
             if token is None:
                 return new, first_ms
 
     async def _place_new_group(self, settle_ms: int) -> None:
-        """A group without a checkpoint starts at the oldest directory (earliest) or now (latest)."""
-        self._placed = True
-        start = self._now_ms() - settle_ms
+        """A group without a checkpoint starts at the oldest directory (earliest), or at the server's
+        time minus the settle window (latest, or a shard with no directory yet): never at this host's
+        time, which may be off by hours."""
         if self.settings.start_from == "earliest":
-            oldest = await self._oldest_dir()
-            if oldest is not None:
-                start = oldest
+            oldest, server_ms = await self._oldest_dir()
+        else:
+            oldest, server_ms = None, await self._read_clock()
+        start = server_ms - settle_ms if oldest is None else oldest
         self.cursor.sealed_ms = start - start % MINUTE_MS
+        self._placed = True
 
-    async def _oldest_dir(self) -> int | None:
+    async def _read_clock(self) -> int:
+        """The server's time, from the answer to the smallest listing of the shard."""
+        page = await self.store.list_objects(self.shard.bucket, self.shard.prefix, delimiter="/", max_keys=1)
+        self.clock.observe(page.server_time_ms)
+        return page.server_time_ms
+
+    async def _oldest_dir(self) -> tuple[int | None, int]:
+        """The start of the shard's oldest minute directory (None without one), and the server's time."""
         token: str | None = None
         oldest: int | None = None
+        server_ms: int | None = None
         while True:
             page = await self.store.list_objects(self.shard.bucket, self.shard.prefix, delimiter="/",
                                                  token=token)
-            self._clock_offset_ms = page.server_time_ms - int(time.time() * 1000)
+            if server_ms is None:
+                server_ms = page.server_time_ms
+                self.clock.observe(server_ms)
             for p in page.prefixes:
                 name = p[len(self.shard.prefix):].rstrip("/")
                 if len(name) == 12 and name.isdigit():
@@ -124,4 +138,4 @@ class LogPoller(ShardPoller[LogCursor]):
                     oldest = start if oldest is None else min(oldest, start)
             token = page.next_token
             if token is None:
-                return oldest
+                return oldest, server_ms

@@ -26,7 +26,6 @@ import asyncio
 import base64
 import contextlib
 import secrets
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -35,11 +34,17 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+import structlog
+
 from s3stream import codecs, metrics, segments
 from s3stream.config import Settings, parse_s3_url
-from s3stream.errors import PreconditionFailed
+from s3stream.errors import AccessDenied, PreconditionFailed
+from s3stream.serverclock import ServerClock
 from s3stream.store import Store, open_store
 from s3stream.topics import KEY_METADATA, Topic, lane_of, log_key, resolve_topic
+
+log = structlog.get_logger("s3stream.producer")
+CLOCK_REFRESH = 600.0  # seconds between readings of the server's clock
 
 
 @dataclass(slots=True)
@@ -75,9 +80,12 @@ class Producer:
     """Publishes to topics (``s3://bucket/topic``) or plain prefixes."""
 
     def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.settings = settings or Settings()
-        self.clock = clock  # seconds since the epoch; names carry this producer's time
+        self.clock = clock  # seconds since the epoch for names; None: the server's time (Date headers)
+        self._clocks: dict[str, ServerClock] = {}
+        self._clock_lock = asyncio.Lock()
+        self._last_ms = 0
         self.id = new_producer_id()
         self._store = store
         self._stack = contextlib.AsyncExitStack()
@@ -199,6 +207,7 @@ class Producer:
     async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
                               metadata: dict[str, str] | None) -> Published:
         shard = self._shard(topic, key)
+        await self._sync_clock(topic)
         name = self._next_name(topic, shard, lane_of(key), self.encoder.suffix)
         meta = dict(metadata or {})
         if key is not None:
@@ -266,6 +275,7 @@ class Producer:
         """Encode and write one segment (framing ``lines``: an object of bare lines instead); returns its
         object name and ETag."""
         compression = self.settings.producer.compression
+        await self._sync_clock(topic)
         if self.encoder.framing == "lines":
             name = self._next_name(topic, shard, "_", self.encoder.suffix)
             body, encoding = self.encoder.body([b for _, b in items]), self.encoder.content_encoding
@@ -309,8 +319,39 @@ class Producer:
     def _next_name(self, topic: Topic, shard: int, lane: str, suffix: str) -> str:
         counter = (topic.bucket, topic.name, shard)
         self._seq[counter] += 1
-        ms = int(self.clock() * 1000)
-        return log_key(topic.shard_prefix(shard), ms, self.id, self._seq[counter], lane, suffix)
+        return log_key(topic.shard_prefix(shard), self._stamp(topic.bucket), self.id, self._seq[counter],
+                       lane, suffix)
+
+    def _stamp(self, bucket: str) -> int:
+        """The time for a new name: the server's (or the given clock's), never before the last one, so
+        one producer's names follow the order it published in."""
+        now = int(self.clock() * 1000) if self.clock is not None else self._clocks[bucket].now_ms()
+        self._last_ms = max(self._last_ms, now)
+        return self._last_ms
+
+    async def _sync_clock(self, topic: Topic) -> None:
+        """Make sure the server's clock for ``topic``'s bucket was read in the last ``CLOCK_REFRESH``
+        seconds: a listing of one key, whose answer's ``Date`` is the time. A producer allowed to
+        write but not to list falls back to this host's clock (and says so once)."""
+        if self.clock is not None:
+            return
+        server = self._clocks.get(topic.bucket)
+        if server is not None and server.age() < CLOCK_REFRESH:
+            return
+        async with self._clock_lock:
+            server = self._clocks.setdefault(topic.bucket, ServerClock())
+            if server.age() < CLOCK_REFRESH:
+                return
+            try:
+                page = await self.store.list_objects(topic.bucket, topic.shard_prefix(0), delimiter="/",
+                                                     max_keys=1)
+            except AccessDenied as exc:
+                if not server.known:
+                    log.warning("cannot read the server's clock; names carry this host's time",
+                                bucket=topic.bucket, error=str(exc))
+                server.assume_local()
+                return
+            server.observe(page.server_time_ms)
 
     def _stored(self, data: bytes) -> tuple[bytes, str | None]:
         """A one-message plain object's bytes and Content-Encoding: framed and compressed as set."""

@@ -4,9 +4,12 @@ directory-bucket semantics (shuffled listings, no StartAfter, no ListObjectVersi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 
@@ -18,13 +21,13 @@ from s3stream.producer import Producer
 from s3stream.store import Store
 from s3stream.topics import MINUTE_MS, create_topic
 from tests.conftest import Recorder, make_settings, running, wait_until
-from tests.s3proxy import Delay, Rule, S3Proxy, directory_bucket_rules
+from tests.s3proxy import Delay, Relayed, Rule, S3Proxy, Transform, directory_bucket_rules
 
 
 def _producer(endpoint: str, *, behind: float = 0.0, **producer: object) -> Producer:
     settings = build_settings({"s3": {"endpoint_url": endpoint, "addressing_style": "path"},
                                "producer": producer})
-    return Producer(settings, clock=lambda: time.time() - behind)
+    return Producer(settings, clock=(lambda: time.time() - behind) if behind else None)
 
 
 @pytest.fixture
@@ -73,8 +76,8 @@ async def test_log_topic_on_directory_bucket_semantics(store: Store, bucket: str
 async def test_producer_clock_behind_lands_in_older_directory_and_is_delivered(
     store: Store, bucket: str, moto_endpoint: str
 ) -> None:
-    """A producer whose clock runs 40 s behind writes into an older minute directory; with a 60 s
-    settle window that directory is still open and its messages are delivered."""
+    """A producer given a clock 40 s behind (its own, instead of the server's) writes into an older
+    minute directory; with a 60 s settle window that directory is still open and it is delivered."""
     await create_topic(store, bucket, "skew", layout="log")
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/skew", settle_window=60))
     rec = Recorder()
@@ -93,8 +96,9 @@ async def test_producer_clock_behind_lands_in_older_directory_and_is_delivered(
 async def test_producer_clock_beyond_settle_window_is_the_documented_bound(
     store: Store, bucket: str, moto_endpoint: str
 ) -> None:
-    """A producer 10 minutes behind writes into a directory already sealed under a 5 s window: it
-    is not delivered, which is the bound the README documents."""
+    """A producer given a clock 10 minutes behind (its own, instead of the server's) writes into a
+    directory already sealed under a 5 s window: it is not delivered, which is the bound the README
+    documents for a producer that cannot read the server's clock."""
     await create_topic(store, bucket, "bound", layout="log")
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/bound", settle_window=5))
     rec = Recorder()
@@ -219,3 +223,39 @@ async def test_one_shot_producers_never_share_an_identity(
         await rec.wait_count(20, within=15)
     assert sorted(m.body for m in rec.messages) == sorted(
         f"{r}-{i}".encode() for r in ("first", "second") for i in range(10))
+
+
+def _server_clock_moved(seconds: float) -> Rule:
+    """Every answer's ``Date`` moved by ``seconds``: the server's clock is that far from this host's
+    (a host whose clock runs an hour fast sees a server an hour behind)."""
+
+    def move(_request: object, response: Relayed) -> Relayed:
+        headers = tuple(
+            (k, format_datetime(parsedate_to_datetime(v) + timedelta(seconds=seconds), usegmt=True))
+            if k.lower() == "date" else (k, v)
+            for k, v in response.headers
+        )
+        return dataclasses.replace(response, headers=headers)
+
+    return Rule(Transform(move))
+
+
+@pytest.mark.parametrize(("host_ahead", "start_from"), [
+    (3600, "latest"), (3600, "earliest"), (-3600, "latest"),
+])
+async def test_new_group_takes_its_times_from_the_server(
+    store: Store, bucket: str, moto_endpoint: str, host_ahead: int, start_from: str
+) -> None:
+    """On hosts whose clock runs an hour ahead of (or behind) the server, a new group (latest, or
+    earliest on an empty topic) starts at the server's time and a producer names its objects with
+    the server's time: everything published after the group's first pass is delivered."""
+    await create_topic(store, bucket, "skewed", layout="log")
+    with S3Proxy(moto_endpoint, [_server_clock_moved(-host_ahead)]) as proxy:
+        consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/skewed", start_from=start_from))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        async with running(consumer), _producer(proxy.endpoint) as p:
+            await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0, what="first pass")
+            published = [await p.publish(f"s3://{bucket}/skewed", f"m{i}") for i in range(3)]
+            await rec.wait_count(3, within=15)
+    assert [m.key for m in rec.messages] == [r.key for r in published]
