@@ -22,7 +22,10 @@ class Entry:
 
     @property
     def ident(self) -> tuple[str, str]:
-        """The version's identity inside one prefix: ``(key, version_id)``."""
+        """The version's identity inside one prefix: ``(key, version_id)``. Where versioning is
+        suspended every write replaces the version ``null``, so its ETag and time tell writes apart."""
+        if self.version_id == "null":
+            return (self.key, f"null@{self.etag}@{self.last_modified_ms}")
         return (self.key, self.version_id)
 
 
