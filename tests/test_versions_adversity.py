@@ -32,7 +32,8 @@ async def checkpoint_sizes(store: Store, bucket: str) -> list[int]:
     objects, _ = await store.list_all_objects(bucket, "_s3stream/checkpoints/")
     for obj in objects:
         doc = orjson.loads((await store.get_object(bucket, obj.key)).body)
-        sizes.append(sum(len(v) for v in doc["done"].values()) + sum(len(v) for v in doc.get("pending", {}).values()))
+        listed = [*doc["done"].values(), *doc.get("pending", {}).values()]
+        sizes.append(sum(len(v) for v in listed))
     return sizes
 
 
@@ -87,8 +88,8 @@ def _older_multipart_stamp(_request: web.Request, response: Relayed) -> Relayed:
         if not re.search(rb"<ETag>(&#34;|&quot;|\")?[0-9a-f]+-\d+", block):
             return block
         return re.sub(rb"<LastModified>\d{4}", b"<LastModified>2000", block)
-    return Relayed(response.status, response.headers, re.sub(rb"<Version>.*?</Version>", rewrite, response.body,
-                                                             flags=re.S))
+    body = re.sub(rb"<Version>.*?</Version>", rewrite, response.body, flags=re.S)
+    return Relayed(response.status, response.headers, body)
 
 
 def _lists_versions(request: web.Request) -> bool:
@@ -108,7 +109,8 @@ async def test_a_multipart_upload_completed_after_a_plain_put_is_delivered_last(
     done = await client.complete_multipart_upload(
         Bucket=bucket, Key="m/k", UploadId=upload["UploadId"],
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
-    with S3Proxy(moto_endpoint, [Rule(Transform(_older_multipart_stamp), method="GET", when=_lists_versions)]) as proxy:
+    older = Rule(Transform(_older_multipart_stamp), method="GET", when=_lists_versions)
+    with S3Proxy(moto_endpoint, [older]) as proxy:
         consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/m/"))
         rec = Recorder()
         consumer.register_handler("rec", rec)
@@ -130,7 +132,8 @@ async def test_overwrites_after_versioning_is_suspended_are_each_delivered(
     async with running(consumer):
         await store.put_object(bucket, "s/k", b"versioned")
         await rec.wait_count(1)
-        await store.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+        await store.client.put_bucket_versioning(Bucket=bucket,
+                                                 VersioningConfiguration={"Status": "Suspended"})
         await store.put_object(bucket, "s/k", b"first null")
         await rec.wait_count(2)
         await store.put_object(bucket, "s/k", b"second null")
