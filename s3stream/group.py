@@ -109,7 +109,9 @@ class Membership:
         self.held: dict[tuple[str, str], Held] = {}
         self.last_renewal = time.monotonic()
         self._registered = asyncio.Event()
-        self._bodies: dict[str, tuple[str | None, int]] = {}  # lease ETag -> (owner, generation)
+        # (bucket, lease key) -> (ETag, owner, generation) of the lease's last known body: one entry
+        # per lease, whatever its ETags (not MD5 with SSE-KMS or in directory buckets: new at every write)
+        self._bodies: dict[tuple[str, str], tuple[str, str | None, int]] = {}
         self._started_ms = int(time.time() * 1000)
         self.log = log.bind(group=group, member=member)
 
@@ -205,15 +207,16 @@ class Membership:
                 views[cand.prefix] = LeaseView(cand.prefix, None, 0, None, False)
                 continue
             etag, live = entry.etag, is_live(entry.last_modified_ms, now_ms, self.duration)
-            if etag not in self._bodies:
+            known = self._bodies.get((bucket, entry.key))
+            if known is None or known[0] != etag:
                 try:
                     obj = await self.store.get_object(bucket, entry.key)
                 except NotFound:
                     views[cand.prefix] = LeaseView(cand.prefix, None, 0, None, False)
                     continue
                 etag, live = obj.etag, live or obj.etag != entry.etag  # changed since listed: just written
-                self._bodies[etag] = _parse(obj.body)
-            owner, generation = self._bodies[etag]
+                known = self._bodies[(bucket, entry.key)] = (etag, *_parse(obj.body))
+            _, owner, generation = known
             views[cand.prefix] = LeaseView(cand.prefix, owner, generation, etag, live and owner is not None)
         return views
 
@@ -274,10 +277,10 @@ class Membership:
     async def _put_lease(self, cand: Candidate, owner: str | None, generation: int, etag: str | None) -> str:
         body = orjson.dumps({"format": LEASE_FORMAT, "owner": owner, "generation": generation,
                              "prefix": cand.prefix})
-        new_etag, _ = await self.store.put_object(
-            cand.bucket, lease_key(self.group, cand.prefix), body, if_match=etag,
-            if_none_match=etag is None, content_type="application/json")
-        self._bodies[new_etag] = (owner, generation)
+        key = lease_key(self.group, cand.prefix)
+        new_etag, _ = await self.store.put_object(cand.bucket, key, body, if_match=etag,
+                                                  if_none_match=etag is None, content_type="application/json")
+        self._bodies[(cand.bucket, key)] = (new_etag, owner, generation)
         return new_etag
 
     def _note_overdue(self) -> None:

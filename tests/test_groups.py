@@ -26,13 +26,14 @@ from s3stream.checkpoint import S3CheckpointStore
 from s3stream.config import build_settings
 from s3stream.consumer import Consumer
 from s3stream.cursor import Checkpoint
+from s3stream.emulator import run_emulator
 from s3stream.errors import CheckpointConflict, ConfigError
-from s3stream.group import group_prefix, lease_key
+from s3stream.group import Candidate, Membership, group_prefix, lease_key
 from s3stream.lease import LeaseView, fair_share, plan
 from s3stream.producer import Producer
-from s3stream.store import Store
+from s3stream.store import Store, open_store
 from s3stream.topics import create_topic
-from tests.conftest import Recorder, cli_command, wait_until
+from tests.conftest import Recorder, cli_command, new_bucket_name, wait_until
 from tests.s3proxy import Delay, Rule, S3Proxy
 
 SHARDS = 16
@@ -387,3 +388,32 @@ async def test_scaling_from_one_member_to_four_and_back(
     await wait_until(lambda: all_delivered(team, sent), within=60, what="all 300 handled")
     counts = Counter(pair for member in team for pair in member.delivered())
     assert max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]
+
+
+async def test_lease_bookkeeping_stays_one_entry_per_lease_when_etags_change_on_every_write() -> None:
+    """Where ETags are not MD5 (a directory bucket here; S3 Express and SSE-KMS alike) every renewal
+    gives a lease a new ETag. Over many renewals and rebalances, what a member remembers of lease
+    bodies stays one entry per lease, and the leases stay held."""
+    async def take(_: Candidate, __: int) -> bool:
+        return True
+
+    async def give_up(_: Candidate) -> None:
+        return None
+
+    with run_emulator("express", latency_ms=0) as emu:
+        settings = build_settings({"s3": {"endpoint_url": emu.url, "addressing_style": "path"}}).s3
+        async with open_store(settings) as store:
+            bucket = f"{new_bucket_name('lease')}--use1-az4--x-s3"
+            await store.create_directory_bucket(bucket, "use1-az4")
+            shards = [Candidate(bucket, f"t/{i:02x}/") for i in range(3)]
+            member = Membership(store, group="g", member="m", duration=30.0, renew_interval=1.0,
+                                candidates=shards, take=take, give_up=give_up, lost=lambda _: None)
+            etags: set[str] = set()
+            for _ in range(20):
+                await member.renew()
+                async with asyncio.TaskGroup() as tg:
+                    await member.rebalance(tg)
+                etags |= {held.etag for held in member.held.values()}
+            assert sorted(p for _, p in member.held) == [c.prefix for c in shards]
+            assert len(etags) >= 3 * 19  # a new ETag at (nearly) every renewal
+            assert len(member._bodies) == len(shards)
