@@ -21,7 +21,6 @@ from s3stream.config import Settings, build_settings, parse_s3_url, read_toml
 from s3stream.errors import ConfigError, NotFound
 from s3stream.handlers import message_json
 from s3stream.message import Entry, Message, ms_to_datetime
-from s3stream.poller import oldest_first
 from s3stream.producer import Producer, Published
 from s3stream.store import Store, StoredObject, open_store
 from s3stream.topics import resolve_topic
@@ -67,9 +66,9 @@ async def key_versions(store: Store, bucket: str, key: str) -> list[Entry]:
     version_marker: str | None = None
     while True:
         page = await store.list_versions(bucket, key, key_marker=key_marker, version_id_marker=version_marker)
-        found.extend(e for e in page.entries if e.key == key)
+        found.extend(e for e in store.listing.page(page.entries) if e.key == key)
         if not page.truncated:
-            return oldest_first(found)
+            return store.listing.oldest_first(found)
         key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
 
 
