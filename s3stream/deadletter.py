@@ -45,6 +45,7 @@ class DeadLetter:
     time_ms: int
     body: bytes | None
     traceback: str = ""
+    deleted: bool = False  # the original is a deletion (a delete marker)
 
     @classmethod
     def from_json(cls, key: str, data: bytes) -> DeadLetter:
@@ -53,7 +54,7 @@ class DeadLetter:
         return cls(key=key, original_bucket=doc["bucket"], original_key=doc["key"],
                    version_id=doc["version_id"], offset=doc.get("offset"), error=doc["error"],
                    attempts=int(doc["attempts"]), time_ms=int(doc["time_ms"]), body=body,
-                   traceback=str(doc.get("traceback") or ""))
+                   traceback=str(doc.get("traceback") or ""), deleted=bool(doc.get("deleted")))
 
 
 def format_traceback(exc: BaseException | None) -> str:

@@ -133,7 +133,8 @@ async def _all_versions(store: Store, bucket: str, prefix: str,
 @_dlq_options
 @click.option("--handler", "spec", default="stdout", show_default=True, help="Handler to replay into.")
 def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config: str | None) -> None:
-    """Hand each dead letter to a handler again; those it accepts are deleted, the rest stay."""
+    """Hand each dead letter to a handler again (a deletion as a deletion); those it accepts are
+    deleted, the rest stay."""
 
     async def go() -> None:
         settings = command_settings(config, endpoint_url, sections=("s3", "handlers"))
@@ -143,12 +144,7 @@ def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config
         done = failed = 0
         async with open_store(settings.s3) as store:
             for dl in await _matching(settings, url, group):
-                body = dl.body
-                if body is None:
-                    body = (await store.get_object(dl.original_bucket, dl.original_key, dl.version_id)).body
-                message = Message(bucket=dl.original_bucket, key=dl.original_key, version_id=dl.version_id,
-                                  last_modified=ms_to_datetime(dl.time_ms), size=len(body), etag="",
-                                  body=body, offset=dl.offset)
+                message = await _replayed(store, dl)
                 try:
                     await handler.handle(message)
                 except Exception as exc:
@@ -161,3 +157,17 @@ def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config
         click.echo(f"replayed {done}, still failing {failed}", err=True)
 
     run_async(go)
+
+
+async def _replayed(store: Store, dl: DeadLetter) -> Message:
+    """The message a dead letter stands for: a deletion stays a deletion (no body, nothing fetched);
+    a version too large to be kept in the dead letter is fetched again."""
+    when = ms_to_datetime(dl.time_ms)
+    if dl.deleted:
+        return Message(bucket=dl.original_bucket, key=dl.original_key, version_id=dl.version_id,
+                       last_modified=when, size=0, etag="", body=b"", deleted=True, offset=dl.offset)
+    body = dl.body
+    if body is None:
+        body = (await store.get_object(dl.original_bucket, dl.original_key, dl.version_id)).body
+    return Message(bucket=dl.original_bucket, key=dl.original_key, version_id=dl.version_id,
+                   last_modified=when, size=len(body), etag="", body=body, offset=dl.offset)

@@ -23,14 +23,16 @@ import pytest
 
 from s3stream.checkpoint import S3CheckpointStore
 from s3stream.config import build_settings
+from s3stream.consumer import Consumer
 from s3stream.cursor import Checkpoint
 from s3stream.emulator import run_emulator
 from s3stream.errors import BucketNotFound, EndpointUnreachable
 from s3stream.group import lease_key, member_key
+from s3stream.message import Message
 from s3stream.producer import Producer
 from s3stream.store import Store, open_store, translate
 from s3stream.topics import create_topic, load_topic
-from tests.conftest import cli_command, new_bucket_name, wait_until
+from tests.conftest import cli_command, make_settings, new_bucket_name, running, wait_until
 from tests.test_cli import assert_one_line_error, child_env
 
 TIMEOUT = 30.0
@@ -496,3 +498,41 @@ async def test_two_chats_in_one_room_see_each_other(store: Store, moto_endpoint:
     topic = await load_topic(store, bucket, "room")
     assert topic is not None
     assert (topic.layout, topic.shards) == ("log", 1)
+
+
+# --- dead letters ------------------------------------------------------------------------------------
+
+
+async def test_dlq_replay_of_a_deletion_replays_a_deletion(store: Store, moto_endpoint: str,
+                                                           tmp_path: Path) -> None:
+    """A delete marker the handler failed on is dead-lettered; ``dlq replay`` hands it to the handler
+    again as a deletion (``deleted: true``, no body), never as an empty object, and removes the dead
+    letter."""
+    bucket = await versioned(store, "dlqdel")
+    await store.put_object(bucket, "d/doc", b"content")
+    marker = await store.delete_object(bucket, "d/doc")
+
+    async def refuse_deletions(message: Message) -> None:
+        if message.deleted:
+            raise RuntimeError("deletions not wanted yet")
+
+    settings = make_settings(moto_endpoint, f"s3://{bucket}/d/", group="g", handler_attempts=1)
+    consumer = Consumer(settings)
+    consumer.register_handler("rec", refuse_deletions)
+    letters = "_s3stream/dead-letters/g/"
+    async with running(consumer):
+        await wait_until(lambda: has_objects(store, bucket, letters), what="the deletion dead-lettered")
+    out = tmp_path / "replayed.jsonl"
+    cfg = tmp_path / "replay.toml"
+    cfg.write_text(f'[handlers.out]\nuse = "jsonl"\npath = "{out}"\n')
+    replayed = await ok(moto_endpoint, "dlq", "replay", f"s3://{bucket}/d/", "--group", "g",
+                        "--handler", "out", "--config", str(cfg))
+    assert "replayed 1, still failing 0" in replayed.stderr
+    [line] = [json.loads(raw) for raw in out.read_bytes().splitlines()]
+    assert (line["key"], line["version_id"], line["deleted"]) == ("d/doc", marker, True)
+    assert "body" not in line
+    assert not await has_objects(store, bucket, letters)
+
+
+async def has_objects(store: Store, bucket: str, prefix: str) -> bool:
+    return bool((await store.list_objects(bucket, prefix)).entries)
