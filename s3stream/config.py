@@ -108,6 +108,8 @@ class ConsumerSettings(_Model):
                                       "attempts are spread over: the last comes this long after the first.")
     handler_timeout: float | None = Field(default=300.0, gt=0, description="Seconds per handler call.")
     dead_letters: bool = Field(default=True, description="Set failing messages aside (else stop).")
+    max_body_mb: int = Field(default=256, gt=0, description="An object larger than this many MiB is "
+                             "dead-lettered, never read whole.")
     shutdown_grace: float = Field(default=30.0, ge=0)
     checkpoint: CheckpointSettings = CheckpointSettings()
     leases: LeaseSettings = LeaseSettings()

@@ -110,7 +110,8 @@ class Consumer:
         pool = WorkerPool(store, queue_size=consumer.queue_size, handler_attempts=consumer.handler_attempts,
                           handler_retry_time=consumer.handler_retry_time,
                           handler_timeout=consumer.handler_timeout, dead_letters=dead_letters,
-                          on_idle=checkpointer.wake.set, on_output_closed=self.stop)
+                          on_idle=checkpointer.wake.set, on_output_closed=self.stop,
+                          max_body_mb=consumer.max_body_mb)
         self.pool, self._checkpointer = pool, checkpointer
         self.membership = self._membership(self._control or store) if consumer.leases.enabled else None
         try:

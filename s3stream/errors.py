@@ -20,6 +20,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
             ├── AccessDenied        bad or missing credentials, or IAM says no
             ├── NotFound            no such key or version
             ├── ObjectUnreadable    this one object cannot be read (archived, its key refused, too large)
+            │   └── BodyTooLarge    its body is over the size limit
             ├── PreconditionFailed  412 on If-Match / If-None-Match
             └── VersioningNotEnabled
 
@@ -110,6 +111,18 @@ class ObjectUnreadable(PermanentError):
     a customer key (SSE-C) we do not have, or larger than ``max_body_mb``. The consumer dead-letters it
     with this reason and goes on; other permanent errors (the bucket gone, access denied to everything)
     stop it."""
+
+
+class BodyTooLarge(ObjectUnreadable):
+    """The object's body is over the limit set for reading one (``max_body_mb``): known from the listing
+    or ``Content-Length`` (``size``), or found while reading a body sent without one (``size`` None)."""
+
+    def __init__(self, limit: int, size: int | None = None, *, operation: str = "GetObject") -> None:
+        what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(f"the object is {what}, over the limit of {limit} bytes", code="TooLarge",
+                         operation=operation)
+        self.limit = limit
+        self.size = size
 
 
 class PreconditionFailed(PermanentError):

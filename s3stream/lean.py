@@ -89,8 +89,10 @@ class LeanClient:
         await self._session.close()
 
     async def request(self, method: str, bucket: str, key: str = "", *, params: dict[str, str] | None = None,
-                      headers: dict[str, str] | None = None, body: bytes = b"") -> Response:
-        """Send one signed request; returns the answer or raises :class:`S3HTTPError`."""
+                      headers: dict[str, str] | None = None, body: bytes = b"",
+                      max_body: int | None = None) -> Response:
+        """Send one signed request; returns the answer or raises :class:`S3HTTPError`. A successful
+        answer's body over ``max_body`` bytes raises :class:`~s3stream.errors.BodyTooLarge` unread."""
         target = self._targets.get(bucket) or await self._resolve(bucket)
         creds = await self._credentials(bucket, target)
         path = target.path_prefix + quote_path(key)
@@ -103,9 +105,9 @@ class LeanClient:
         signed["host"] = target.host
         url = URL(target.base + quote_path(key) + ("?" + query if query else ""), encoded=True)
         async with self._session.request(method, url, headers=signed, data=body or None) as resp:
-            data = await resp.read()
             if resp.status >= 300 and resp.status != 304:
-                raise _error(resp.status, data)
+                raise _error(resp.status, await resp.read())
+            data = await (resp.read() if max_body is None else read_capped(resp, max_body))
             return Response(resp.status, resp.headers, data)
 
     async def _resolve(self, bucket: str) -> _Target:
@@ -145,6 +147,25 @@ class LeanClient:
             )
         frozen = await source.get_frozen_credentials()
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of ``resp``, or :class:`~s3stream.errors.BodyTooLarge` as soon as it is known to be
+    over ``limit`` bytes: from ``Content-Length`` before reading (aiohttp then reads no more than it
+    declares), else while reading a body sent without one. Leaving the response unread closes its
+    connection instead of draining it."""
+    declared = resp.content_length
+    if declared is not None:
+        if declared > limit:
+            raise errors.BodyTooLarge(limit, declared)
+        return await resp.read()
+    chunks, total = [], 0
+    async for chunk in resp.content.iter_chunked(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise errors.BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(status: int, body: bytes) -> S3HTTPError:

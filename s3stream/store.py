@@ -106,11 +106,14 @@ class Store:
             server_time_ms=_server_time_ms(resp),
         )
 
-    async def get_object(self, bucket: str, key: str, version_id: str | None = None) -> StoredObject:
-        """Fetch one object version's body and metadata."""
+    async def get_object(self, bucket: str, key: str, version_id: str | None = None, *,
+                         max_bytes: int | None = None) -> StoredObject:
+        """Fetch one object version's body and metadata; a body over ``max_bytes`` raises
+        :class:`~s3stream.errors.BodyTooLarge` without being read (checked against ``Content-Length``,
+        and while reading a body sent without one)."""
         if self.lean is not None:
             query = {"versionId": version_id} if version_id is not None else None
-            answer = await self._lean("GetObject", "GET", bucket, key, params=query)
+            answer = await self._lean("GetObject", "GET", bucket, key, params=query, max_body=max_bytes)
             return StoredObject(
                 body=answer.body, etag=answer.headers.get("ETag", "").strip('"'),
                 version_id=answer.headers.get("x-amz-version-id"), metadata=_metadata(answer),
@@ -124,7 +127,7 @@ class Store:
             async with self._paced("GetObject", bucket, key):
                 resp = await self.client.get_object(**params)
                 async with resp["Body"] as stream:
-                    body = await stream.read()
+                    body = await _read_body(stream, resp.get("ContentLength"), max_bytes)
             return StoredObject(
                 body=body, etag=resp.get("ETag", "").strip('"'),
                 version_id=resp.get("VersionId"), metadata=resp.get("Metadata") or {},
@@ -388,13 +391,14 @@ class Store:
 
     async def _lean(self, operation: str, method: str, bucket: str, key: str = "", *,
                     params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                    body: bytes = b"") -> Response:
+                    body: bytes = b"", max_body: int | None = None) -> Response:
         lean = self.lean
         assert lean is not None
 
         async def once() -> Response:
             async with self._paced(operation, bucket, key or (params or {}).get("prefix")):
-                return await lean.request(method, bucket, key, params=params, headers=headers, body=body)
+                return await lean.request(method, bucket, key, params=params, headers=headers, body=body,
+                                          max_body=max_body)
 
         return await self.retry.call(once, what=f"{operation} {key}" if key else operation)
 
@@ -556,6 +560,24 @@ def classify(code: str, status: int, message: str | None, operation: str,
     if status >= 500:
         return errors.ServerError(f"{operation}: server error {status} ({detail})", **kw)
     return errors.PermanentError(f"{operation}: {code or status}: {detail}", **kw)
+
+
+async def _read_body(stream: Any, declared: int | None, limit: int | None) -> bytes:
+    """An aiobotocore body, read whole, or refused as :class:`~s3stream.errors.BodyTooLarge` once it is
+    known to be over ``limit`` bytes (from its ``Content-Length``, else while reading)."""
+    if limit is None:
+        return await stream.read()  # type: ignore[no-any-return]
+    if declared is not None:
+        if declared > limit:
+            raise errors.BodyTooLarge(limit, declared)
+        return await stream.read()  # type: ignore[no-any-return]
+    chunks, total = [], 0
+    while chunk := await stream.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise errors.BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _unreadable_object(code: str, status: int, message: str) -> bool:

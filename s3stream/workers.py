@@ -10,6 +10,10 @@ A handler that fails is called again under :class:`~s3stream.retry.HandlerBackof
 spread over ``handler_retry_time``), then the message is dead-lettered. :class:`OutputClosed` is not a
 failure: the item stays in flight (uncommitted), the pool starts nothing more and asks the consumer to
 stop. A stop also cuts short the waits between attempts: such an item stays in flight too.
+
+An object is read whole only when it is at most ``max_body_mb``: its listed size is checked before the
+GET, its ``Content-Length`` before the body is read, and a body sent without one while it is read. A
+larger one, like one S3 refuses to give (:class:`ObjectUnreadable`), is dead-lettered with the reason.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from prometheus_client.metrics import Counter, Histogram
 
 from s3stream import codecs, metrics, segments
 from s3stream.deadletter import DeadLetters
-from s3stream.errors import HandlerFailed, NotFound, ObjectUnreadable, OutputClosed, RetriableError
+from s3stream.errors import (
+    BodyTooLarge,
+    HandlerFailed,
+    NotFound,
+    ObjectUnreadable,
+    OutputClosed,
+    RetriableError,
+)
 from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.retry import HandlerBackoff
 from s3stream.shard import Shard, WorkItem
@@ -44,7 +55,7 @@ class WorkerPool:
     def __init__(self, store: Store, *, queue_size: int, handler_attempts: int,
                  handler_retry_time: float = 60.0, handler_timeout: float | None = None,
                  dead_letters: DeadLetters | None = None, on_idle: Callable[[], None] = lambda: None,
-                 on_output_closed: Callable[[], None] = lambda: None) -> None:
+                 on_output_closed: Callable[[], None] = lambda: None, max_body_mb: int = 256) -> None:
         self.store = store
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=queue_size)
         self._slots = asyncio.Semaphore(queue_size)
@@ -61,6 +72,8 @@ class WorkerPool:
         self._dead_letters = dead_letters
         self._on_idle = on_idle
         self._on_output_closed = on_output_closed
+        self._max_body_mb = max_body_mb
+        self._max_body = max_body_mb << 20
 
     @property
     def pending(self) -> int:
@@ -162,7 +175,8 @@ class WorkerPool:
                     f"s3://{shard.bucket}/{entry.key} version {_version_id(shard, entry)}: {exc}; "
                     "with dead letters off the consumer stops here", code=exc.code,
                     operation=exc.operation) from exc
-            await self._dead_letter(shard, _unread(shard, entry), f"unreadable: {exc}", 0, bound, exc,
+            limit = f" (max_body_mb = {self._max_body_mb})" if isinstance(exc, BodyTooLarge) else ""
+            await self._dead_letter(shard, _unread(shard, entry), f"unreadable: {exc}{limit}", 0, bound, exc,
                                     body_read=False)
             messages = []
         await self._deliver(shard, messages, watch, bound)
@@ -183,9 +197,11 @@ class WorkerPool:
             return [Message(bucket=shard.bucket, key=entry.key, version_id=entry.version_id,
                             last_modified=when, size=0, etag="", body=b"", deleted=True)]
         version = entry.version_id if shard.layout == "versions" else None
+        if entry.size > self._max_body:
+            raise BodyTooLarge(self._max_body, entry.size)
         while True:
             try:
-                obj = await self.store.get_object(shard.bucket, entry.key, version)
+                obj = await self.store.get_object(shard.bucket, entry.key, version, max_bytes=self._max_body)
                 break
             except NotFound:
                 bound.warning("object vanished before it was fetched; skipping")

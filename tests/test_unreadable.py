@@ -10,18 +10,23 @@ The answers moto never gives come from :class:`tests.s3proxy.S3Proxy` in front o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from s3stream.config import build_settings
 from s3stream.consumer import Consumer
-from s3stream.errors import AccessDenied, BucketNotFound, ObjectUnreadable, PermanentError
+from s3stream.errors import AccessDenied, BucketNotFound, ConfigError, ObjectUnreadable, PermanentError
 from s3stream.store import Store, classify
 from tests.conftest import Recorder, cli_command, running, wait_until
-from tests.s3proxy import Rule, S3Error, S3Proxy
+from tests.s3proxy import Relayed, Rule, S3Error, S3Proxy, Transform
 from tests.test_cli import child_env
 from tests.test_faults import (
     all_idents,
@@ -199,3 +204,135 @@ def test_which_read_refusals_are_about_the_object(code: str, status: int, messag
     were, so they stop the consumer."""
     error = classify(code, status, message, operation, "bkt")
     assert type(error) is expected
+
+
+# --- bodies over max_body_mb ------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+class EndlessBodies(S3Proxy):
+    """The proxy, except that a GetObject of a key ending in ``-endless`` is answered 200 with a body
+    sent in chunks without a ``Content-Length``, 64 MiB in all (endless, as far as a 1 MiB limit can
+    tell); ``sent`` counts the bytes that went out."""
+
+    sent = 0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not (is_get_object(request) and request.path.endswith("-endless")):
+            return await super()._handle(request)
+        reply = web.StreamResponse(status=200, headers={
+            "ETag": '"0123456789abcdef0123456789abcdef"', "Last-Modified": "Mon, 23 Nov 2026 14:46:00 GMT",
+            "x-amz-version-id": request.query.get("versionId", "null")})
+        reply.enable_chunked_encoding()
+        await reply.prepare(request)
+        chunk = b"x" * (256 << 10)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for _ in range(64 * MIB // len(chunk)):
+                await reply.write(chunk)
+                self.sent += len(chunk)
+            await reply.write_eof()
+        return reply
+
+
+def understate_sizes(_request: web.Request, response: Relayed) -> Relayed:
+    """A listing whose every ``<Size>`` says 10 bytes."""
+    return replace(response, body=re.sub(rb"<Size>\d+</Size>", b"<Size>10</Size>", response.body))
+
+
+async def lettered_keys(store: Store, bucket: str, group: str, count: int) -> list[dict[str, Any]]:
+    letters: list[dict[str, Any]] = []
+
+    async def enough() -> bool:
+        letters[:] = await dead_letters(store, bucket, group)
+        return len(letters) >= count
+
+    await wait_until(enough, what=f"{count} dead letter(s)")
+    return letters
+
+
+async def test_an_object_over_max_body_mb_is_dead_lettered_without_being_fetched(
+    store: Store, bucket: str, proxy: S3Proxy,
+) -> None:
+    """With ``max_body_mb = 1`` an object of 3 MiB is never fetched (its listed size is over the
+    limit): it is dead-lettered with its size and the limit as the reason while 10 small objects flow,
+    and the checkpoint passes it."""
+    group = "big-g"
+    written = await put_versions(store, bucket, "b/", 10, 1)
+    key = "b/k-big"
+    _, vid = await store.put_object(bucket, key, b"y" * (3 * MIB))
+    rec = Recorder()
+    consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/b/", group=group, max_body_mb=1))
+    consumer.register_handler("rec", rec)
+    async with running(consumer) as task:
+        await rec.wait_for(lambda: all_idents(written) <= set(rec.idents()))
+        [letter] = await lettered_keys(store, bucket, group, 1)
+        assert not task.done()
+    assert set(rec.idents()) == all_idents(written)
+    assert (letter["key"], letter["version_id"]) == (key, str(vid))
+    assert f"{3 * MIB} bytes" in letter["error"]
+    assert "max_body_mb = 1" in letter["error"]
+    assert letter["body_b64"] is None
+    assert not [r for r in proxy.requests if r[0] == "GET" and r[1].startswith(f"/{bucket}/{key}")]
+    assert await redelivered_on_restart(store, proxy.endpoint, bucket, "b/", group=group) == []
+
+
+@pytest.mark.parametrize("lean_path", [True, False], ids=["lean", "aiobotocore"])
+async def test_a_listing_that_understates_the_size_cannot_bypass_the_limit(
+    store: Store, bucket: str, proxy: S3Proxy, lean_path: bool,
+) -> None:
+    """Every listing claims 10-byte objects; the 3 MiB object's GetObject answer declares its real
+    ``Content-Length``, which is checked before its body is read: it is dead-lettered with its size,
+    never handed to the handler, on either request path."""
+    group = "lying-g"
+    proxy.add(Rule(Transform(understate_sizes), method="GET", when=lambda r: "versions" in r.query))
+    written = await put_versions(store, bucket, "l/", 5, 1)
+    key = "l/k-big"
+    await store.put_object(bucket, key, b"y" * (3 * MIB))
+    rec = Recorder()
+    consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/l/", group=group, max_body_mb=1,
+                                 s3={"lean_path": lean_path}))
+    consumer.register_handler("rec", rec)
+    async with running(consumer) as task:
+        await rec.wait_for(lambda: all_idents(written) <= set(rec.idents()))
+        [letter] = await lettered_keys(store, bucket, group, 1)
+        assert not task.done()
+    assert key not in {m.key for m in rec.messages}
+    assert letter["key"] == key
+    assert f"{3 * MIB} bytes" in letter["error"]
+    assert "max_body_mb = 1" in letter["error"]
+
+
+@pytest.mark.parametrize("lean_path", [True, False], ids=["lean", "aiobotocore"])
+async def test_a_body_without_content_length_is_cut_off_at_the_limit(
+    store: Store, bucket: str, moto_endpoint: str, lean_path: bool,
+) -> None:
+    """A GetObject answered with a chunked body and no ``Content-Length`` (64 MiB, as far as a 1 MiB
+    limit can tell endless) is read only until it passes ``max_body_mb``: the consumer stops reading
+    after a few MiB, dead-letters it as larger than the limit, never hands it to the handler, and the
+    rest flows."""
+    group = "endless-g"
+    written = await put_versions(store, bucket, "e/", 5, 1)
+    await store.put_object(bucket, "e/k-endless", b"small, as listed")
+    with EndlessBodies(moto_endpoint) as proxy:
+        rec = Recorder()
+        consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/e/", group=group, max_body_mb=1,
+                                     s3={"lean_path": lean_path}))
+        consumer.register_handler("rec", rec)
+        async with running(consumer) as task:
+            await rec.wait_for(lambda: all_idents(written) <= set(rec.idents()))
+            [letter] = await lettered_keys(store, bucket, group, 1)
+            assert not task.done()
+        assert proxy.sent < 16 * MIB, f"{proxy.sent} bytes were sent before the reader let go"
+    assert "e/k-endless" not in {m.key for m in rec.messages}
+    assert letter["key"] == "e/k-endless"
+    assert f"more than {MIB} bytes" in letter["error"]
+    assert "max_body_mb = 1" in letter["error"]
+
+
+def test_max_body_mb_is_validated() -> None:
+    """``consumer.max_body_mb`` is a whole number of MiB above 0 (default 256); a bad value names the
+    field."""
+    assert build_settings({}).consumer.max_body_mb == 256
+    with pytest.raises(ConfigError, match=r"consumer\.max_body_mb"):
+        build_settings({"consumer": {"max_body_mb": 0}})
