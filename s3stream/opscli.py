@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -18,6 +19,10 @@ from s3stream.message import Message, ms_to_datetime
 from s3stream.routing import handler_names
 from s3stream.store import Store, open_store
 from s3stream.topics import CONTROL_PREFIX
+
+MASK = "**********"
+_SECRET_NAME = re.compile(r"(?i)passw(or)?d|pass(phrase)?$|pwd$|secret|token|credential|(^|[_-])key$|apikey")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@\s]*)@")
 
 
 @main.group("config")
@@ -51,10 +56,29 @@ def config_show(file: str | None) -> None:
         settings = _settings(file)
     except S3StreamError as exc:
         fail(exc)
-    doc = settings.model_dump(mode="json")
-    if doc["s3"].get("secret_access_key"):
-        doc["s3"]["secret_access_key"] = "**********"
+    doc = redacted(settings.model_dump(mode="json"))
     sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def redacted(node: Any, name: str = "") -> Any:
+    """``node`` with its secrets masked: any value set under a name that looks like a password,
+    secret, token, credential or key (``secret_access_key``, a handler's ``password`` or ``api_key``,
+    at any depth), and the user information of any URL (``http://user:pass@host`` shows the user
+    only; a URL with a bare token as its user shows neither)."""
+    if name and _SECRET_NAME.search(name) and node not in (None, "", {}, []):
+        return MASK
+    if isinstance(node, dict):
+        return {k: redacted(v, str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [redacted(v, name) for v in node]
+    if isinstance(node, str):
+        return _USERINFO.sub(_mask_userinfo, node)
+    return node
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match.group(2).partition(":")
+    return f"{match.group(1)}{user}:{MASK}@" if colon else f"{match.group(1)}{MASK}@"
 
 
 @main.group()

@@ -33,7 +33,7 @@ from s3stream.producer import Producer
 from s3stream.store import Store, open_store, translate
 from s3stream.topics import create_topic, load_topic
 from tests.conftest import cli_command, make_settings, new_bucket_name, running, wait_until
-from tests.test_cli import assert_one_line_error, child_env
+from tests.test_cli import assert_one_line_error, child_env, run_cli
 
 TIMEOUT = 30.0
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"
@@ -536,3 +536,48 @@ async def test_dlq_replay_of_a_deletion_replays_a_deletion(store: Store, moto_en
 
 async def has_objects(store: Store, bucket: str, prefix: str) -> bool:
     return bool((await store.list_objects(bucket, prefix)).entries)
+
+
+# --- config show --------------------------------------------------------------------------------------
+
+
+def test_config_show_masks_handler_secrets_and_credentials_in_urls(tmp_path: Path) -> None:
+    """``config show`` masks every handler option named like a password, secret, token or key (nested
+    tables included) and the user:password part of any URL (the S3 endpoint, a queue, a handler's
+    DSN), keeping everything else readable: hosts, paths, other options."""
+    secrets = ["s3-pass-4417", "hunter2-db", "tok-9a8b", "k3y-material", "nested-cs-55", "dsn-pw-31",
+               "q-pass-66", "plain-token-user"]
+    cfg = tmp_path / "secrets.toml"
+    cfg.write_text(f"""
+[s3]
+endpoint_url = "http://minio:{secrets[0]}@storage.internal:9000"
+[handlers.db]
+use = "stdout"
+password = "{secrets[1]}"
+session_token = "{secrets[2]}"
+api_key = "{secrets[3]}"
+dsn = "postgres://writer:{secrets[5]}@db.internal:5432/events"
+webhook = "https://{secrets[7]}@hooks.example.com/in"
+table = "events"
+[handlers.db.login]
+client_secret = "{secrets[4]}"
+[[sources]]
+url = "s3://b/p/"
+handler = "db"
+notifications = {{ queue_url = "https://user:{secrets[6]}@sqs.example.com/1/q" }}
+""")
+    result = run_cli("config", "show", str(cfg), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for secret in secrets:
+        assert secret not in result.stdout + result.stderr, secret
+    doc = json.loads(result.stdout)
+    db = doc["handlers"]["db"]
+    assert (db["use"], db["table"]) == ("stdout", "events")
+    assert db["password"] == db["session_token"] == db["api_key"] == db["login"]["client_secret"]
+    assert db["password"].strip("*") == ""
+    assert db["dsn"].startswith("postgres://writer:")
+    assert db["dsn"].endswith("@db.internal:5432/events")
+    assert db["webhook"].endswith("@hooks.example.com/in")
+    assert doc["s3"]["endpoint_url"].endswith("@storage.internal:9000")
+    assert doc["sources"][0]["notifications"]["queue_url"].endswith("@sqs.example.com/1/q")
+    assert doc["sources"][0]["url"] == "s3://b/p/"
