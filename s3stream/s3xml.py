@@ -4,6 +4,10 @@ botocore's parser spends about 90 µs per listed version and splits versions fro
 parsers read the raw XML with ElementTree (about 10 µs per version) and keep S3's interleaving, which
 per-key order needs. Keys arrive URL-encoded when the request asked ``encoding-type=url`` (every lean
 listing does, so that keys with characters XML 1.0 cannot carry still list).
+
+A ``200`` whose body is not the listing asked for (a proxy's or captive portal's HTML page, a body cut
+short) raises :class:`UnreadableListing`, a retriable error: taken for an empty page, it would let a
+pass complete without listing what is there.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote_plus
 
+from s3stream.errors import ServerError
 from s3stream.message import Entry
+
+VERSIONS_ROOT = "ListVersionsResult"
+OBJECTS_ROOT = "ListBucketResult"
+
+
+class UnreadableListing(ServerError):
+    """A listing answered ``200`` with a body that is not the listing document: retried like a 5xx."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +55,15 @@ class ObjectPage:
 class _Doc:
     """A parsed listing's root, its namespace and whether keys are URL-encoded."""
 
-    def __init__(self, body: bytes) -> None:
-        self.root = ET.fromstring(body)
+    def __init__(self, body: bytes, expected: str) -> None:
+        try:
+            self.root = ET.fromstring(body)
+        except ET.ParseError as exc:
+            raise _unreadable(expected, f"a body that is not XML ({exc})", body) from None
         tag = self.root.tag
         self.ns = tag[: tag.index("}") + 1] if tag.startswith("{") else ""
+        if tag[len(self.ns):] != expected:
+            raise _unreadable(expected, f"a <{tag[len(self.ns):]}> document", body)
         self.encoded = (self.root.findtext(f"{self.ns}EncodingType") or "") == "url"
 
     def text(self, name: str, el: ET.Element | None = None) -> str | None:
@@ -56,14 +73,25 @@ class _Doc:
         return unquote_plus(value) if (self.encoded and value is not None) else value
 
 
+def _unreadable(expected: str, found: str, body: bytes) -> UnreadableListing:
+    start = " ".join(body[:80].decode("utf-8", "replace").split())
+    return UnreadableListing(f"the store answered a listing with {found} instead of <{expected}>, "
+                             f"starting {start!r}; retrying", code="UnreadableListing")
+
+
+def check_listing(body: bytes, expected: str) -> None:
+    """Raise :class:`UnreadableListing` unless ``body`` is a listing whose root is ``expected``."""
+    _Doc(body, expected)
+
+
 def parse_version_entries(body: bytes) -> list[Entry]:
     """The ``Version`` and ``DeleteMarker`` elements of a ListVersionsResult, in document order."""
-    return _version_entries(_Doc(body))
+    return _version_entries(_Doc(body, VERSIONS_ROOT))
 
 
 def parse_version_page(body: bytes, server_time_ms: int) -> VersionPage:
     """A whole ListVersionsResult page."""
-    doc = _Doc(body)
+    doc = _Doc(body, VERSIONS_ROOT)
     return VersionPage(
         entries=_version_entries(doc), truncated=doc.text("IsTruncated") == "true",
         next_key_marker=doc.key(doc.text("NextKeyMarker")),
@@ -73,7 +101,7 @@ def parse_version_page(body: bytes, server_time_ms: int) -> VersionPage:
 
 def parse_object_page(body: bytes, server_time_ms: int) -> ObjectPage:
     """A whole ListBucketResult (ListObjectsV2) page."""
-    doc = _Doc(body)
+    doc = _Doc(body, OBJECTS_ROOT)
     ns = doc.ns
     stamps: dict[str, int] = {}
     entries = [

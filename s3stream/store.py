@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -29,6 +29,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.parsers import ResponseParserError
 
 from s3stream import errors, metrics
 from s3stream.config import S3Settings
@@ -36,8 +37,10 @@ from s3stream.lean import LeanClient, Response, S3HTTPError
 from s3stream.message import Entry
 from s3stream.retry import RetryPolicy, Throttle
 from s3stream.s3xml import (
+    OBJECTS_ROOT,
     ObjectPage,
     VersionPage,
+    check_listing,
     http_date_ms,
     parse_object_page,
     parse_version_entries,
@@ -46,6 +49,7 @@ from s3stream.s3xml import (
 from s3stream.versionorder import ListingOrder
 
 _ENTRIES = "S3StreamEntries"
+_Page = TypeVar("_Page")
 
 _THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503"}
 _DENIED_CODES = {
@@ -91,8 +95,7 @@ class Store:
             query = {"versions": "", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
             if key_marker is not None:
                 query.update({"key-marker": key_marker, "version-id-marker": version_id_marker or ""})
-            answer = await self._lean("ListObjectVersions", "GET", bucket, params=query)
-            return parse_version_page(answer.body, http_date_ms(answer.headers.get("Date")))
+            return await self._lean_listing("ListObjectVersions", bucket, query, parse_version_page)
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if key_marker is not None:
             params["KeyMarker"] = key_marker
@@ -147,8 +150,7 @@ class Store:
                 query["delimiter"] = delimiter
             if token:
                 query["continuation-token"] = token
-            answer = await self._lean("ListObjectsV2", "GET", bucket, params=query)
-            return parse_object_page(answer.body, http_date_ms(answer.headers.get("Date")))
+            return await self._lean_listing("ListObjectsV2", bucket, query, parse_object_page)
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:
             params["Delimiter"] = delimiter
@@ -402,6 +404,20 @@ class Store:
 
         return await self.retry.call(once, what=f"{operation} {key}" if key else operation)
 
+    async def _lean_listing(self, operation: str, bucket: str, query: dict[str, str],
+                            parse: Callable[[bytes, int], _Page]) -> _Page:
+        """A listing on the lean path, parsed within its attempt: a ``200`` that is not the listing
+        (:class:`~s3stream.s3xml.UnreadableListing`) is retried like a 5xx."""
+        lean = self.lean
+        assert lean is not None
+
+        async def once() -> _Page:
+            async with self._paced(operation, bucket, query.get("prefix")):
+                answer = await lean.request("GET", bucket, params=query)
+                return parse(answer.body, http_date_ms(answer.headers.get("Date")))
+
+        return await self.retry.call(once, what=operation)
+
     def throttle_for(self, bucket: str | None, key: str | None) -> Throttle:
         """The throttle of the partition ``key`` falls in. S3 scales (and answers SlowDown) per
         prefix; s3stream's shards are ``topic/<shard>/``, so a partition is a key's first two path
@@ -470,6 +486,7 @@ async def open_store(settings: S3Settings, *, max_connections: int = 32) -> Asyn
     async with aws_client(settings, "s3", max_connections=max_connections,
                           s3={"addressing_style": settings.addressing_style}) as client:
         client.meta.events.register("before-parse.s3.ListObjectVersions", _capture_version_entries)
+        client.meta.events.register("before-parse.s3.ListObjectsV2", _check_object_listing)
         lean = None
         if settings.lean_path:
             lean = LeanClient(
@@ -517,6 +534,9 @@ def translate(operation: str, *, bucket: str | None = None, service: str = "S3",
         raise errors.EndpointUnreachable(
             f"{operation}: cannot reach the {service} endpoint: {exc}", operation=operation
         ) from exc
+    except ResponseParserError as exc:  # an answer botocore cannot read: garbled on the way, retry
+        detail = " ".join(str(exc).split())[:200]
+        raise errors.ServerError(f"{operation}: unreadable answer ({detail})", operation=operation) from exc
     except BotoCoreError as exc:
         raise errors.StoreError(f"{operation}: {exc}", operation=operation) from exc
 
@@ -598,6 +618,12 @@ def _capture_version_entries(response_dict: dict[str, Any], customized_response_
     """Keep S3's interleaving of versions and delete markers, which botocore's parser splits apart."""
     if response_dict.get("status_code") == 200 and isinstance(response_dict.get("body"), bytes):
         customized_response_dict[_ENTRIES] = parse_version_entries(response_dict["body"])
+
+
+def _check_object_listing(response_dict: dict[str, Any], **_: Any) -> None:
+    """A ``200`` that is not a ListBucketResult is retried, not read as an empty listing."""
+    if response_dict.get("status_code") == 200 and isinstance(response_dict.get("body"), bytes):
+        check_listing(response_dict["body"], OBJECTS_ROOT)
 
 
 @functools.lru_cache(maxsize=128)

@@ -18,11 +18,14 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
+from botocore.parsers import ResponseParserError
+from prometheus_client import REGISTRY
 
 from s3stream import errors
 from s3stream.config import build_settings
+from s3stream.consumer import Consumer
 from s3stream.store import Store, open_store, translate
-from tests.conftest import new_bucket_name
+from tests.conftest import Recorder, make_settings, new_bucket_name, running, wait_until
 from tests.s3proxy import (
     UNALIGNED_PREFIX_MESSAGE,
     Relayed,
@@ -313,3 +316,63 @@ async def test_transform_rewrites_the_answer_after_upstream_acted(moto_endpoint:
     assert (rule.matched, rule.applied) == (2, 1)
     assert [outcome for _, _, outcome in proxy.requests] == ["Transform", "forwarded"]
     assert (await store.get_object(name, "k")).body == b"payload"
+
+
+# --- answers that are not what was asked for -------------------------------------------------------
+
+_HTML = (b"<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>Gateway</title></head>"
+         b"<body><p>Sign in to continue<br></body></html>")
+_XHTML = b'<html xmlns="http://www.w3.org/1999/xhtml"><body><p>Back soon</p></body></html>'
+
+
+@pytest.mark.parametrize(("versioned", "lean"), [(True, True), (False, True), (True, False), (False, False)],
+                         ids=["versions-lean", "objects-lean", "versions-botocore", "objects-botocore"])
+async def test_a_listing_answered_200_with_a_web_page_is_retried(
+        store: Store, moto_endpoint: str, versioned: bool, lean: bool) -> None:
+    """A listing answered ``200`` with an HTML page (a captive portal, a proxy's error page), once not
+    even XML and once well-formed XHTML, is a failed attempt to retry, not a crash and not an empty
+    listing: the consumer keeps going and delivers every object, on both request paths and both
+    listings (versions, and plain objects in a bucket without versioning)."""
+    name = new_bucket_name("html")
+    await store.create_bucket(name, versioning=versioned)
+    written = {f"l/{i}" for i in range(5)}
+    for key in sorted(written):
+        await store.put_object(name, key, key.encode())
+    pages = iter([_HTML, _XHTML])
+
+    def web_page(_: web.Request, relayed: Relayed) -> Relayed:
+        return replace(relayed, status=200, headers=(("Content-Type", "text/html"),), body=next(pages))
+
+    def consumed_listing(request: web.Request) -> bool:
+        listing = "versions" in request.query or request.query.get("list-type") == "2"
+        return listing and request.query.get("prefix") == "l/"
+
+    rule = Rule(Transform(web_page), method="GET", when=consumed_listing, first=2)
+    operation = "ListObjectVersions" if versioned else "ListObjectsV2"
+    retries_before = retries(operation)
+    recorder = Recorder()
+    with S3Proxy(moto_endpoint, [rule]) as proxy:
+        settings = make_settings(proxy.endpoint, f"s3://{name}/l/")
+        settings = settings.model_copy(update={"s3": settings.s3.model_copy(update={"lean_path": lean})})
+        consumer = Consumer(settings)
+        consumer.register_handler("rec", recorder)
+        async with running(consumer) as task:
+            await wait_until(lambda: task.done() or {m.key for m in recorder.messages} >= written,
+                             what="every object delivered")
+            assert not task.done(), f"consumer died: {task.exception()!r}"
+    assert rule.applied == 2
+    assert retries(operation) - retries_before >= 2  # neither page was taken for an empty listing
+    assert sorted(m.key for m in recorder.messages) == sorted(written)
+
+
+def retries(operation: str) -> float:
+    return REGISTRY.get_sample_value("s3stream_retries_total", {"what": operation}) or 0.0
+
+
+def test_an_answer_botocore_cannot_read_is_a_retriable_server_error() -> None:
+    """On the aiobotocore path, an answer its parser cannot read is translated into a retriable
+    ServerError naming the operation, in one line, not left to escape as botocore's own exception."""
+    with (pytest.raises(errors.ServerError, match=r"^ListObjectsV2: unreadable answer") as caught,
+          translate("ListObjectsV2", bucket="b")):
+        raise ResponseParserError("Unable to parse response (not well-formed),\ninvalid XML received")
+    assert "\n" not in str(caught.value)
