@@ -1,7 +1,16 @@
-"""Shared fixtures: a real moto S3 server over HTTP, fresh versioned buckets, and consumer helpers.
+"""Shared fixtures: real S3 servers over HTTP, fresh versioned buckets, and consumer helpers.
 
-Nothing here fakes the S3 client: every test talks HTTP to moto's server (``ThreadedMotoServer``),
-started once per session on a free port on 127.0.0.1.
+Nothing here fakes the S3 client: every test talks HTTP to a real server on 127.0.0.1, started once per
+session on free ports. moto's server (``ThreadedMotoServer``) runs every test; SeaweedFS (``weed
+server``, see ``tests/seaweed.py``) runs the end-to-end data-path tests a second time, so a promise is
+checked against a second implementation of S3's versioning, listings and conditional writes.
+
+- ``moto_endpoint``: moto, for the tests that need something only moto does (SQS, notifications, a
+  LastModified stamped in the past by patching moto's clock) and for those off the data path.
+- ``s3_endpoint``: each server in turn; a test that takes it runs as ``test[moto]`` and
+  ``test[seaweedfs]``. ``store`` and ``bucket`` follow it when the test takes it, else moto.
+- Modules named in ``ON_EVERY_SERVER`` take ``moto_endpoint`` but run on both servers as if they had
+  taken ``s3_endpoint``; ``@pytest.mark.moto_only`` keeps one of their tests on moto.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from s3stream.consumer import Consumer
 from s3stream.devserver import start_moto
 from s3stream.message import Message
 from s3stream.store import Store, open_store
+from tests.seaweed import start_seaweedfs
 
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
@@ -32,12 +42,50 @@ os.environ.pop("AWS_PROFILE", None)
 _names = itertools.count()
 
 
+SERVERS = ("moto", "seaweedfs")
+ON_EVERY_SERVER = frozenset({"test_log_layout", "test_producer"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "moto_only: in an ON_EVERY_SERVER module, run this test on moto only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of ``ON_EVERY_SERVER`` modules that use a server on each server in turn."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if (module in ON_EVERY_SERVER and "moto_endpoint" in metafunc.fixturenames
+            and "s3_endpoint" not in metafunc.fixturenames
+            and metafunc.definition.get_closest_marker("moto_only") is None):
+        metafunc.parametrize("moto_endpoint", SERVERS, indirect=True)
+
+
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_url() -> Iterator[str]:
     """The URL of a moto S3 server running for the whole session."""
     server, endpoint = start_moto(0)
     yield endpoint
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a SeaweedFS S3 gateway running for the whole session (started at first use)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), access_key="testing",
+                             secret_key="testing")
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture
+def moto_endpoint(request: pytest.FixtureRequest) -> str:
+    """moto's URL (in an ``ON_EVERY_SERVER`` module: each server's in turn)."""
+    return str(request.getfixturevalue(f"{getattr(request, 'param', 'moto')}_url"))
+
+
+@pytest.fixture(params=SERVERS)
+def s3_endpoint(request: pytest.FixtureRequest) -> str:
+    """Each real S3 server's URL in turn: moto's, then SeaweedFS's."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 def new_bucket_name(tag: str = "t") -> str:
@@ -46,9 +94,11 @@ def new_bucket_name(tag: str = "t") -> str:
 
 
 @pytest.fixture
-async def store(moto_endpoint: str) -> AsyncIterator[Store]:
-    """An s3stream Store talking to the moto server."""
-    settings = build_settings({"s3": {"endpoint_url": moto_endpoint, "addressing_style": "path"}}).s3
+async def store(request: pytest.FixtureRequest, moto_endpoint: str) -> AsyncIterator[Store]:
+    """An s3stream Store talking to the test's server: ``s3_endpoint`` if it takes it, else moto."""
+    taken = "s3_endpoint" in request.fixturenames
+    endpoint = request.getfixturevalue("s3_endpoint") if taken else moto_endpoint
+    settings = build_settings({"s3": {"endpoint_url": endpoint, "addressing_style": "path"}}).s3
     async with open_store(settings, max_connections=64) as st:
         yield st
 

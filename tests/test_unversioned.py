@@ -28,13 +28,13 @@ async def passes_after(consumer: Consumer, count: int = 3) -> None:
         await wait_until(lambda m=mark: consumer.shards[0].last_poll > m, what="a listing pass")
 
 
-async def test_objects_arrive_once_and_overwrites_again(store: Store, moto_endpoint: str) -> None:
+async def test_objects_arrive_once_and_overwrites_again(store: Store, s3_endpoint: str) -> None:
     """Three objects arrive once each with version id ``null`` and their ETags; later passes deliver
     nothing more; overwriting one delivers its new body; a restarted consumer (S3 checkpoint) delivers
     only an object written while it was down."""
     bucket = await plain_bucket(store)
     etags = {k: (await store.put_object(bucket, f"in/{k}", k.encode()))[0] for k in "abc"}
-    settings = make_settings(moto_endpoint, f"s3://{bucket}/in/")
+    settings = make_settings(s3_endpoint, f"s3://{bucket}/in/")
     recorder = Recorder()
     consumer = Consumer(settings)
     consumer.register_handler("rec", recorder)

@@ -1,4 +1,6 @@
-"""The versions-mode consumer against a real moto server: DESIGN.md promises 1-6."""
+"""The versions-mode consumer against real S3 servers (moto and SeaweedFS): DESIGN.md promises 1-6.
+
+The two late-write tests stamp a version in the past by moving moto's clock, so they run on moto only."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from tests.conftest import Recorder, make_settings, put_key, running, wait_until
 
 
 async def test_burst_of_same_second_writes_all_delivered_in_order(store: Store, bucket: str,
-                                                                    moto_endpoint: str) -> None:
+                                                                    s3_endpoint: str) -> None:
     """200 writes to 20 keys in about a second, while consuming: every version arrives, per key in
     write order, exactly once. The seed's `LastModified >` cursor loses most of these."""
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/topic/"))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/topic/"))
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
@@ -78,7 +80,7 @@ async def test_version_later_than_settle_window_is_the_documented_bound(
     assert ("t/late", late) not in rec.idents()
 
 
-async def test_many_pages_with_breaks_inside_a_key(store: Store, bucket: str, moto_endpoint: str) -> None:
+async def test_many_pages_with_breaks_inside_a_key(store: Store, bucket: str, s3_endpoint: str) -> None:
     """2,500 versions over 300 keys span three ListObjectVersions pages whose breaks fall inside
     one key's versions; all are delivered once, each key in write order."""
     counts = [5 + i % 7 for i in range(300)]
@@ -100,7 +102,7 @@ async def test_many_pages_with_breaks_inside_a_key(store: Store, bucket: str, mo
     assert second.truncated
     assert first.entries[-1].key == second.entries[0].key, "premise: a page break inside one key"
 
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/p/", concurrency=32))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/p/", concurrency=32))
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
@@ -109,10 +111,10 @@ async def test_many_pages_with_breaks_inside_a_key(store: Store, bucket: str, mo
     assert len(rec.messages) == 2500
 
 
-async def test_delete_marker_is_a_deletion_event(store: Store, bucket: str, moto_endpoint: str) -> None:
+async def test_delete_marker_is_a_deletion_event(store: Store, bucket: str, s3_endpoint: str) -> None:
     """A delete marker reaches the handler as deleted=True with its own version id and no body,
     after the versions it follows, even when written in the same second."""
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/d/"))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/d/"))
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
