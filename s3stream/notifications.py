@@ -39,11 +39,12 @@ from s3stream.config import ConsumerSettings, NotificationSettings, Settings, So
 from s3stream.cursor import Checkpoint, Ident, VersionCursor
 from s3stream.errors import AccessDenied, PermanentError, RetriableError, S3StreamError
 from s3stream.message import Entry
-from s3stream.poller import Poller, list_page, oldest_first
+from s3stream.poller import Poller, list_page
 from s3stream.s3events import NotAnS3Event, ObjectEvent, RecentSet, parse_message
 from s3stream.shard import Shard, WorkItem
 from s3stream.sqs import InMessage, Queue, QueueNotFound, open_sqs
 from s3stream.store import Store
+from s3stream.versionorder import ListingOrder, oldest_first
 from s3stream.workers import WorkerPool
 
 log = structlog.get_logger("s3stream.notifications")
@@ -78,11 +79,14 @@ class NotifyCursor(VersionCursor):
             event.set()
 
 
-def claim(cursor: VersionCursor, entries: list[Entry], *, skip: bool, deletes: bool) -> list[Entry]:
-    """Start (or skip) the entries still new, oldest first; returns the started ones. No await may
-    come between listing a version and claiming it here: that is what keeps the two paths apart."""
+def claim(cursor: VersionCursor, entries: list[Entry], *, skip: bool, deletes: bool,
+          order: ListingOrder | None = None) -> list[Entry]:
+    """Start (or skip) the entries still new, oldest first (``entries`` in listing order, put in
+    delivery order by ``order``, what the store's server was seen to do); returns the started ones.
+    No await may come between listing a version and claiming it here: that is what keeps the two
+    paths apart."""
     started = []
-    for entry in oldest_first(entries):
+    for entry in oldest_first(entries, order):
         if not cursor.is_new(entry):
             continue
         if skip or (entry.deleted and not deletes):
@@ -102,16 +106,17 @@ class HandOut:
     starts meanwhile (a key's later versions) queue behind the ones already started, never before.
     """
 
-    def __init__(self, shard: Shard, cursor: NotifyCursor, pool: WorkerPool) -> None:
+    def __init__(self, shard: Shard, cursor: NotifyCursor, pool: WorkerPool, order: ListingOrder) -> None:
         self.shard = shard
         self.cursor = cursor
         self.pool = pool
+        self.order = order
         self._started: deque[Entry] = deque()  # started in the cursor, not yet in the pool
         self._putting = asyncio.Lock()
 
     def claim(self, entries: list[Entry], *, skip: bool, deletes: bool) -> list[Entry]:
         """Start the entries still new (see :func:`claim`) and queue them for the pool."""
-        started = claim(self.cursor, entries, skip=skip, deletes=deletes)
+        started = claim(self.cursor, entries, skip=skip, deletes=deletes, order=self.order)
         self._started.extend(started)
         return started
 
@@ -318,7 +323,7 @@ def notification_tasks(notified: list[tuple[SourceSettings, list[Shard]]], store
         assert opts is not None
         for shard in shards:
             assert isinstance(shard.cursor, NotifyCursor)
-            handout = HandOut(shard, shard.cursor, pool)
+            handout = HandOut(shard, shard.cursor, pool, store.listing)
             runs.append(ReconcilePoller(handout, store, settings.consumer, on_pass, opts).run())
             by_queue.setdefault(opts.queue_url, []).append((handout, opts))
     runs += [Receiver(url, targets, store, settings).run() for url, targets in by_queue.items()]
