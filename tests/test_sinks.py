@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import pytest
 
 from s3stream.config import ConsumerSettings, build_settings
@@ -95,7 +96,8 @@ async def test_consume_into_a_closed_pipe_stops_cleanly_and_commits_only_what_wa
     """``s3stream consume … | head -3`` over a backlog of 300 messages: once the reader is gone the
     consumer exits 0 within seconds, without a traceback; no dead letter is written; and the checkpoint
     passes no more than what went into the pipe (the 3 lines read, what our reader buffered and what the
-    pipe holds), so a consumer started again in the group delivers every other message."""
+    pipe holds), so a consumer started again in the group delivers every other message, and not the
+    three that were read: the clean stop committed what was written."""
     keys = await write_backlog(store, bucket, "p/", 300)
     with spawned("consume", f"s3://{bucket}/p/", "--endpoint-url", moto_endpoint, "--concurrency", "4",
                  cwd=tmp_path) as proc:
@@ -117,6 +119,8 @@ async def test_consume_into_a_closed_pipe_stops_cleanly_and_commits_only_what_wa
     assert len(again) >= len(keys) - written_at_most, (
         f"the checkpoint passed {len(keys) - len(again)} messages; at most {written_at_most} reached "
         "the pipe")
+    read_keys = {orjson.loads(line)["key"] for line in lines}
+    assert not read_keys & {key for key, _ in again}, "what was written and read was committed"
 
 
 async def test_tail_into_a_closed_pipe_exits_0_and_writes_nothing_to_the_bucket(
