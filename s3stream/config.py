@@ -127,6 +127,11 @@ class ProducerSettings(_Model):
     framing: Framing = Field(default="none", description="lines: many messages per object, one a line.")
     multipart_threshold: int = Field(default=16 << 20, ge=5 << 20, description="Bodies above: multipart.")
     multipart_part_size: int = Field(default=8 << 20, ge=5 << 20, description="Size of each part.")
+    put_deadline: float = Field(
+        default=10.0, gt=0,
+        description="Log layout: seconds from the time in an object's name to its write's answer; a "
+                    "slower write is made again under a new time. Keep it below consumers' settle_window.",
+    )
 
 
 class MetricsSettings(_Model):

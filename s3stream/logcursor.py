@@ -10,6 +10,12 @@ key order at all. Its state is:
   (``{producer: [[first, last], ...]}``): a producer numbers its objects 1, 2, 3…, so a whole minute of
   one producer is usually one range. Names written by other tools are kept as plain keys.
 
+A message's identity is (producer, sequence), wherever its name's time put it: a producer that had to
+write a message again under a new time (a write not answered within its deadline) leaves two copies,
+possibly in two directories. Among the open directories a copy of a message that was handled, or is in
+flight, is not new; it is recorded as handled in its own directory, so it stays known until that one
+is sealed.
+
 A sealed directory's record is dropped, so the state holds only the open window (about
 ``settle_window`` + 2 minutes of directories), whatever the topic's history. A producer whose clock
 runs behind writes into an older directory; that is still delivered as long as the directory is open,
@@ -71,15 +77,17 @@ class LogCursor:
         self.prefix = prefix
         self.sealed_ms = checkpoint.sealed_ms if checkpoint else start_ms - start_ms % MINUTE_MS
         self._done: dict[int, dict[str, RangeSet]] = {}
+        self._by_producer: dict[str, dict[int, RangeSet]] = {}  # the same ranges, by producer
         self._others: dict[int, set[str]] = {}
         self._inflight: dict[str, int] = {}
+        self._inflight_ids: set[tuple[str, int]] = set()
         self._inflight_ms: dict[str, int] = {}
         self._inflight_dirs: Counter[int] = Counter()
         self.horizon_ms = 0
         self.generation = 0
         self._noted_ms = self.sealed_ms
         for dir_ms, producer, ranges in checkpoint.done if checkpoint else ():
-            self._done.setdefault(dir_ms, {})[producer] = RangeSet([list(r) for r in ranges])
+            self._ranges(dir_ms, producer).ranges = RangeSet([list(r) for r in ranges]).ranges
         for dir_ms, key in checkpoint.others if checkpoint else ():
             self._others.setdefault(dir_ms, set()).add(key)
 
@@ -118,12 +126,23 @@ class LogCursor:
         name = parse_log_key(key)
         if name is None:
             return key not in self._others.get(dir_ms, ())
-        ranges = self._done.get(dir_ms, {}).get(name.producer)
-        return ranges is None or name.seq not in ranges
+        held = self._by_producer.get(name.producer)
+        if held is None:
+            return (name.producer, name.seq) not in self._inflight_ids
+        own = held.get(dir_ms)
+        if own is not None and name.seq in own:
+            return False
+        if (name.producer, name.seq) in self._inflight_ids or any(name.seq in r for r in held.values()):
+            self._mark(key, dir_ms)  # a copy of a message handled (or being handled) from another name
+            return False
+        return True
 
     def start(self, entry: Entry) -> None:
         dir_ms = self.dir_of(entry.key)
         assert dir_ms is not None
+        name = parse_log_key(entry.key)
+        if name is not None:
+            self._inflight_ids.add((name.producer, name.seq))
         self._inflight[entry.key] = dir_ms
         self._inflight_ms[entry.key] = entry.last_modified_ms
         self._inflight_dirs[dir_ms] += 1
@@ -131,6 +150,9 @@ class LogCursor:
     def complete(self, ident: Ident) -> None:
         key = ident[0]
         dir_ms = self._inflight.pop(key)
+        name = parse_log_key(key)
+        if name is not None:
+            self._inflight_ids.discard((name.producer, name.seq))
         del self._inflight_ms[key]
         self._inflight_dirs[dir_ms] -= 1
         if not self._inflight_dirs[dir_ms]:
@@ -152,8 +174,14 @@ class LogCursor:
             if self._inflight_dirs.get(dir_ms):
                 break
             self.sealed_ms = dir_ms + MINUTE_MS
-            dropped = [self._done.pop(dir_ms, None), self._others.pop(dir_ms, None)]
-            if any(d is not None for d in dropped) or self.sealed_ms - self._noted_ms >= 10 * MINUTE_MS:
+            done = self._done.pop(dir_ms, None)
+            for producer in done or ():
+                held = self._by_producer[producer]
+                del held[dir_ms]
+                if not held:
+                    del self._by_producer[producer]
+            others = self._others.pop(dir_ms, None)
+            if done is not None or others is not None or self.sealed_ms - self._noted_ms >= 10 * MINUTE_MS:
                 self._noted_ms = self.sealed_ms  # idle shards commit every 10 minutes of sealing
                 self.generation += 1
 
@@ -172,5 +200,13 @@ class LogCursor:
         if name is None:
             self._others.setdefault(dir_ms, set()).add(key)
         else:
-            self._done.setdefault(dir_ms, {}).setdefault(name.producer, RangeSet()).add(name.seq)
+            self._ranges(dir_ms, name.producer).add(name.seq)
         self.generation += 1
+
+    def _ranges(self, dir_ms: int, producer: str) -> RangeSet:
+        """The handled sequence numbers of ``producer`` in the directory ``dir_ms`` (created empty)."""
+        ranges = self._done.setdefault(dir_ms, {}).get(producer)
+        if ranges is None:
+            ranges = self._done[dir_ms][producer] = RangeSet()
+            self._by_producer.setdefault(producer, {})[dir_ms] = ranges
+        return ranges

@@ -23,28 +23,19 @@ their own format: their compression is in their name.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import secrets
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import structlog
-
 from s3stream import codecs, metrics, segments
 from s3stream.config import Settings, parse_s3_url
-from s3stream.errors import AccessDenied, PreconditionFailed
-from s3stream.serverclock import ServerClock
+from s3stream.logwriter import LogWriter, put
 from s3stream.store import Store, open_store
-from s3stream.topics import KEY_METADATA, Topic, lane_of, log_key, resolve_topic
-
-log = structlog.get_logger("s3stream.producer")
-CLOCK_REFRESH = 600.0  # seconds between readings of the server's clock
+from s3stream.topics import KEY_METADATA, Topic, lane_of, resolve_topic
 
 
 @dataclass(slots=True)
@@ -82,16 +73,11 @@ class Producer:
     def __init__(self, settings: Settings | None = None, *, store: Store | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.settings = settings or Settings()
-        self.clock = clock  # seconds since the epoch for names; None: the server's time (Date headers)
-        self._clocks: dict[str, ServerClock] = {}
-        self._clock_lock = asyncio.Lock()
-        self._last_ms = 0
-        self.id = new_producer_id()
         self._store = store
         self._stack = contextlib.AsyncExitStack()
         self._topics: dict[str, Topic] = {}
-        self._seq: defaultdict[tuple[str, str, int], int] = defaultdict(int)
         self._slots = asyncio.Semaphore(self.settings.producer.concurrency)
+        self._log = LogWriter(self.settings.producer, self._slots, clock)
         self._segments: dict[tuple[str, str, int], _Segment] = {}
         self._round = -1
         p = self.settings.producer
@@ -118,6 +104,16 @@ class Producer:
         if self._store is None:
             raise RuntimeError("use the producer as `async with Producer(...) as p`")
         return self._store
+
+    @property
+    def id(self) -> str:
+        """This producer's id in log-layout names (random, 120 bits)."""
+        return self._log.id
+
+    @property
+    def clock(self) -> Callable[[], float] | None:
+        """The clock naming log-layout objects (epoch seconds); None, the default: the server's."""
+        return self._log.clock
 
     async def topic(self, url: str) -> Topic:
         """The topic at ``s3://bucket/name`` (metadata read once and cached)."""
@@ -207,14 +203,13 @@ class Producer:
     async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
                               metadata: dict[str, str] | None) -> Published:
         shard = self._shard(topic, key)
-        await self._sync_clock(topic)
-        name = self._next_name(topic, shard, lane_of(key), self.encoder.suffix)
         meta = dict(metadata or {})
         if key is not None:
             meta[KEY_METADATA] = quote(key, safe="")
         stored, encoding = self._stored(data)
-        etag, version = await self._put(topic.bucket, name, stored, create_only=True, metadata=meta,
-                                        content_encoding=encoding)
+        name, etag, version = await self._log.write(self.store, topic, shard, lane_of(key),
+                                                    self.encoder.suffix, stored, metadata=meta,
+                                                    content_encoding=encoding)
         _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
@@ -275,15 +270,14 @@ class Producer:
         """Encode and write one segment (framing ``lines``: an object of bare lines instead); returns its
         object name and ETag."""
         compression = self.settings.producer.compression
-        await self._sync_clock(topic)
         if self.encoder.framing == "lines":
-            name = self._next_name(topic, shard, "_", self.encoder.suffix)
+            suffix = self.encoder.suffix
             body, encoding = self.encoder.body([b for _, b in items]), self.encoder.content_encoding
         else:
-            name = self._next_name(topic, shard, "_", segments.SUFFIXES[compression])
+            suffix = segments.SUFFIXES[compression]
             body, encoding = segments.encode(items, compression), None
-        etag, _ = await self._put(topic.bucket, name, body, create_only=True, metadata=None,
-                                  content_encoding=encoding)
+        name, etag, _ = await self._log.write(self.store, topic, shard, "_", suffix, body,
+                                              content_encoding=encoding)
         _count(topic, len(items), sum(len(b) for _, b in items))
         return name, etag
 
@@ -316,43 +310,6 @@ class Producer:
         self._round = (self._round + 1) % topic.shards
         return self._round
 
-    def _next_name(self, topic: Topic, shard: int, lane: str, suffix: str) -> str:
-        counter = (topic.bucket, topic.name, shard)
-        self._seq[counter] += 1
-        return log_key(topic.shard_prefix(shard), self._stamp(topic.bucket), self.id, self._seq[counter],
-                       lane, suffix)
-
-    def _stamp(self, bucket: str) -> int:
-        """The time for a new name: the server's (or the given clock's), never before the last one, so
-        one producer's names follow the order it published in."""
-        now = int(self.clock() * 1000) if self.clock is not None else self._clocks[bucket].now_ms()
-        self._last_ms = max(self._last_ms, now)
-        return self._last_ms
-
-    async def _sync_clock(self, topic: Topic) -> None:
-        """Make sure the server's clock for ``topic``'s bucket was read in the last ``CLOCK_REFRESH``
-        seconds: a listing of one key, whose answer's ``Date`` is the time. A producer allowed to
-        write but not to list falls back to this host's clock (and says so once)."""
-        if self.clock is not None:
-            return
-        server = self._clocks.get(topic.bucket)
-        if server is not None and server.age() < CLOCK_REFRESH:
-            return
-        async with self._clock_lock:
-            server = self._clocks.setdefault(topic.bucket, ServerClock())
-            if server.age() < CLOCK_REFRESH:
-                return
-            try:
-                page = await self.store.list_objects(topic.bucket, topic.shard_prefix(0), delimiter="/",
-                                                     max_keys=1)
-            except AccessDenied as exc:
-                if not server.known:
-                    log.warning("cannot read the server's clock; names carry this host's time",
-                                bucket=topic.bucket, error=str(exc))
-                server.assume_local()
-                return
-            server.observe(page.server_time_ms)
-
     def _stored(self, data: bytes) -> tuple[bytes, str | None]:
         """A one-message plain object's bytes and Content-Encoding: framed and compressed as set."""
         if not self._shaped:
@@ -362,30 +319,9 @@ class Producer:
     async def _put(self, bucket: str, name: str, data: bytes, *, create_only: bool,
                    metadata: dict[str, str] | None,
                    content_encoding: str | None = None) -> tuple[str, str | None]:
-        settings = self.settings.producer
         async with self._slots:
-            try:
-                if len(data) > settings.multipart_threshold:
-                    return await self.store.put_multipart(
-                        bucket, name, data, part_size=settings.multipart_part_size,
-                        if_none_match=create_only, metadata=metadata, content_encoding=content_encoding,
-                    )
-                return await self.store.put_object(bucket, name, data, if_none_match=create_only,
-                                                   metadata=metadata, content_encoding=content_encoding)
-            except PreconditionFailed:
-                if not create_only:
-                    raise
-                return "", None  # a retry of a PUT that had already succeeded: the name is ours alone
-
-
-def new_producer_id() -> str:
-    """A producer's id in log-layout names: 120 random bits as 24 characters of lower-case base32.
-
-    A log object's identity is its shard, producer id and sequence number, and one-shot producers
-    (``s3stream publish``, a ``Producer`` per request) all number from 1; their ids alone keep
-    identities apart, so they are drawn wide enough never to repeat (32-bit ids collide among some
-    10^5 producers)."""
-    return base64.b32encode(secrets.token_bytes(15)).decode("ascii").lower()
+            return await put(self.store, self.settings.producer, bucket, name, data, create_only=create_only,
+                             metadata=metadata, content_encoding=content_encoding)
 
 
 def _prepared(prepare: Callable[[Any], bytes],

@@ -19,9 +19,9 @@ from s3stream.consumer import Consumer
 from s3stream.logcursor import LogCheckpoint
 from s3stream.producer import Producer
 from s3stream.store import Store
-from s3stream.topics import MINUTE_MS, create_topic
+from s3stream.topics import MINUTE_MS, create_topic, minute_dir, parse_log_key
 from tests.conftest import Recorder, make_settings, running, wait_until
-from tests.s3proxy import Delay, Relayed, Rule, S3Proxy, Transform, directory_bucket_rules
+from tests.s3proxy import Delay, Relayed, Rule, S3Error, S3Proxy, Transform, directory_bucket_rules
 
 
 def _producer(endpoint: str, *, behind: float = 0.0, **producer: object) -> Producer:
@@ -258,4 +258,77 @@ async def test_new_group_takes_its_times_from_the_server(
             await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0, what="first pass")
             published = [await p.publish(f"s3://{bucket}/skewed", f"m{i}") for i in range(3)]
             await rec.wait_count(3, within=15)
-    assert [m.key for m in rec.messages] == [r.key for r in published]
+    assert sorted(_identity(m.key) for m in rec.messages) == sorted(_identity(r.key) for r in published)
+
+
+def _server_clock_set(seconds_to_minute_end: float) -> tuple[Rule, float]:
+    """A Date rule putting the server's clock ``seconds_to_minute_end`` before the end of a minute now,
+    and that minute's end (server time, epoch ms)."""
+    now = time.time()
+    end = (now // 60 + 2) * 60
+    shift = end - seconds_to_minute_end - now
+    return _server_clock_moved(shift), end * 1000
+
+
+async def test_publish_retried_past_the_settle_window_is_delivered(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A publish started a few seconds before the end of a minute is answered 503 SlowDown until the
+    consumer (settle window 2 s) has sealed that minute's directory; the producer keeps retrying and
+    the publish succeeds. It is delivered: the object was named again before a later attempt, so it
+    landed in a directory still open, not in the sealed one."""
+    await create_topic(store, bucket, "late", layout="log")
+    clock, minute_end = _server_clock_set(6.0)
+    busy = Rule(S3Error(503, "SlowDown"), method="PUT", when=lambda r: f"/{bucket}/late/" in r.path)
+    with S3Proxy(moto_endpoint, [busy, clock]) as proxy:
+        consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/late", settle_window=2))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        settings = build_settings({"s3": {"endpoint_url": proxy.endpoint, "addressing_style": "path",
+                                          "max_attempts": 100},
+                                   "producer": {"put_deadline": 1.0}})
+        async with running(consumer), Producer(settings) as p:
+            await wait_until(lambda: consumer.shards[0].cursor.horizon_ms > 0, what="first pass")
+            publish = asyncio.create_task(p.publish(f"s3://{bucket}/late", "late"))
+            await wait_until(lambda: busy.applied > 0, what="first PUT refused")
+            await wait_until(lambda: consumer.shards[0].cursor.watermark_ms >= minute_end,
+                             what="the first attempt's directory sealed")
+            proxy.rules.remove(busy)
+            published = await publish
+            await rec.wait_count(1, within=15)
+    first_put = next(path for method, path, _ in proxy.requests if method == "PUT" and "/late/" in path)
+    assert f"/{minute_dir(int(minute_end) - MINUTE_MS)}/" in first_put
+    assert [m.body for m in rec.messages] == [b"late"]
+    assert [_identity(m.key) for m in rec.messages] == [_identity(published.key)]  # or a copy of it
+
+
+def _identity(key: str) -> tuple[str, int]:
+    name = parse_log_key(key)
+    assert name is not None
+    return name.producer, name.seq
+
+
+async def test_put_answered_after_the_deadline_is_written_again_and_delivered_once(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A PUT that is stored at once but answered only after put_deadline may have landed too late
+    for all the producer knows: it is written again under a new time. Both copies are stored; the
+    consumer delivers the message once, and nothing more after a later pass."""
+    await create_topic(store, bucket, "twice", layout="log")
+    slow = Rule(Delay(2.0, after=True), method="PUT", when=lambda r: "/twice/" in r.path, first=1)
+    with S3Proxy(moto_endpoint, [slow]) as proxy:
+        consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/twice", settle_window=5))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        settings = build_settings({"s3": {"endpoint_url": proxy.endpoint, "addressing_style": "path"},
+                                   "producer": {"put_deadline": 0.5}})
+        async with running(consumer), Producer(settings) as p:
+            published = await p.publish(f"s3://{bucket}/twice", "once", key="k")
+            written_ms = time.time() * 1000
+            await rec.wait_count(1)
+            await wait_until(lambda: consumer.shards[0].cursor.horizon_ms >= written_ms + 1000,
+                             what="a pass that started after both copies were stored")
+    copies = [e.key for e in (await store.list_objects(bucket, "twice/")).entries]
+    assert len(copies) == 2
+    assert published.key in copies
+    assert [m.body for m in rec.messages] == [b"once"]

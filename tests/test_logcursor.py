@@ -83,3 +83,21 @@ def test_checkpoint_round_trip_and_foreign_names() -> None:
     assert not again.is_new(ours)
     assert not again.is_new(foreign)
     assert again.is_new(_entry(T0 + 2, seq=2))
+
+
+def test_copies_of_one_message_in_two_directories_are_handed_out_once() -> None:
+    """A message written again under a new time (same producer and sequence, another directory) is
+    one message: while the first copy is in flight or handled, the second is not new, and it stays
+    known after the first copy's directory is sealed; a different sequence still is new."""
+    cursor = LogCursor(PREFIX, start_ms=T0)
+    first, second = _entry(T0 + 59_000, seq=7), _entry(T0 + MINUTE_MS + 500, seq=7)
+    assert cursor.is_new(first)
+    cursor.start(first)
+    assert not cursor.is_new(second)  # its twin is in flight
+    cursor.complete(first.ident)
+    assert not cursor.is_new(second)
+    cursor.pass_complete([T0, T0 + MINUTE_MS], T0 + MINUTE_MS + 31_000, settle_ms=30_000)
+    assert cursor.sealed_ms == T0 + MINUTE_MS
+    assert not cursor.is_new(second)  # recorded in its own directory
+    assert not LogCursor(PREFIX, cursor.checkpoint()).is_new(second)
+    assert cursor.is_new(_entry(T0 + MINUTE_MS + 600, seq=8))
