@@ -24,7 +24,7 @@ import orjson
 
 from s3stream.admin import directory_zone
 from s3stream.commands import iso, split_url
-from s3stream.config import Settings
+from s3stream.config import CheckpointSettings, LeaseSettings, Settings
 from s3stream.consumer import Consumer
 from s3stream.errors import BucketNotFound
 from s3stream.handlers import message_json, write_out
@@ -84,9 +84,18 @@ class _Printer:
         write_out(sys.stdout.buffer, line, "standard output")
 
 
+def read_only(settings: Settings) -> Settings:
+    """``settings`` with everything that would write to the bucket turned off, whatever the
+    environment said (``S3STREAM_CONSUMER__…`` overrides beat ``live_config``): checkpoints in memory,
+    no dead letters, no leases."""
+    consumer = settings.consumer.model_copy(update={
+        "dead_letters": False, "checkpoint": CheckpointSettings(store="memory"), "leases": LeaseSettings()})
+    return settings.model_copy(update={"consumer": consumer})
+
+
 async def tail(settings: Settings, *, as_json: bool, serve: ServeFn) -> None:
-    """Print messages live until ``serve`` returns (on SIGINT or SIGTERM)."""
-    consumer = Consumer(settings)
+    """Print messages live until ``serve`` returns (on SIGINT or SIGTERM, or when the output is gone)."""
+    consumer = Consumer(read_only(settings))
     consumer.register_handler(HANDLER, _Printer(as_json))
     task = asyncio.create_task(serve(consumer))
     if await first_pass(consumer, task):
@@ -118,7 +127,7 @@ async def chat(settings: Settings, url: str, *, user: str, serve: ServeFn) -> No
     async with open_store(settings.s3, max_connections=8) as store:
         await ensure_room(store, bucket, room, region=settings.s3.region)
         async with Producer(settings, store=store) as producer:
-            consumer = Consumer(settings)
+            consumer = Consumer(read_only(settings))
             consumer.register_handler(HANDLER, _show)
             task = asyncio.create_task(serve(consumer))
             if await first_pass(consumer, task):

@@ -58,11 +58,11 @@ async def control_objects(store: Store, bucket: str) -> list[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def spawned(*args: str, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+def spawned(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """The CLI with its stdout on a pipe we read, stderr in a file; killed if still running at exit."""
     with (cwd / "stderr.log").open("wb") as err:
-        proc = subprocess.Popen(cli_command(*args), env=child_env(), cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=err)
+        proc = subprocess.Popen(cli_command(*args), env={**child_env(), **(env or {})}, cwd=cwd,
+                                stdout=subprocess.PIPE, stderr=err)
     try:
         yield proc
     finally:
@@ -126,13 +126,15 @@ async def test_consume_into_a_closed_pipe_stops_cleanly_and_commits_only_what_wa
 async def test_tail_into_a_closed_pipe_exits_0_and_writes_nothing_to_the_bucket(
     store: Store, bucket: str, moto_endpoint: str, tmp_path: Path,
 ) -> None:
-    """``s3stream tail --from earliest … | head -1`` over a backlog larger than a pipe holds: tail
-    exits 0 within seconds without a traceback, and the bucket's control prefix ``_s3stream/`` is
-    exactly as before (no dead letters, no checkpoints)."""
+    """``s3stream tail --from earliest … | head -1`` over a backlog larger than a pipe holds, even with
+    the environment asking for S3 checkpoints and dead letters: tail exits 0 within seconds without a
+    traceback, and the bucket's control prefix ``_s3stream/`` is exactly as before (no dead letters,
+    no checkpoints)."""
     await write_backlog(store, bucket, "t/", 200)
     before = await control_objects(store, bucket)
+    env = {"S3STREAM_CONSUMER__DEAD_LETTERS": "true", "S3STREAM_CONSUMER__CHECKPOINT__STORE": '"s3"'}
     with spawned("tail", f"s3://{bucket}/t/", "--from", "earliest", "--endpoint-url", moto_endpoint,
-                 cwd=tmp_path) as proc:
+                 cwd=tmp_path, env=env) as proc:
         assert proc.stdout is not None
         [line], _ = read_lines_then_close(proc.stdout, 1)
         assert line.startswith(b"t/m"), stderr_of(tmp_path)
