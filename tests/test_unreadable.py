@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tests.test_faults import (
     all_idents,
     dead_letters,
     is_get_object,
+    is_list_versions,
     put_versions,
     redelivered_on_restart,
     settings,
@@ -157,19 +158,23 @@ async def test_cli_with_dead_letters_off_stops_on_an_unreadable_object_with_one_
     assert "InvalidObjectState" in errors[0]
 
 
-@pytest.mark.parametrize(("answer", "error"), [
-    (S3Error(403, "AccessDenied", "Access Denied"), AccessDenied),
-    (S3Error(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist"), AccessDenied),
-    (S3Error(404, "NoSuchBucket", "The specified bucket does not exist"), BucketNotFound),
-], ids=["access-denied", "bad-key", "bucket-gone"])
-async def test_store_wide_refusals_of_reads_stop_the_consumer_and_dead_letter_nothing(
+@pytest.mark.parametrize(("answer", "error", "requests"), [
+    (S3Error(403, "AccessDenied", "Access Denied"), AccessDenied, is_get_object),
+    (S3Error(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist"), AccessDenied,
+     is_get_object),
+    (S3Error(404, "NoSuchBucket", "The specified bucket does not exist"), BucketNotFound, is_get_object),
+    (S3Error(403, "AccessDenied", "Access Denied"), AccessDenied, is_list_versions),
+], ids=["read-denied", "read-bad-key", "read-bucket-gone", "listing-denied"])
+async def test_store_wide_refusals_stop_the_consumer_and_dead_letter_nothing(
     store: Store, bucket: str, proxy: S3Proxy, answer: S3Error, error: type[Exception],
+    requests: Callable[[web.Request], bool],
 ) -> None:
-    """Every GetObject answered with a refusal of the store itself (access denied without a reason
-    tied to the object, credentials refused, the bucket gone) stops the consumer with that error
-    instead of dead-lettering the topic message by message; nothing is committed past them."""
+    """Every GetObject (or every listing) answered with a refusal of the store itself (access denied
+    without a reason tied to the object, credentials refused, the bucket gone) stops the consumer with
+    that error instead of dead-lettering the topic message by message; nothing is committed past
+    them: once the store answers again, a restart delivers everything."""
     written = await put_versions(store, bucket, "w/", 5, 1)
-    rule = proxy.add(Rule(answer, method="GET", when=is_get_object))
+    rule = proxy.add(Rule(answer, method="GET", when=requests))
     consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/w/", group="wide"))
     consumer.register_handler("rec", Recorder())
     with pytest.raises(error):
@@ -180,7 +185,6 @@ async def test_store_wide_refusals_of_reads_stop_the_consumer_and_dead_letter_no
     proxy.clear()
     again = await redelivered_on_restart(store, proxy.endpoint, bucket, "w/", group="wide")
     assert set(again) == all_idents(written)
-
 
 
 @pytest.mark.parametrize(("code", "status", "message", "operation", "expected"), [
