@@ -6,7 +6,11 @@
 * log layout: a PUT of a new, unique, time-ordered name with ``If-None-Match: *``, so a PUT retried
   after a lost response can never store the message twice (a 412 on the retry means it is there).
   With ``segment_max_messages`` > 1, messages are gathered per shard into segment objects, flushed by
-  count, size or ``linger``; ``publish`` returns once its segment is stored.
+  count, size or ``linger``; ``publish`` returns once its segment is stored. Names, their times and
+  slow writes: :mod:`s3stream.logwriter`.
+
+One key's messages keep their order: ``publish_many`` stores a key's objects one after another, and a
+shard's segments that hold keys are stored one at a time (the consumer handles them one at a time).
 
 Bodies above ``multipart_threshold`` are uploaded in parts. PUTs in flight are bounded by
 ``concurrency``; throttling and 5xx answers are retried by the store's retry policy.
@@ -35,7 +39,7 @@ from s3stream import codecs, metrics, segments
 from s3stream.config import Settings, parse_s3_url
 from s3stream.logwriter import LogWriter, put
 from s3stream.store import Store, open_store
-from s3stream.topics import KEY_METADATA, Topic, lane_of, resolve_topic
+from s3stream.topics import KEY_METADATA, SEGMENTS_LANE, Topic, lane_of, resolve_topic
 
 
 @dataclass(slots=True)
@@ -79,6 +83,7 @@ class Producer:
         self._slots = asyncio.Semaphore(self.settings.producer.concurrency)
         self._log = LogWriter(self.settings.producer, self._slots, clock)
         self._segments: dict[tuple[str, str, int], _Segment] = {}
+        self._segment_locks: dict[tuple[str, str, int], asyncio.Lock] = {}
         self._round = -1
         p = self.settings.producer
         self.encoder = codecs.Encoder(p.codec, p.framing, p.compression)
@@ -138,19 +143,20 @@ class Producer:
         return await self._publish_object(topic, data, key, metadata)
 
     async def publish_many(self, url: str, messages: Iterable[tuple[str | None, Any]]) -> list[Published]:
-        """Publish ``(key, body)`` pairs concurrently (bounded); results in input order.
+        """Publish ``(key, body)`` pairs concurrently (bounded); results in input order. One key's
+        messages are stored one after another in input order, so they are delivered in that order.
 
         With segments on, the batch is cut into segments here, per shard, by count and size, and
         each segment is written as soon as it is full (at most ``concurrency`` being written, so
-        memory stays bounded whatever the batch): no task or future per message."""
+        memory stays bounded whatever the batch; segments holding keys one at a time per shard): no
+        task or future per message."""
         topic = await self.topic(url)
         if self._prepare is not None:  # bodies through the codec; a refused one is named by position
             messages = _prepared(self._prepare, messages)
         if topic.layout == "versions" and self.encoder.framing == "lines":
             return await self._publish_version_lines(topic, messages)
         if topic.layout == "versions" or self.settings.producer.segment_max_messages <= 1:
-            pairs = list(messages)
-            return list(await asyncio.gather(*(self.publish(url, body, key=key) for key, body in pairs)))
+            return await self._publish_each(url, list(messages))
         try:
             return await self._publish_segments(topic, messages)
         except ExceptionGroup as group:  # a value the codec refused, raised inside the writers' TaskGroup
@@ -158,6 +164,26 @@ class Producer:
             if isinstance(first, codecs.EncodeError):
                 raise first from None
             raise
+
+    async def _publish_each(self, url: str, pairs: list[tuple[str | None, Any]]) -> list[Published]:
+        """One object per message: keys concurrently, each key's messages one after another (the
+        next is written once the previous is stored, so no listing sees them out of order)."""
+        results: list[Published] = [Published("", "")] * len(pairs)
+        chains: dict[str, list[int]] = {}
+        keyless: list[list[int]] = []
+        for index, (key, _) in enumerate(pairs):
+            if key is None:
+                keyless.append([index])
+            else:
+                chains.setdefault(key, []).append(index)
+
+        async def chain(indexes: list[int]) -> None:
+            for index in indexes:
+                key, body = pairs[index]
+                results[index] = await self.publish(url, body, key=key)
+
+        await asyncio.gather(*(chain(indexes) for indexes in [*chains.values(), *keyless]))
+        return results
 
     async def flush(self) -> None:
         """Write every pending segment now."""
@@ -268,7 +294,17 @@ class Producer:
     async def _store_segment(self, topic: Topic, shard: int,
                              items: list[tuple[str | None, bytes]]) -> tuple[str, str]:
         """Encode and write one segment (framing ``lines``: an object of bare lines instead); returns its
-        object name and ETag."""
+        object name and ETag. A segment holding keys takes the shard's segment lane, and the shard's
+        such segments are written one at a time, in the order they were cut: the consumer handles them
+        one after another, so each key's messages keep their order across segments."""
+        if all(key is None for key, _ in items):
+            return await self._write_segment_object(topic, shard, items, "_")
+        lock = self._segment_locks.setdefault((topic.bucket, topic.name, shard), asyncio.Lock())
+        async with lock:
+            return await self._write_segment_object(topic, shard, items, SEGMENTS_LANE)
+
+    async def _write_segment_object(self, topic: Topic, shard: int, items: list[tuple[str | None, bytes]],
+                                    lane: str) -> tuple[str, str]:
         compression = self.settings.producer.compression
         if self.encoder.framing == "lines":
             suffix = self.encoder.suffix
@@ -276,7 +312,7 @@ class Producer:
         else:
             suffix = segments.SUFFIXES[compression]
             body, encoding = segments.encode(items, compression), None
-        name, etag, _ = await self._log.write(self.store, topic, shard, "_", suffix, body,
+        name, etag, _ = await self._log.write(self.store, topic, shard, lane, suffix, body,
                                               content_encoding=encoding)
         _count(topic, len(items), sum(len(b) for _, b in items))
         return name, etag

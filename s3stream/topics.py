@@ -8,11 +8,13 @@ Layouts:
 
 * ``versions``: a message with key ``K`` is a PUT to ``T/<shard>/K``; each PUT is a new version.
 * ``log``: every message is a new object with a unique, time-ordered name in a minute directory,
-  ``T/<shard>/<yyyymmddHHMM>/<ms>-<producer>-<seq>-<lane><suffix>``. ``<ms>`` is the producer's clock,
-  ``<producer>`` a random id per producer (120 bits: ids never repeat, so neither do identities),
-  ``<seq>`` its counter, ``<lane>`` a short hash of the
-  message key (``_`` without one); ``<suffix>`` marks segments (``.seg.jsonl`` plus ``.gz``/``.zst``),
-  and objects of framing ``lines`` (``.jsonl``, ``.csv``, ``.txt``) or compressed ones (``.gz``/``.zst``).
+  ``T/<shard>/<yyyymmddHHMM>/<ms>-<producer>-<seq>-<lane><suffix>``. ``<ms>`` is the server's time
+  when the write started, ``<producer>`` a random id per producer (120 bits: ids never repeat, so
+  neither do identities), ``<seq>`` its counter, ``<lane>`` a short hash of the message key (``_``
+  without one; a segment holding keys: ``SEGMENTS_LANE``, shared by the shard's such segments, which
+  are therefore written and handled one at a time); ``<suffix>`` marks segments (``.seg.jsonl`` plus
+  ``.gz``/``.zst``), and objects of framing ``lines`` (``.jsonl``, ``.csv``, ``.txt``) or compressed
+  ones (``.gz``/``.zst``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ TOPICS_PREFIX = f"{CONTROL_PREFIX}/topics/"
 DIRECTORY_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]*--[a-z0-9-]+--x-s3$")
 MINUTE_MS = 60_000
 KEY_METADATA = "s3stream-key"  # user metadata holding a log object's message key (URL-quoted)
+SEGMENTS_LANE = "00000000"  # the lane of segments holding keyed messages: one per shard, in order
 
 _LOG_NAME = re.compile(
     r"(?P<dir>\d{12})/(?P<ms>\d{13})-(?P<pid>[a-z0-9]+)-(?P<seq>\d{12})-(?P<lane>[0-9a-f]{8}|_)"

@@ -332,3 +332,38 @@ async def test_put_answered_after_the_deadline_is_written_again_and_delivered_on
     assert len(copies) == 2
     assert published.key in copies
     assert [m.body for m in rec.messages] == [b"once"]
+
+
+async def test_one_keys_segments_are_handled_in_order(store: Store, bucket: str, moto_endpoint: str) -> None:
+    """One key's messages in three segments: the consumer's first fetch of a segment is held back a
+    second, yet the key's messages reach the handler in publish order, one segment after another."""
+    await create_topic(store, bucket, "segorder", layout="log")
+    held = Rule(Delay(1.0), method="GET", when=lambda r: ".seg.jsonl" in r.path, first=1)
+    with S3Proxy(moto_endpoint, [held]) as proxy:
+        consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/segorder", concurrency=8))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        async with _producer(moto_endpoint, segment_max_messages=4) as p:
+            await p.publish_many(f"s3://{bucket}/segorder", [("k", f"m{i}") for i in range(12)])
+        async with running(consumer):
+            await rec.wait_count(12)
+    assert held.applied == 1
+    assert [m.body for m in rec.messages] == [f"m{i}".encode() for i in range(12)]
+
+
+async def test_publish_many_keeps_each_keys_order_when_a_write_is_slow(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """publish_many of one key's ten messages (one object each) while the first PUT is held back a
+    second by the network: the consumer, running meanwhile, still delivers them in input order."""
+    await create_topic(store, bucket, "manyorder", layout="log")
+    held = Rule(Delay(1.0), method="PUT", when=lambda r: "/manyorder/" in r.path, first=1)
+    with S3Proxy(moto_endpoint, [held]) as proxy:
+        consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/manyorder"))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        async with running(consumer), _producer(proxy.endpoint) as p:
+            await p.publish_many(f"s3://{bucket}/manyorder", [("k", f"m{i}") for i in range(10)])
+            await rec.wait_count(10)
+    assert held.applied == 1
+    assert [m.body for m in rec.messages] == [f"m{i}".encode() for i in range(10)]
