@@ -1,4 +1,5 @@
-"""Pipeline behaviour against moto: order and parallelism, bounded queue, start position, checkpoints."""
+"""Pipeline behaviour on both servers (moto and SeaweedFS): order and parallelism, bounded queue, start
+position, checkpoints and their fencing by conditional writes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.conftest import Recorder, make_settings, put_versions, running, wait_
 
 
 async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
-    store: Store, bucket: str, moto_endpoint: str
+    store: Store, bucket: str, s3_endpoint: str
 ) -> None:
     """Versions of one key reach the handler one at a time, oldest first, while different keys are
     handled in parallel."""
@@ -37,7 +38,7 @@ async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
         active[message.key] -= 1
 
     written = await put_versions(store, bucket, [f"o/k{i}" for i in range(12)], 8)
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/o/", concurrency=8))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/o/", concurrency=8))
     consumer.register_handler("rec", handler)
     async with running(consumer):
         await wait_until(lambda: sum(map(len, seen.values())) == 96)
@@ -46,7 +47,7 @@ async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
     assert seen == written
 
 
-async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, moto_endpoint: str) -> None:
+async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, s3_endpoint: str) -> None:
     """With queue_size 5 and a stuck handler, no more than 5 items are handed out; once the handler
     is released everything is delivered."""
     release = asyncio.Event()
@@ -57,7 +58,7 @@ async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, moto
         await rec(message)
 
     await put_versions(store, bucket, [f"q/k{i}" for i in range(30)], 1)
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/q/", concurrency=2, queue_size=5))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/q/", concurrency=2, queue_size=5))
     consumer.register_handler("rec", handler)
     async with running(consumer):
         pool = consumer.pool
@@ -71,11 +72,11 @@ async def test_queue_is_bounded_and_pollers_wait(store: Store, bucket: str, moto
     assert len(rec.messages) == 30
 
 
-async def test_new_group_from_latest_skips_history(store: Store, bucket: str, moto_endpoint: str) -> None:
+async def test_new_group_from_latest_skips_history(store: Store, bucket: str, s3_endpoint: str) -> None:
     """A group without a checkpoint started with start_from=latest delivers only what is written
     after it started."""
     await put_versions(store, bucket, ["l/a", "l/b"], 3)
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/l/", start_from="latest"))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/l/", start_from="latest"))
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
@@ -86,19 +87,19 @@ async def test_new_group_from_latest_skips_history(store: Store, bucket: str, mo
 
 
 async def test_restart_resumes_from_s3_checkpoint_without_redelivery(
-    store: Store, bucket: str, moto_endpoint: str
+    store: Store, bucket: str, s3_endpoint: str
 ) -> None:
     """A clean stop commits; a new consumer in the same group delivers only newer versions."""
     first = await put_versions(store, bucket, ["r/a", "r/b"], 5)
     rec1 = Recorder()
-    c1 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/r/"))
+    c1 = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/r/"))
     c1.register_handler("rec", rec1)
     async with running(c1):
         await rec1.wait_count(10)
     assert rec1.by_key() == first
 
     rec2 = Recorder()
-    c2 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/r/"))
+    c2 = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/r/"))
     c2.register_handler("rec", rec2)
     async with running(c2):
         second = await put_versions(store, bucket, ["r/a", "r/c"], 2)
@@ -107,21 +108,21 @@ async def test_restart_resumes_from_s3_checkpoint_without_redelivery(
     assert rec2.by_key() == second
 
 
-async def test_file_checkpoint_store_resumes(store: Store, bucket: str, moto_endpoint: str,
+async def test_file_checkpoint_store_resumes(store: Store, bucket: str, s3_endpoint: str,
                                              tmp_path: Path) -> None:
     """The local-file checkpoint store is an alternative to S3: a restart resumes from it, and no
     checkpoint object is written to the bucket."""
     checkpoint = {"store": "file", "directory": str(tmp_path / "ckpt")}
     await put_versions(store, bucket, ["f/a"], 4)
     rec1 = Recorder()
-    c1 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
+    c1 = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
     c1.register_handler("rec", rec1)
     async with running(c1):
         await rec1.wait_count(4)
     assert list((tmp_path / "ckpt").rglob("*.json"))
 
     rec2 = Recorder()
-    c2 = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
+    c2 = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/f/", checkpoint=checkpoint))
     c2.register_handler("rec", rec2)
     async with running(c2):
         new = await put_versions(store, bucket, ["f/a"], 1)
@@ -132,11 +133,11 @@ async def test_file_checkpoint_store_resumes(store: Store, bucket: str, moto_end
 
 
 async def test_whole_bucket_source_ignores_its_own_control_prefix(
-    store: Store, bucket: str, moto_endpoint: str
+    store: Store, bucket: str, s3_endpoint: str
 ) -> None:
     """Consuming s3://bucket/ (which contains the checkpoint objects) never delivers checkpoints."""
     rec = Recorder()
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/"))
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/"))
     consumer.register_handler("rec", rec)
     async with running(consumer):
         await put_versions(store, bucket, ["x1"], 2)
@@ -149,6 +150,7 @@ async def test_whole_bucket_source_ignores_its_own_control_prefix(
     assert all(not m.key.startswith("_s3stream/") for m in rec.messages)
 
 
+@pytest.mark.usefixtures("s3_endpoint")
 async def test_checkpoint_is_fenced_by_etag(store: Store, bucket: str) -> None:
     """Two writers of one checkpoint cannot silently clobber each other: the stale one gets
     CheckpointConflict (If-Match / If-None-Match), and the checkpoint keeps the winner's value."""
@@ -170,10 +172,10 @@ async def test_checkpoint_is_fenced_by_etag(store: Store, bucket: str) -> None:
 
 
 async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: str,
-                                                          moto_endpoint: str) -> None:
+                                                          s3_endpoint: str) -> None:
     """Once the settle window has passed, the committed checkpoint is the same size after 4,000
     versions as after 1,000: it holds a watermark, not the history."""
-    consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/h/", settle_window=1,
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/h/", settle_window=1,
                                       concurrency=32, poll_interval=0.5, max_poll_interval=1))
     rec = Recorder()
     consumer.register_handler("rec", rec)
@@ -209,7 +211,7 @@ def _shard_file(prefix: str) -> str:
 
 
 async def test_checkpoint_write_cancelled_in_flight_does_not_block_the_next(
-    store: Store, bucket: str, moto_endpoint: str
+    store: Store, bucket: str, s3_endpoint: str
 ) -> None:
     """A checkpoint PUT cancelled at shutdown can land without the consumer learning its ETag; the
     next save (the final commit) recognises its own write and succeeds instead of reporting a
@@ -220,7 +222,7 @@ async def test_checkpoint_write_cancelled_in_flight_does_not_block_the_next(
 
     opts = {"bucket": bucket, "prefix": "c/", "control_prefix": "_s3stream/checkpoints", "group": "g"}
     held = Rule(Delay(5.0, after=True), method="PUT", when=lambda r: "checkpoints" in r.path, first=1)
-    with S3Proxy(moto_endpoint) as proxy:
+    with S3Proxy(s3_endpoint) as proxy:
         s3 = build_settings({"s3": {"endpoint_url": proxy.endpoint, "addressing_style": "path"}}).s3
         async with open_store(s3) as slow_store:
             ckpt = S3CheckpointStore(slow_store, **opts)
