@@ -1,5 +1,5 @@
-"""Crash safety of the real daemon process: ``kill -9`` at random moments loses nothing, and a clean
-SIGTERM followed by a restart delivers nothing twice (DESIGN.md promises 2 and 3)."""
+"""Crash safety of the real daemon process, on moto and SeaweedFS: ``kill -9`` at random moments loses
+nothing, and a clean SIGTERM followed by a restart delivers nothing twice (DESIGN.md promises 2 and 3)."""
 
 from __future__ import annotations
 
@@ -66,13 +66,13 @@ def _first_delivery_order(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return order
 
 
-async def test_kill_9_at_random_moments_loses_nothing(store: Store, bucket: str, moto_endpoint: str,
+async def test_kill_9_at_random_moments_loses_nothing(store: Store, bucket: str, s3_endpoint: str,
                                                       tmp_path: Path) -> None:
     """While 2,000 messages are published, the daemon is killed with SIGKILL at random points and
     restarted; in the end every version was delivered, and each key's first deliveries are in
     write order."""
     out, log = tmp_path / "out.jsonl", tmp_path / "stderr.log"
-    cfg = _config(tmp_path, moto_endpoint, out)
+    cfg = _config(tmp_path, s3_endpoint, out)
     rng = random.Random(20261123)
     publisher = asyncio.create_task(_publish(store, bucket, 200, 10))
     kills = 0
@@ -108,12 +108,12 @@ async def test_kill_9_at_random_moments_loses_nothing(store: Store, bucket: str,
     assert _first_delivery_order(pairs) == written
 
 
-async def test_sigterm_then_restart_delivers_nothing_twice(store: Store, bucket: str, moto_endpoint: str,
+async def test_sigterm_then_restart_delivers_nothing_twice(store: Store, bucket: str, s3_endpoint: str,
                                                            tmp_path: Path) -> None:
     """SIGTERM drains, commits and exits 0; the restarted daemon delivers only new versions, so
     across both runs every version appears exactly once."""
     out, log = tmp_path / "out.jsonl", tmp_path / "stderr.log"
-    cfg = _config(tmp_path, moto_endpoint, out)
+    cfg = _config(tmp_path, s3_endpoint, out)
     first = await _publish(store, bucket, 30, 10)
     proc = _start(bucket, cfg, log)
     try:
