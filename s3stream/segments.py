@@ -15,6 +15,8 @@ from typing import Literal
 import orjson
 import zstandard
 
+from s3stream import codecs
+
 Compression = Literal["none", "gzip", "zstd"]
 SUFFIXES: dict[str, str] = {"none": ".seg.jsonl", "gzip": ".seg.jsonl.gz", "zstd": ".seg.jsonl.zst"}
 
@@ -41,13 +43,20 @@ def encode(messages: list[tuple[str | None, bytes]], compression: Compression = 
     return data
 
 
-def decode(data: bytes, suffix: str) -> list[tuple[str | None, bytes]]:
-    """Split a segment (named with ``suffix``) back into ``(key, body)`` pairs."""
+def decode(data: bytes, suffix: str,
+           limit: int = codecs.DEFAULT_MAX_DECOMPRESSED) -> list[tuple[str | None, bytes]]:
+    """Split a segment (named with ``suffix``) back into ``(key, body)`` pairs. Every gzip member and
+    zstd frame is read; a segment larger than ``limit`` bytes once decompressed (the source's
+    ``max_decompressed_mb``) is refused as soon as its output passes the limit."""
+    compression = "gzip" if suffix.endswith(".gz") else "zstd" if suffix.endswith(".zst") else "none"
     try:
-        if suffix.endswith(".gz"):
-            data = gzip.decompress(data)
-        elif suffix.endswith(".zst"):
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        data = codecs.decompress(data, compression, limit)
+    except codecs.DecodeError as exc:
+        raise SegmentError(f"cannot decode segment: {exc}") from None
+    if len(data) > limit:
+        raise SegmentError(f"cannot decode segment: more than {limit:,} bytes "
+                           "(the source's max_decompressed_mb)")
+    try:
         out: list[tuple[str | None, bytes]] = []
         for line in data.splitlines():
             if not line:
@@ -56,6 +65,5 @@ def decode(data: bytes, suffix: str) -> list[tuple[str | None, bytes]]:
             body = doc["b"].encode("utf-8") if "b" in doc else base64.b64decode(doc["b64"])
             out.append((doc.get("k"), body))
         return out
-    except (OSError, EOFError, zstandard.ZstdError, orjson.JSONDecodeError, KeyError, TypeError,
-            ValueError) as exc:
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise SegmentError(f"cannot decode segment: {exc}") from None
