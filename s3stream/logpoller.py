@@ -4,6 +4,13 @@ Nothing here depends on key order or ``StartAfter`` (S3 Express directory bucket
 Each pass lists every open directory in full, oldest first; new objects of a directory are handed out
 sorted by the time, producer and sequence in their names. After the pass, the cursor seals the
 directories that were listed after their end plus the settle window and have nothing in flight.
+
+A pass holds at most ``held_limit`` listed objects (plus a page): a directory with more new objects
+than that is handed out in parts. A general purpose bucket lists in key order, which is the order of
+s3stream's names, so the listing pauses when the limit is reached and goes on from its continuation
+token once the held objects are handed out. A directory bucket lists in no order: the pass keeps the
+``held_limit / 2`` first objects (in delivery order) of a whole listing, hands them out, and lists the
+directory again for the next ones, so order holds and memory stays bounded whatever a minute holds.
 Every time comes from the server (:class:`~s3stream.serverclock.ServerClock`): a new group's starting
 point, the directories to list and the sealing, whatever this host's clock says.
 """
@@ -19,14 +26,16 @@ from s3stream.config import ConsumerSettings
 from s3stream.logcursor import LogCursor
 from s3stream.message import Entry
 from s3stream.poller import ShardPoller
+from s3stream.s3xml import ObjectPage
 from s3stream.serverclock import ServerClock
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
-from s3stream.topics import MINUTE_MS, dir_start_ms, minute_dir, parse_log_key
+from s3stream.topics import MINUTE_MS, dir_start_ms, is_directory_bucket, minute_dir, parse_log_key
 from s3stream.workers import WorkerPool
 
 MAX_DIRS_PER_PASS = 60
-DIRS_AT_ONCE = 4  # directories listed concurrently: a pass takes about one LIST's latency, not three
+DIRS_AT_ONCE = 4  # first pages listed concurrently: an idle pass takes about one LIST's latency
+HELD_LIMIT = 100_000  # listed objects a pass holds at most (plus a page) before handing them out
 
 
 def delivery_order(entry: Entry) -> tuple[int, str, int, str]:
@@ -52,6 +61,9 @@ class LogPoller(ShardPoller[LogCursor]):
         super().__init__(shard, cursor, store, pool, settings, on_pass)
         self.clock = ServerClock()  # read from every pass's first answer
         self._placed = not shard.fresh
+        self.held_limit = HELD_LIMIT
+        self.ordered_listing = not is_directory_bucket(shard.bucket)  # keys listed in ascending order
+        self.peak_held = 0  # the most listed objects held at once (for tests and diagnostics)
 
     async def poll_once(self, *, skip: bool = False) -> int:
         """One pass over the open directories; returns how many objects were handed out (or skipped)."""
@@ -63,14 +75,14 @@ class LogPoller(ShardPoller[LogCursor]):
         dirs = self.cursor.open_dirs(self.clock.now_ms(), settle_ms, MAX_DIRS_PER_PASS)
         pass_start: int | None = None
         found = 0
-        for first in range(0, len(dirs), DIRS_AT_ONCE):
-            listed = await asyncio.gather(*(
-                self._list_new(f"{self.shard.prefix}{minute_dir(dir_ms)}/")
-                for dir_ms in dirs[first:first + DIRS_AT_ONCE]
-            ))
-            for new, server_ms in listed:
-                pass_start = server_ms if pass_start is None else min(pass_start, server_ms)
-                found += await self._hand_out(new, skip)
+        prefixes = [f"{self.shard.prefix}{minute_dir(dir_ms)}/" for dir_ms in dirs]
+        for first in range(0, len(prefixes), DIRS_AT_ONCE):
+            group = prefixes[first:first + DIRS_AT_ONCE]
+            pages = await asyncio.gather(*(self._list(prefix) for prefix in group))
+            started = min(page.server_time_ms for page in pages)
+            pass_start = started if pass_start is None else min(pass_start, started)
+            for prefix, page in zip(group, pages, strict=True):
+                found += await self._drain(prefix, page, skip)
         self.cursor.pass_complete(dirs, (pass_start or self.clock.now_ms()) - 1000, settle_ms)
         self.shard.last_poll = time.monotonic()
         self.on_pass()
@@ -87,20 +99,44 @@ class LogPoller(ShardPoller[LogCursor]):
             await self.pool.put(WorkItem(self.shard, entry))
         return len(new)
 
-    async def _list_new(self, prefix: str) -> tuple[list[Entry], int]:
-        """Every new object under one directory (all pages), and the server time of the first page."""
-        new: list[Entry] = []
-        token: str | None = None
-        first_ms: int | None = None
+    async def _list(self, prefix: str, token: str | None = None) -> ObjectPage:
+        page = await self.store.list_objects(self.shard.bucket, prefix, token=token,
+                                             max_keys=self.settings.page_size)
+        if token is None:
+            self.clock.observe(page.server_time_ms)
+        return page
+
+    async def _drain(self, prefix: str, page: ObjectPage, skip: bool) -> int:
+        """Hand out every new object of one directory (its listing begun with ``page``), in parts of at
+        most ``held_limit``; returns how many."""
+        found = 0
         while True:
-            page = await self.store.list_objects(self.shard.bucket, prefix, token=token)
-            if first_ms is None:
-                first_ms = page.server_time_ms
-                self.clock.observe(first_ms)
-            new.extend(e for e in page.entries if self.shard.wants(e.key) and self.cursor.is_new(e))
+            held, token, again = await self._collect(prefix, page)
+            found += await self._hand_out(held, skip)
+            if not again:
+                return found
+            page = await self._list(prefix, token)  # on from the pause, or (no order) from the start
+
+    async def _collect(self, prefix: str, page: ObjectPage) -> tuple[list[Entry], str | None, bool]:
+        """New objects of a directory from ``page`` on: ``(held, token, again)``. A key-ordered listing
+        pauses once ``held_limit`` are held (``again``, going on at ``token``); an unordered one is
+        listed to its end keeping the ``held_limit / 2`` first in delivery order (``again`` if there
+        were more: list the directory again)."""
+        held: list[Entry] = []
+        keep = max(1, self.held_limit // 2)
+        more = False
+        while True:
+            held.extend(e for e in page.entries if self.shard.wants(e.key) and self.cursor.is_new(e))
+            self.peak_held = max(self.peak_held, len(held))
             token = page.next_token
+            if self.ordered_listing:
+                if token is None or len(held) >= self.held_limit:
+                    return held, token, token is not None
+            elif len(held) > 2 * keep or (token is None and len(held) > keep):
+                held, more = sorted(held, key=delivery_order)[:keep], True
             if token is None:
-                return new, first_ms
+                return held, None, more
+            page = await self._list(prefix, token)
 
     async def _place_new_group(self, settle_ms: int) -> None:
         """A group without a checkpoint starts at the oldest directory (earliest), or at the server's

@@ -13,13 +13,17 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 
-from s3stream.checkpoint import decode
+from s3stream.checkpoint import MemoryCheckpointStore, decode
 from s3stream.config import build_settings
 from s3stream.consumer import Consumer
-from s3stream.logcursor import LogCheckpoint
+from s3stream.handlers import as_handler
+from s3stream.logcursor import LogCheckpoint, LogCursor
+from s3stream.logpoller import LogPoller
 from s3stream.producer import Producer
-from s3stream.store import Store
+from s3stream.shard import Shard
+from s3stream.store import Store, open_store
 from s3stream.topics import MINUTE_MS, create_topic, minute_dir, parse_log_key
+from s3stream.workers import WorkerPool
 from tests.conftest import Recorder, make_settings, running, wait_until
 from tests.s3proxy import Delay, Relayed, Rule, S3Error, S3Proxy, Transform, directory_bucket_rules
 
@@ -367,3 +371,33 @@ async def test_publish_many_keeps_each_keys_order_when_a_write_is_slow(
             await rec.wait_count(10)
     assert held.applied == 1
     assert [m.body for m in rec.messages] == [f"m{i}".encode() for i in range(10)]
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["key-ordered", "unordered"])
+async def test_a_crowded_directory_is_handed_out_in_bounded_parts(
+    store: Store, bucket: str, moto_endpoint: str, express: S3Proxy, ordered: bool
+) -> None:
+    """500 objects of five keys in one minute directory, listed 50 to a page and shuffled within
+    pages as a directory bucket would: one pass holding at most 100 listed objects (plus a page)
+    hands each out once, each key's in publish order, by pausing a key-ordered listing, or by
+    listing an unordered one again for the next part."""
+    await create_topic(store, bucket, "crowd", layout="log")
+    minute = time.time()
+    async with Producer(store=store, clock=lambda: minute) as p:
+        await p.publish_many(f"s3://{bucket}/crowd", [(f"k{i % 5}", str(i)) for i in range(500)])
+    settings = make_settings(express.endpoint, f"s3://{bucket}/crowd", page_size=50, settle_window=60)
+    async with open_store(settings.s3) as proxied:
+        pool = WorkerPool(proxied, queue_size=1000, handler_attempts=1)
+        cursor = LogCursor("crowd/00/")
+        shard = Shard(bucket=bucket, prefix="crowd/00/", handler=as_handler(Recorder(), "rec"),
+                      checkpoints=MemoryCheckpointStore(), cursor=cursor, layout="log")
+        poller = LogPoller(shard, cursor, proxied, pool, settings.consumer, lambda: None)
+        poller.held_limit, poller.ordered_listing = 100, ordered
+        assert await poller.poll_once() == 500
+    handed = [pool.queue.get_nowait().entry for _ in range(pool.queue.qsize())]
+    assert len({e.key for e in handed}) == 500
+    assert poller.peak_held <= 100 + 50
+    bodies = {e.key: int((await store.get_object(bucket, e.key)).body) for e in handed}
+    for k in range(5):
+        lane = [bodies[e.key] for e in handed if bodies[e.key] % 5 == k]
+        assert lane == sorted(lane)
