@@ -110,6 +110,8 @@ class ConsumerSettings(_Model):
     dead_letters: bool = Field(default=True, description="Set failing messages aside (else stop).")
     max_body_mb: int = Field(default=256, gt=0, description="An object larger than this many MiB is "
                              "dead-lettered, never read whole.")
+    max_inflight_mb: int = Field(default=1024, gt=0, description="MiB of bodies the workers hold at once, "
+                                 "by listed size; a fetch waits for room.")
     shutdown_grace: float = Field(default=30.0, ge=0)
     checkpoint: CheckpointSettings = CheckpointSettings()
     leases: LeaseSettings = LeaseSettings()

@@ -111,7 +111,7 @@ class Consumer:
                           handler_retry_time=consumer.handler_retry_time,
                           handler_timeout=consumer.handler_timeout, dead_letters=dead_letters,
                           on_idle=checkpointer.wake.set, on_output_closed=self.stop,
-                          max_body_mb=consumer.max_body_mb)
+                          max_body_mb=consumer.max_body_mb, max_inflight_mb=consumer.max_inflight_mb)
         self.pool, self._checkpointer = pool, checkpointer
         self.membership = self._membership(self._control or store) if consumer.leases.enabled else None
         try:

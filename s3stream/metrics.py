@@ -25,6 +25,7 @@ ERRORS = Counter("s3stream_errors", "Errors by kind.", ["kind"])
 RETRIES = Counter("s3stream_retries", "Retries by what was retried.", ["what"])
 QUEUE_DEPTH = Gauge("s3stream_queue_depth", "Items waiting in the work queue.")
 IN_FLIGHT = Gauge("s3stream_in_flight", "Items handed to the workers and not completed.")
+BODY_BYTES = Gauge("s3stream_body_bytes", "Bytes of object bodies held by the workers (max_inflight_mb).")
 LAG_SECONDS = Gauge("s3stream_shard_lag_seconds", "Age of the oldest unfinished message, 0 when idle.",
                     ["shard"])
 LAG_ITEMS = Gauge("s3stream_shard_lag_items", "Messages listed and not yet completed.", ["shard"])

@@ -31,6 +31,7 @@ import structlog
 from prometheus_client.metrics import Counter, Histogram
 
 from s3stream import codecs, metrics, segments
+from s3stream.budget import ByteBudget
 from s3stream.deadletter import DeadLetters
 from s3stream.errors import (
     BodyTooLarge,
@@ -55,7 +56,8 @@ class WorkerPool:
     def __init__(self, store: Store, *, queue_size: int, handler_attempts: int,
                  handler_retry_time: float = 60.0, handler_timeout: float | None = None,
                  dead_letters: DeadLetters | None = None, on_idle: Callable[[], None] = lambda: None,
-                 on_output_closed: Callable[[], None] = lambda: None, max_body_mb: int = 256) -> None:
+                 on_output_closed: Callable[[], None] = lambda: None, max_body_mb: int = 256,
+                 max_inflight_mb: int = 1024) -> None:
         self.store = store
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=queue_size)
         self._slots = asyncio.Semaphore(queue_size)
@@ -74,6 +76,7 @@ class WorkerPool:
         self._on_output_closed = on_output_closed
         self._max_body_mb = max_body_mb
         self._max_body = max_body_mb << 20
+        self._bodies = ByteBudget(max_inflight_mb << 20)
 
     @property
     def pending(self) -> int:
@@ -161,14 +164,28 @@ class WorkerPool:
     async def _handle(self, item: WorkItem, watch: _Watch) -> None:
         shard, entry = item.shard, item.entry
         bound = log.bind(shard=shard.name, key=entry.key, version_id=entry.version_id)
+        async with self._bodies.hold(0 if entry.deleted else entry.size):
+            messages = await self._read(item, bound)
+            await self._deliver(shard, messages, watch, bound)
+        shard.cursor.complete(entry.ident)
+        if not shard.cursor.in_flight:
+            shard.idle.set()
+        self._pending -= 1
+        metrics.IN_FLIGHT.set(self._pending)
+        self._slots.release()
+        if self._pending == 0:
+            self._on_idle()
+
+    async def _read(self, item: WorkItem, bound: structlog.typing.FilteringBoundLogger) -> list[Message]:
+        """The item's messages; an object that cannot be decoded or read is dead-lettered (none)."""
+        shard, entry = item.shard, item.entry
         try:
-            messages = await self._fetch(item, bound)
+            return await self._fetch(item, bound)
         except (segments.SegmentError, codecs.DecodeError) as exc:  # nothing to retry: set it aside
             decode = exc if isinstance(exc, codecs.DecodeError) else None
             raw = _unread(shard, entry, decode.body if decode else b"", decode.offset if decode else None)
             await self._dead_letter(shard, raw, f"undecodable: {exc}", 0, bound, exc,
                                     body_read=decode is not None)
-            messages = []
         except ObjectUnreadable as exc:  # this object only: the others flow
             if self._dead_letters is None:
                 raise ObjectUnreadable(
@@ -178,16 +195,7 @@ class WorkerPool:
             limit = f" (max_body_mb = {self._max_body_mb})" if isinstance(exc, BodyTooLarge) else ""
             await self._dead_letter(shard, _unread(shard, entry), f"unreadable: {exc}{limit}", 0, bound, exc,
                                     body_read=False)
-            messages = []
-        await self._deliver(shard, messages, watch, bound)
-        shard.cursor.complete(entry.ident)
-        if not shard.cursor.in_flight:
-            shard.idle.set()
-        self._pending -= 1
-        metrics.IN_FLIGHT.set(self._pending)
-        self._slots.release()
-        if self._pending == 0:
-            self._on_idle()
+        return []
 
     async def _fetch(self, item: WorkItem, bound: structlog.typing.FilteringBoundLogger) -> list[Message]:
         """The message(s) of one item: a version, a deletion, a log object or a segment's lines."""
@@ -209,7 +217,7 @@ class WorkerPool:
             except RetriableError as exc:  # the store's policy gave up; the item must not be lost
                 bound.warning("fetch keeps failing; retrying", error=str(exc))
                 await asyncio.sleep(self.store.retry.cap)
-        if shard.layout == "objects" and obj.etag and obj.etag != entry.etag:
+        if _replaceable(shard, entry) and obj.etag and obj.etag != entry.etag:
             bound.debug("object overwritten since it was listed; its new content will be listed next")
             return []
         try:
@@ -338,6 +346,11 @@ def _unread(shard: Shard, entry: Entry, body: bytes = b"", offset: int | None = 
     return Message(bucket=shard.bucket, key=entry.key, version_id=_version_id(shard, entry),
                    last_modified=ms_to_datetime(entry.last_modified_ms), size=entry.size, etag=entry.etag,
                    body=body, offset=offset)
+
+
+def _replaceable(shard: Shard, entry: Entry) -> bool:
+    """True when a later write replaces what was listed (no versioning, or versioning suspended)."""
+    return shard.layout == "objects" or (shard.layout == "versions" and entry.version_id == "null")
 
 
 def _version_id(shard: Shard, entry: Entry) -> str:
