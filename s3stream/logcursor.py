@@ -12,9 +12,10 @@ key order at all. Its state is:
 
 A message's identity is (producer, sequence), wherever its name's time put it: a producer that had to
 write a message again under a new time (a write not answered within its deadline) leaves two copies,
-possibly in two directories. Among the open directories a copy of a message that was handled, or is in
-flight, is not new; it is recorded as handled in its own directory, so it stays known until that one
-is sealed.
+possibly in two directories. Among the open directories a copy of a message that was handled is not
+new and is recorded as handled in its own directory, so it stays known until that one is sealed; a
+copy of a message in flight is not new either, and is recorded when that completes (not before: a
+checkpoint must not hold a message as handled while its handling may still be lost to a crash).
 
 A sealed directory's record is dropped, so the state holds only the open window (about
 ``settle_window`` + 2 minutes of directories), whatever the topic's history. A producer whose clock
@@ -61,6 +62,9 @@ class RangeSet:
             self.ranges.insert(i, [value, value])
 
 
+_NONE: dict[int, RangeSet] = {}  # a producer with nothing handled (never written to)
+
+
 @dataclass(frozen=True, slots=True)
 class LogCheckpoint:
     """A committed log cursor: the sealed boundary and what was handled in each open directory."""
@@ -81,6 +85,7 @@ class LogCursor:
         self._others: dict[int, set[str]] = {}
         self._inflight: dict[str, int] = {}
         self._inflight_ids: set[tuple[str, int]] = set()
+        self._copies: dict[tuple[str, int], dict[str, int]] = {}  # copies of in-flight messages: key -> dir
         self._inflight_ms: dict[str, int] = {}
         self._inflight_dirs: Counter[int] = Counter()
         self.horizon_ms = 0
@@ -126,14 +131,16 @@ class LogCursor:
         name = parse_log_key(key)
         if name is None:
             return key not in self._others.get(dir_ms, ())
-        held = self._by_producer.get(name.producer)
-        if held is None:
-            return (name.producer, name.seq) not in self._inflight_ids
+        held = self._by_producer.get(name.producer, _NONE)
         own = held.get(dir_ms)
         if own is not None and name.seq in own:
             return False
-        if (name.producer, name.seq) in self._inflight_ids or any(name.seq in r for r in held.values()):
-            self._mark(key, dir_ms)  # a copy of a message handled (or being handled) from another name
+        ident = (name.producer, name.seq)
+        if ident in self._inflight_ids:  # a copy of a message being handled: done when that is
+            self._copies.setdefault(ident, {})[key] = dir_ms
+            return False
+        if any(name.seq in ranges for ranges in held.values()):  # a copy of a handled message
+            self._mark(key, dir_ms)
             return False
         return True
 
@@ -150,14 +157,18 @@ class LogCursor:
     def complete(self, ident: Ident) -> None:
         key = ident[0]
         dir_ms = self._inflight.pop(key)
-        name = parse_log_key(key)
-        if name is not None:
-            self._inflight_ids.discard((name.producer, name.seq))
         del self._inflight_ms[key]
         self._inflight_dirs[dir_ms] -= 1
         if not self._inflight_dirs[dir_ms]:
             del self._inflight_dirs[dir_ms]
         self._mark(key, dir_ms)
+        name = parse_log_key(key)
+        if name is not None:
+            message = (name.producer, name.seq)
+            self._inflight_ids.discard(message)
+            for copy, copy_dir in self._copies.pop(message, {}).items():
+                if copy_dir >= self.sealed_ms:  # its directory may have been sealed meanwhile
+                    self._mark(copy, copy_dir)
 
     def skip(self, entry: Entry) -> None:
         dir_ms = self.dir_of(entry.key)

@@ -89,15 +89,20 @@ class LogPoller(ShardPoller[LogCursor]):
         return found
 
     async def _hand_out(self, new: list[Entry], skip: bool) -> int:
-        """Hand one directory's new objects to the pool in delivery order (or skip them)."""
+        """Hand one directory's new objects to the pool in delivery order (or skip them). Each is asked
+        again just before: an earlier one may have been a copy of the same message."""
+        handed = 0
         for entry in sorted(new, key=delivery_order):
+            if not self.cursor.is_new(entry):
+                continue
+            handed += 1
             if skip:
                 self.cursor.skip(entry)
                 continue
             entry = with_lane(entry)
             self.cursor.start(entry)
             await self.pool.put(WorkItem(self.shard, entry))
-        return len(new)
+        return handed
 
     async def _list(self, prefix: str, token: str | None = None) -> ObjectPage:
         page = await self.store.list_objects(self.shard.bucket, prefix, token=token,

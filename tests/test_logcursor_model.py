@@ -1,0 +1,170 @@
+"""A model-based test of the log-layout cursor (Hypothesis stateful testing, no server).
+
+The machine plays a shard against :class:`~s3stream.logcursor.LogCursor` as the log poller and the
+workers use it: producers write messages whose objects become visible late (within the settle
+window), a write answered after the producer's deadline is made again under a new time (two copies of
+one message, the first possibly landing minutes late), listing passes hand new objects out in
+delivery order, completions come in any order, checkpoints are taken, and the consumer crashes and
+restarts from its last checkpoint. A simple reference model of what was handed out, completed and
+committed checks:
+
+* every message is handed out at least once (after a final drain);
+* nothing is handed out twice between restarts, except a copy whose twin was handed out from a
+  directory that has since been sealed (the documented "at least once" of rewritten messages);
+* after a restart only what was not committed in the last checkpoint is handed out again (same
+  exception);
+* the checkpoint holds only open directories, and a pass with nothing in flight seals everything
+  older than the settle window: its size follows the open window, not the history.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from s3stream.logcursor import LogCheckpoint, LogCursor
+from s3stream.logpoller import delivery_order
+from s3stream.message import Entry
+from s3stream.topics import MINUTE_MS, log_key, parse_log_key
+
+PREFIX = "t/00/"
+T0 = 1_795_000_020_000 - 1_795_000_020_000 % MINUTE_MS
+SETTLE = 30_000
+DEADLINE = 10_000  # the producer's put_deadline, below the settle window
+MAX_DIRS = 60
+
+Ident = tuple[str, int]
+
+
+def _ident(key: str) -> Ident:
+    name = parse_log_key(key)
+    assert name is not None
+    return name.producer, name.seq
+
+
+def _dir(key: str) -> int:
+    name = parse_log_key(key)
+    assert name is not None
+    return name.dir_ms
+
+
+class LogCursorMachine(RuleBasedStateMachine):
+    """The cursor of one shard against a reference model of delivery (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = T0
+        self.cursor = LogCursor(PREFIX, start_ms=T0)
+        self.objects: list[Entry] = []  # every copy written: last_modified_ms is when it is visible
+        self.messages: set[Ident] = set()
+        self.seqs: dict[str, int] = {}
+        self.one_shots = itertools.count(1)
+        self.in_flight: list[Entry] = []
+        self.handed: dict[Ident, int] = {}  # since the last restart: ident -> directory handed out from
+        self.completed: dict[Ident, int] = {}  # completed since the last restart
+        self.committed: dict[Ident, int] = {}  # completed as of the last checkpoint
+        self.saved: LogCheckpoint | None = None
+        self.ever: set[Ident] = set()
+
+    # --- producers ---
+
+    @rule(producer=st.sampled_from(["pa", "pb", "one-shot"]), late=st.integers(0, 5 * MINUTE_MS),
+          again_late=st.integers(0, DEADLINE))
+    def write(self, producer: str, late: int, again_late: int) -> None:
+        """A message stamped now and visible ``late`` ms later; if that is past the deadline the
+        producer writes it again under a new time, visible within the deadline."""
+        if producer == "one-shot":
+            producer = f"o{next(self.one_shots)}"
+        seq = self.seqs[producer] = self.seqs.get(producer, 0) + 1
+        self.messages.add((producer, seq))
+        self._copy(producer, seq, self.now, self.now + late)
+        if late > DEADLINE:  # not answered in time: a copy named at the moment the answer came
+            self._copy(producer, seq, self.now + late, self.now + late + again_late)
+
+    def _copy(self, producer: str, seq: int, stamp: int, visible: int) -> None:
+        key = log_key(PREFIX, stamp, producer, seq, "_")
+        self.objects.append(Entry(key=key, version_id="null", last_modified_ms=visible))
+
+    @rule(ms=st.integers(0, 90_000))
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+    # --- the consumer ---
+
+    @rule()
+    def list_pass(self) -> None:
+        """A pass as the log poller makes it: the open directories, each listed whole and its new
+        objects handed out in delivery order, then sealing with the pass's start (whole seconds,
+        minus one) as the server time."""
+        dirs = self.cursor.open_dirs(self.now, SETTLE, MAX_DIRS)
+        idle = not self.in_flight
+        for dir_ms in dirs:
+            visible = [e for e in self.objects if _dir(e.key) == dir_ms and e.last_modified_ms <= self.now]
+            new = [e for e in visible if self.cursor.is_new(e)]
+            for entry in sorted(new, key=delivery_order):
+                if self.cursor.is_new(entry):  # asked again, as the poller does: copies in one listing
+                    self._hand_out(entry, dir_ms)
+        pass_start = self.now - self.now % 1000 - 1000
+        self.cursor.pass_complete(dirs, pass_start, SETTLE)
+        if idle and not self.in_flight and len(dirs) < MAX_DIRS:
+            assert self.cursor.sealed_ms + MINUTE_MS + SETTLE > pass_start, "an idle pass sealed too little"
+
+    def _hand_out(self, entry: Entry, dir_ms: int) -> None:
+        ident = _ident(entry.key)
+        earlier = self.handed.get(ident, self.committed.get(ident))
+        if earlier is not None:  # only a copy whose twin's directory was sealed may come again
+            assert earlier < self.cursor.sealed_ms, f"{entry.key} handed out again"
+        self.handed[ident] = dir_ms
+        self.cursor.start(entry)
+        self.in_flight.append(entry)
+
+    @precondition(lambda self: self.in_flight)
+    @rule(pick=st.integers(0, 1 << 16))
+    def complete(self, pick: int) -> None:
+        entry = self.in_flight.pop(pick % len(self.in_flight))
+        self.cursor.complete(entry.ident)
+        ident = _ident(entry.key)
+        self.completed[ident] = self.handed[ident]
+        self.ever.add(ident)
+
+    @rule()
+    def checkpoint(self) -> None:
+        self.saved = self.cursor.checkpoint()
+        self.committed = {**self.committed, **self.completed}
+
+    @rule()
+    def restart(self) -> None:
+        """A crash: in-flight work is lost; the cursor comes back from the last checkpoint."""
+        self.cursor = LogCursor(PREFIX, self.saved) if self.saved else LogCursor(PREFIX, start_ms=T0)
+        self.in_flight.clear()
+        self.handed.clear()
+        self.completed.clear()
+
+    # --- invariants ---
+
+    @invariant()
+    def checkpoint_holds_only_the_open_window(self) -> None:
+        saved = self.cursor.checkpoint()
+        assert all(d >= saved.sealed_ms for d, _, _ in saved.done)
+        open_pairs = {(_dir(e.key), _ident(e.key)[0]) for e in self.objects}
+        assert len(saved.done) <= len({p for p in open_pairs if p[0] >= saved.sealed_ms})
+
+    def teardown(self) -> None:
+        """Drain: complete everything, let time pass and list until every directory holding a copy
+        is sealed; then every message was handled at least once."""
+        last = max((_dir(e.key) for e in self.objects), default=T0)
+        for _ in range(200):
+            while self.in_flight:
+                self.complete(0)
+            if self.cursor.sealed_ms > last and all(e.last_modified_ms <= self.now for e in self.objects):
+                break
+            self.now += MINUTE_MS
+            self.list_pass()
+        assert self.messages <= self.ever, f"never handled: {sorted(self.messages - self.ever)[:5]}"
+
+
+LogCursorMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+test_log_cursor_against_its_model = LogCursorMachine.TestCase
