@@ -18,9 +18,10 @@ copy of a message in flight is not new either, and is recorded when that complet
 checkpoint must not hold a message as handled while its handling may still be lost to a crash).
 
 A sealed directory's record is dropped, so the state holds only the open window (about
-``settle_window`` + 2 minutes of directories), whatever the topic's history. A producer whose clock
-runs behind writes into an older directory; that is still delivered as long as the directory is open,
-that is while the producer is less than ``settle_window`` behind.
+``settle_window`` + 2 minutes of directories), whatever the topic's history. An object named with a
+time in the past (a producer that could not read the server's clock and runs behind) lands in an older
+directory; it is still delivered while that directory is open, that is less than ``settle_window``
+after the directory's end.
 """
 
 from __future__ import annotations
