@@ -2,7 +2,8 @@
 
 The planner is checked as a pure function; the rest runs against moto over HTTP: members in one
 process (balance, clean handover), the checkpoint fence, and real ``s3stream consume`` processes
-killed with SIGKILL, paused with SIGSTOP, and scaled from one member to four and back.
+killed with SIGKILL, paused with SIGSTOP, and scaled from one member to four and back. The fence, the
+clean handover and the paused member run on SeaweedFS too, whose conditional writes are its own.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def test_plan_releases_extras_takes_free_and_never_live_leases_of_others() -> No
         "a", ["a", "b"], shards, views, held={shards[1], shards[2]})
 
 
+@pytest.mark.usefixtures("s3_endpoint")
 async def test_fence_refuses_the_previous_holders_commit(store: Store, bucket: str) -> None:
     """After a new lease holder fences a shard's checkpoint, the previous holder's next commit is a
     CheckpointConflict and the stored checkpoint keeps the new holder's state; a commit the previous
@@ -158,16 +160,16 @@ def balanced(held: dict[str, set[str]], total: int = SHARDS) -> bool:
 
 
 async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
-        store: Store, bucket: str, moto_endpoint: str) -> None:
+        store: Store, bucket: str, s3_endpoint: str) -> None:
     """Three members settle on 5/5/6 disjoint shards; every message is delivered exactly once across
     them; when one stops cleanly the other two take its shards (8/8) at once, without waiting for the
     lease to expire, and messages published after that are delivered once as well."""
     await create_topic(store, bucket, "orders", shards=SHARDS)
     url = f"s3://{bucket}/orders"
     long_lease = 10.0  # expiry would take over 10 s; a clean handover takes a round or two
-    async with members(moto_endpoint, url, ["a", "b", "c"], long_lease) as running:
+    async with members(s3_endpoint, url, ["a", "b", "c"], long_lease) as running:
         await wait_until(lambda: balanced(holdings(running)), within=30, what="balanced 5/5/6")
-        sent = await publish(moto_endpoint, url, range(160))
+        sent = await publish(s3_endpoint, url, range(160))
 
         def got() -> list[tuple[str, bytes]]:
             return [(m.key.rsplit("/", 1)[1], m.body) for _, r in running.values() for m in r.messages]
@@ -181,7 +183,7 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         assert time.monotonic() - stopped < long_lease / 2  # released, not expired
         listed = await store.list_objects(bucket, "_s3stream/groups/g/members/")
         assert sorted(e.key.rsplit("/", 1)[1] for e in listed.entries) == ["a.json", "b.json"]
-        sent |= await publish(moto_endpoint, url, range(160, 240))
+        sent |= await publish(s3_endpoint, url, range(160, 240))
         await wait_until(lambda: set(got()) >= sent, within=30, what="all 240 delivered")
         assert sorted(Counter(got()).values())[-1] == 1
 
@@ -265,12 +267,15 @@ class Member:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path, moto_endpoint: str) -> Iterator[Any]:
-    """Start members by name; every one still running is stopped (SIGTERM) at the end."""
+def spawn(request: pytest.FixtureRequest, tmp_path: Path, moto_endpoint: str) -> Iterator[Any]:
+    """Start members by name, on the test's server (``s3_endpoint`` if it takes it, else moto); every
+    one still running is stopped (SIGTERM) at the end."""
     started: list[Member] = []
+    taken = "s3_endpoint" in request.fixturenames
+    endpoint = request.getfixturevalue("s3_endpoint") if taken else moto_endpoint
 
     def start(url: str, name: str) -> Member:
-        member = Member(tmp_path, moto_endpoint, url, name)
+        member = Member(tmp_path, endpoint, url, name)
         started.append(member)
         return member
 
@@ -323,7 +328,7 @@ async def test_kill_9_hands_the_shards_over_within_the_lease(
 
 
 async def test_a_paused_member_cannot_clobber_the_checkpoint(
-        store: Store, bucket: str, moto_endpoint: str, spawn: Any) -> None:
+        store: Store, bucket: str, s3_endpoint: str, spawn: Any) -> None:
     """A member paused with SIGSTOP past its lease loses its shards to the other member, which
     fences their checkpoints and handles what arrives meanwhile. Resumed, the paused member finds
     its leases taken and its writes refused: no checkpoint ever moves backwards, messages handled
@@ -332,11 +337,11 @@ async def test_a_paused_member_cannot_clobber_the_checkpoint(
     url = f"s3://{bucket}/orders"
     one, two = spawn(url, "m1"), spawn(url, "m2")
     await wait_until(lambda: settled(store, bucket, {"m1", "m2"}), within=60, what="8/8")
-    sent = await publish(moto_endpoint, url, range(100))
+    sent = await publish(s3_endpoint, url, range(100))
     await wait_until(lambda: all_delivered([one, two], sent), within=60, what="first 100 handled")
     two.proc.send_signal(signal.SIGSTOP)
     await wait_until(lambda: settled(store, bucket, {"m1"}), within=60, what="m1 holds all 16")
-    during = await publish(moto_endpoint, url, range(100, 200))
+    during = await publish(s3_endpoint, url, range(100, 200))
     await wait_until(lambda: all_delivered([one], during), within=60, what="m1 handled the pause's 100")
     before = await checkpoints(store, bucket)
     two.proc.send_signal(signal.SIGCONT)
@@ -350,7 +355,7 @@ async def test_a_paused_member_cannot_clobber_the_checkpoint(
         for shard, (watermark, generation) in earlier.items():
             assert later[shard][0] >= watermark, f"{shard} rewound"
             assert later[shard][1] >= generation, f"{shard} written under an older lease"
-    after = await publish(moto_endpoint, url, range(200, 300))
+    after = await publish(s3_endpoint, url, range(200, 300))
     await wait_until(lambda: all_delivered([one, two], sent | during | after), within=60, what="all 300")
     again = {k for k, _ in two.delivered()} & {k for k, _ in during}
     assert not again, f"handled during the pause by m1, handed out again by m2: {sorted(again)[:5]}"
