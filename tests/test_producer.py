@@ -9,15 +9,15 @@ from collections import Counter
 import pytest
 
 from s3stream import segments
-from s3stream.config import build_settings
+from s3stream.config import Settings, build_settings
 from s3stream.errors import ConfigError
 from s3stream.producer import Producer
 from s3stream.store import Store, open_store
 from s3stream.topics import TopicExists, create_topic, parse_log_key
-from tests.s3proxy import Rule, S3Error, S3Proxy, Transform
+from tests.s3proxy import Relayed, Rule, S3Error, S3Proxy, Transform
 
 
-def _settings(endpoint: str, **producer: object) -> object:
+def _settings(endpoint: str, **producer: object) -> Settings:
     return build_settings({"s3": {"endpoint_url": endpoint, "addressing_style": "path"},
                            "producer": producer})
 
@@ -82,8 +82,8 @@ async def test_retried_put_after_lost_response_stores_one_object(store: Store, b
     If-None-Match and counts as success: the message exists exactly once."""
     await create_topic(store, bucket, "idem", layout="log")
 
-    def lose(request: object, response: object) -> object:
-        return dataclasses.replace(response, status=503, body=b"<Error><Code>SlowDown</Code></Error>")  # type: ignore[type-var]
+    def lose(request: object, response: Relayed) -> Relayed:
+        return dataclasses.replace(response, status=503, body=b"<Error><Code>SlowDown</Code></Error>")
 
     rule = Rule(Transform(lose), method="PUT", when=lambda r: "/idem/" in r.path, first=1)
     with S3Proxy(moto_endpoint, [rule]) as proxy:
