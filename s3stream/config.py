@@ -217,6 +217,8 @@ class SnapshotSettings(_Model):
     parser: str = Field(default="csv", min_length=1, description="csv, csv-header, json, jsonl, module:attr.")
     interval: float = Field(default=30.0, gt=0, description="Seconds between checks for a new version.")
     fallback_versions: int = Field(default=10, ge=0, description="Older versions tried if the latest is bad.")
+    max_mb: int = Field(default=256, gt=0, description="A version larger than this many MiB is refused "
+                        "without being read; the last good one is served.")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 

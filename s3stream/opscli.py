@@ -13,7 +13,7 @@ from s3stream.cli import fail, main, run_async, s3_options
 from s3stream.commands import command_settings, iso, split_url
 from s3stream.config import Settings, build_settings, read_toml
 from s3stream.deadletter import DeadLetter, group_prefix, iter_dead_letters
-from s3stream.errors import ConfigError, S3StreamError
+from s3stream.errors import ConfigError, ObjectUnreadable, S3StreamError
 from s3stream.handlers import build_handler
 from s3stream.message import Message, ms_to_datetime
 from s3stream.routing import handler_names
@@ -161,14 +161,19 @@ def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config
     deleted, the rest stay."""
 
     async def go() -> None:
-        settings = command_settings(config, endpoint_url, sections=("s3", "handlers"))
+        settings = command_settings(config, endpoint_url, sections=("s3", "handlers", "consumer"))
         named = settings.handlers.get(spec)
         handler = build_handler(named.use, named.options(), name=spec) if named else build_handler(spec)
         bucket, _ = split_url(url)
         done = failed = 0
         async with open_store(settings.s3) as store:
             for dl in await _matching(settings, url, group):
-                message = await _replayed(store, dl)
+                try:
+                    message = await _replayed(store, dl, settings.consumer.max_body_mb << 20)
+                except ObjectUnreadable as exc:
+                    failed += 1
+                    click.echo(f"still failing: {dl.original_key}: {exc}", err=True)
+                    continue
                 try:
                     await handler.handle(message)
                 except Exception as exc:
@@ -183,7 +188,7 @@ def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config
     run_async(go)
 
 
-async def _replayed(store: Store, dl: DeadLetter) -> Message:
+async def _replayed(store: Store, dl: DeadLetter, max_bytes: int) -> Message:
     """The message a dead letter stands for: a deletion stays a deletion (no body, nothing fetched);
     a version too large to be kept in the dead letter is fetched again."""
     when = ms_to_datetime(dl.time_ms)
@@ -192,6 +197,7 @@ async def _replayed(store: Store, dl: DeadLetter) -> Message:
                        last_modified=when, size=0, etag="", body=b"", deleted=True, offset=dl.offset)
     body = dl.body
     if body is None:
-        body = (await store.get_object(dl.original_bucket, dl.original_key, dl.version_id)).body
+        body = (await store.get_object(dl.original_bucket, dl.original_key, dl.version_id,
+                                       max_bytes=max_bytes)).body
     return Message(bucket=dl.original_bucket, key=dl.original_key, version_id=dl.version_id,
                    last_modified=when, size=len(body), etag="", body=body, offset=dl.offset)

@@ -65,7 +65,7 @@ class Follower:
 
     def __init__(self, url: str, *, parser: str | Parser = "csv", interval: float = 30.0,
                  fallback_versions: int = 10, s3: S3Settings | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, max_mb: int = 256) -> None:
         self.bucket, self.key = split_url(url)
         if not self.key or self.key.endswith("/"):
             raise ConfigError(f"{url}: expected s3://BUCKET/KEY of a key-value file")
@@ -75,6 +75,7 @@ class Follower:
         self.parser_name, self._parser = resolve_parser(parser)
         self.interval = interval
         self.fallback_versions = fallback_versions
+        self.max_bytes = max_mb << 20  # a version larger than this is refused without being read
         self.snapshot: Snapshot | None = None
         self.last_error: str | None = None
         self.last_checked: datetime | None = None
@@ -199,7 +200,8 @@ class Follower:
         assert store is not None, "start() first"
         async with self._lock:
             try:
-                obj = await store.get_object_if_changed(self.bucket, self.key, self._seen_etag)
+                obj = await store.get_object_if_changed(self.bucket, self.key, self._seen_etag,
+                                                        max_bytes=self.max_bytes)
             except NotFound as exc:
                 self.last_checked = _now()
                 raise NotFound(f"{self.url} has no current version (missing, or deleted): {exc}",
@@ -253,7 +255,7 @@ class Follower:
                 candidates.append(entry.version_id)
         for version_id in candidates[:self.fallback_versions]:
             try:
-                older = await store.get_object(self.bucket, self.key, version_id)
+                older = await store.get_object(self.bucket, self.key, version_id, max_bytes=self.max_bytes)
                 self.downloads += 1
                 data = await asyncio.to_thread(self._parse, older.body)
             except StoreError as exc:  # expired by a lifecycle rule since the listing, say

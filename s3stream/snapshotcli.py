@@ -58,7 +58,7 @@ def _follower(settings: Settings) -> Follower:
     if snap.url is None:
         raise ConfigError("snapshot serve: give s3://BUCKET/KEY (or [snapshot] url in the --config file)")
     return Follower(snap.url, parser=snap.parser, interval=snap.interval,
-                    fallback_versions=snap.fallback_versions, s3=settings.s3)
+                    fallback_versions=snap.fallback_versions, s3=settings.s3, max_mb=snap.max_mb)
 
 
 async def serve(follower: Follower, host: str, port: int) -> None:

@@ -329,13 +329,16 @@ class Store:
 
     # --- the snapshot follower's few requests (s3stream.snapshot, snapshotcli) ---
 
-    async def get_object_if_changed(self, bucket: str, key: str, etag: str | None) -> StoredObject | None:
+    async def get_object_if_changed(self, bucket: str, key: str, etag: str | None, *,
+                                    max_bytes: int | None = None) -> StoredObject | None:
         """The latest version of ``key``, or None when its ETag is still ``etag``: a GET with
-        ``If-None-Match`` that S3 answers ``304 Not Modified``, without a body."""
+        ``If-None-Match`` that S3 answers ``304 Not Modified``, without a body. A body over
+        ``max_bytes`` raises :class:`~s3stream.errors.BodyTooLarge`, as in :meth:`get_object`."""
         quoted = f'"{etag.strip(chr(34))}"' if etag else None
         if self.lean is not None:
             answer = await self._lean("GetObject", "GET", bucket, key,
-                                      headers={"if-none-match": quoted} if quoted else None)
+                                      headers={"if-none-match": quoted} if quoted else None,
+                                      max_body=max_bytes)
             if answer.status == 304:
                 return None
             return StoredObject(body=answer.body, etag=answer.headers.get("ETag", "").strip('"'),
@@ -351,7 +354,7 @@ class Store:
                         return None
                     raise
                 async with resp["Body"] as stream:
-                    body = await stream.read()
+                    body = await _read_body(stream, resp.get("ContentLength"), max_bytes)
             return StoredObject(body=body, etag=resp.get("ETag", "").strip('"'),
                                 version_id=resp.get("VersionId"), metadata=resp.get("Metadata") or {})
 

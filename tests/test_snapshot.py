@@ -310,3 +310,18 @@ def test_json_and_jsonl_parser_rules() -> None:
         with pytest.raises(InvalidSnapshot, match=re.escape(error)):
             parse_jsonl(bad)
     assert resolve_parser(parse_json) == ("parse_json", parse_json)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiobotocore"])
+async def test_a_version_over_max_mb_is_refused_without_being_read(
+    store: Store, bucket: str, moto_endpoint: str, lean: bool
+) -> None:
+    """A new version larger than ``max_mb`` is never read into memory: the last good version is still
+    served and ``last_error`` names the size and the limit."""
+    good_version = await put(store, bucket, b"x,1\n")
+    async with follower(moto_endpoint, bucket, lean=lean, max_mb=1) as f:
+        await put(store, bucket, b"y,2\n" * (600 * 1024))  # 2.4 MB
+        await wait_until(lambda: f.last_error is not None, what="the large version refused")
+        assert "over the limit of 1048576 bytes" in (f.last_error or ""), f.last_error
+        assert f.version_id == good_version
+        assert dict(f.data) == {"x": "1"}
