@@ -90,10 +90,13 @@ async def stop_when_idle(consumer: Consumer, *, check: float = 0.05) -> None:
 
 def _caught_up(shard: Shard, settle_ms: int) -> bool:
     """True when the shard's next pass lists everything up to now (a log-layout pass lists at most
-    ``MAX_DIRS_PER_PASS`` minute directories; a versions pass lists every page)."""
+    ``MAX_DIRS_PER_PASS`` minute directories; a versions pass lists every page). Times are the
+    server's, so a host clock ahead or behind does not matter."""
     if not isinstance(shard.cursor, LogCursor):
         return True
-    now_ms = int(time.time() * 1000)
+    if not shard.cursor.horizon_ms:  # no pass yet
+        return False
+    now_ms = shard.cursor.horizon_ms + 1000  # the server's time at the start of the last pass
     return len(shard.cursor.open_dirs(now_ms, settle_ms, MAX_DIRS_PER_PASS)) < MAX_DIRS_PER_PASS
 
 

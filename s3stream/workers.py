@@ -326,7 +326,7 @@ def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> 
     decoder = shard.decoder
     name = parse_log_key(entry.key) if shard.layout == "log" else None
     if name is not None and name.is_segment:
-        pairs = segments.decode(obj.body, name.suffix)
+        pairs = segments.decode(obj.body, name.suffix, shard.decoder.max_decompressed)
         if decoder.raw:
             return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset)
                     for offset, (pkey, body) in enumerate(pairs)]

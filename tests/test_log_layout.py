@@ -16,13 +16,14 @@ import pytest
 from s3stream.checkpoint import MemoryCheckpointStore, decode
 from s3stream.config import build_settings
 from s3stream.consumer import Consumer
+from s3stream.deadletter import DeadLetter, iter_dead_letters
 from s3stream.handlers import as_handler
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
 from s3stream.producer import Producer
 from s3stream.shard import Shard
 from s3stream.store import Store, open_store
-from s3stream.topics import MINUTE_MS, create_topic, minute_dir, parse_log_key
+from s3stream.topics import CONTROL_PREFIX, MINUTE_MS, create_topic, minute_dir, parse_log_key
 from s3stream.workers import WorkerPool
 from tests.conftest import Recorder, make_settings, running, wait_until
 from tests.s3proxy import Delay, Relayed, Rule, S3Error, S3Proxy, Transform, directory_bucket_rules
@@ -401,3 +402,29 @@ async def test_a_crowded_directory_is_handed_out_in_bounded_parts(
     for k in range(5):
         lane = [bodies[e.key] for e in handed if bodies[e.key] % 5 == k]
         assert lane == sorted(lane)
+
+
+async def test_a_segment_past_the_sources_max_decompressed_mb_is_dead_lettered(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A zstd segment that decompresses to 2 MiB, consumed by a source with ``max_decompressed_mb = 1``:
+    it is dead-lettered with the reason instead of being decompressed whole; a small one flows."""
+    await create_topic(store, bucket, "bomb", shards=1, layout="log")
+    settings = make_settings(moto_endpoint, f"s3://{bucket}/bomb")
+    settings.sources[0] = settings.sources[0].model_copy(update={"max_decompressed_mb": 1})
+    consumer = Consumer(settings)
+    rec = Recorder()
+    consumer.register_handler("rec", rec)
+    async with running(consumer), _producer(moto_endpoint, segment_max_messages=50,
+                                            compression="zstd") as p:
+        await p.publish_many(f"s3://{bucket}/bomb", [(None, "x" * (64 << 10)) for _ in range(32)])
+        await p.publish(f"s3://{bucket}/bomb", "small")
+        await rec.wait_count(1)
+        letters: list[DeadLetter] = []
+
+        async def dead_lettered() -> bool:
+            letters[:] = [dl async for dl in iter_dead_letters(store, bucket, CONTROL_PREFIX, "default")]
+            return bool(letters)
+        await wait_until(dead_lettered, what="the segment dead-lettered")
+    assert [m.body for m in rec.messages] == [b"small"]
+    assert "max_decompressed_mb" in letters[0].error
