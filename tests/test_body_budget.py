@@ -31,7 +31,8 @@ async def test_a_hold_waits_for_room_and_one_larger_than_the_budget_holds_all_of
     await wait_until(lambda: entered == ["a", "b"], within=5)
     big = asyncio.create_task(hold("c", 100, c_done))
     await asyncio.sleep(0)
-    assert entered == ["a", "b"] and budget.free == 0
+    assert entered == ["a", "b"]
+    assert budget.free == 0
     a_done.set()
     await tasks[0]
     assert entered == ["a", "b"]  # c needs all ten bytes
@@ -43,7 +44,7 @@ async def test_a_hold_waits_for_room_and_one_larger_than_the_budget_holds_all_of
     assert budget.free == 10
 
 
-@pytest.mark.parametrize("budget_mb, most_at_once", [(4, 1), (8, 2)])
+@pytest.mark.parametrize(("budget_mb", "most_at_once"), [(4, 1), (8, 2)])
 async def test_bodies_in_memory_stay_within_max_inflight_mb(
     store: Store, bucket: str, moto_endpoint: str, budget_mb: int, most_at_once: int
 ) -> None:

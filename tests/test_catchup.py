@@ -24,7 +24,8 @@ def entry(key: str, version_id: str, last_modified_ms: int, *, deleted: bool = F
 
 def backlog(keys: int, per_key: int) -> list[Entry]:
     """A key-ordered backlog, every version stamped well before the pass's horizon."""
-    return [entry(f"k{k:05d}", f"v{i}", (k * per_key + i) * SECOND) for k in range(keys) for i in range(per_key)]
+    return [entry(f"k{k:05d}", f"v{i}", (k * per_key + i) * SECOND)
+            for k in range(keys) for i in range(per_key)]
 
 
 def test_checkpoint_stays_small_while_a_pass_catches_up_a_backlog() -> None:
@@ -57,7 +58,7 @@ def test_a_restart_mid_pass_redelivers_only_what_was_not_handled() -> None:
     cursor = VersionCursor()
     cursor.begin_pass(HORIZON)
     entries = backlog(100, 5)
-    handled, running = entries[:230], entries[230:240]
+    handled, _running = entries[:230], entries[230:240]
     previous_key = ""
     for e in entries[:240]:
         if e.key != previous_key:
@@ -132,7 +133,8 @@ def test_versions_written_during_the_pass_are_kept_in_the_done_set() -> None:
 def test_a_multipart_upload_completed_last_is_delivered_last() -> None:
     """A multipart upload started before a plain PUT but completed after it is S3's current version:
     listed first, with the older LastModified. It is delivered after the plain PUT."""
-    listed = [entry("k", "multipart", 10 * SECOND, latest=True, etag="abc-2"), entry("k", "plain", 20 * SECOND)]
+    listed = [entry("k", "multipart", 10 * SECOND, latest=True, etag="abc-2"),
+              entry("k", "plain", 20 * SECOND)]
     assert [e.version_id for e in oldest_first(listed)] == ["plain", "multipart"]
 
 
@@ -168,13 +170,17 @@ def test_a_hot_key_is_held_up_to_the_limit_then_only_its_chunks_are_kept() -> No
     listed = [entry("hot", f"v{i}", (1000 - i) * SECOND) for i in range(1000)]  # newest first
     for e in listed[:100]:
         run.add(e, new=True)
-    assert not run.spilled and len(run.held) == 100
+    assert not run.spilled
+    assert len(run.held) == 100
     for e in listed[100:]:
         run.add(e, new=True)
         assert len(run.held) <= 100
-    assert run.spilled and run.held == []
+    assert run.spilled
+    assert run.held == []
     assert len(run.chunks) == 10
-    assert run.chunks[0].after is None and run.chunks[0].first == "v0"
-    assert run.chunks[3].after == "v299" and run.chunks[3].first == "v300"
+    assert run.chunks[0].after is None
+    assert run.chunks[0].first == "v0"
+    assert run.chunks[3].after == "v299"
+    assert run.chunks[3].first == "v300"
     assert run.unstarted_before(3) == run.chunks[2].min_ms == 701 * SECOND
     assert run.unstarted_before(0) == 2**63
