@@ -184,7 +184,23 @@ class Store:
         if_none_match: bool = False, content_type: str | None = None,
         metadata: dict[str, str] | None = None, content_encoding: str | None = None,
     ) -> tuple[str, str | None]:
-        """Write an object, optionally conditional; returns ``(etag, version_id)``."""
+        """Write an object, optionally conditional; returns ``(etag, version_id)``. With ``if_match``,
+        a key that is gone fails the condition: S3 answers 404 ``NoSuchKey`` (other servers 412), and
+        either is :class:`~s3stream.errors.PreconditionFailed`."""
+        try:
+            return await self._put_object(bucket, key, body, if_match=if_match, if_none_match=if_none_match,
+                                          content_type=content_type, metadata=metadata,
+                                          content_encoding=content_encoding)
+        except errors.NotFound as exc:
+            if if_match is None:
+                raise
+            raise errors.PreconditionFailed(f"PutObject: precondition failed (no object to match: {exc})",
+                                            code=exc.code, operation="PutObject") from None
+
+    async def _put_object(
+        self, bucket: str, key: str, body: bytes, *, if_match: str | None, if_none_match: bool,
+        content_type: str | None, metadata: dict[str, str] | None, content_encoding: str | None,
+    ) -> tuple[str, str | None]:
         if self.lean is not None:
             headers = {f"x-amz-meta-{k.lower()}": v for k, v in (metadata or {}).items()}
             if if_match is not None:

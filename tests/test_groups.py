@@ -227,6 +227,24 @@ async def test_late_renewals_pause_the_shards_and_an_uncontested_renewal_resumes
         assert (lease["owner"], lease["generation"]) == (None, 1)  # released at the stop, never moved
 
 
+async def test_a_lease_deleted_under_its_holder_drops_the_shard_and_the_member_runs_on(
+        store: Store, bucket: str, s3_endpoint: str) -> None:
+    """A held lease removed from the bucket fails the next renewal's If-Match (S3 answers 404
+    NoSuchKey, SeaweedFS 412): the member drops that shard and takes it again with a new lease, and
+    keeps running instead of stopping with a store error."""
+    await create_topic(store, bucket, "orders", shards=2)
+    url = f"s3://{bucket}/orders"
+    async with members(s3_endpoint, url, ["a"]) as running:
+        consumer, _ = running["a"]
+        await wait_until(lambda: len(consumer.shards) == 2, within=30, what="a holds both shards")
+        first = consumer.shards[0]
+        await store.client.delete_object(Bucket=bucket, Key=lease_key("g", first.prefix))
+        await wait_until(lambda: first not in consumer.shards and len(consumer.shards) == 2, within=30,
+                         what="the shard dropped and taken again")
+    lease = orjson.loads((await store.get_object(bucket, lease_key("g", first.prefix))).body)
+    assert (lease["owner"], lease["generation"]) == (None, 1)  # taken anew, released at the stop
+
+
 class Member:
     """One ``s3stream consume`` process of the group, writing what it handles to its own JSON lines."""
 

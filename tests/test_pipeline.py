@@ -204,6 +204,20 @@ async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: 
     assert size_4k < 200
 
 
+@pytest.mark.usefixtures("s3_endpoint")
+async def test_a_checkpoint_deleted_under_its_writer_is_a_conflict(store: Store, bucket: str) -> None:
+    """A checkpoint removed while its consumer runs (a topic deleted with its data) fails the next
+    commit's If-Match on every server: S3 answers 404 NoSuchKey there, SeaweedFS 412, and both are a
+    CheckpointConflict, not a store error."""
+    opts = {"bucket": bucket, "prefix": "gone/", "control_prefix": "_s3stream/checkpoints", "group": "g"}
+    ckpt = S3CheckpointStore(store, **opts)
+    await ckpt.load()
+    await ckpt.save(Checkpoint(watermark_ms=1000))
+    await store.client.delete_object(Bucket=bucket, Key=ckpt.key)
+    with pytest.raises(CheckpointConflict):
+        await ckpt.save(Checkpoint(watermark_ms=2000))
+
+
 def _shard_file(prefix: str) -> str:
     from s3stream.checkpoint import shard_name
 
