@@ -72,7 +72,7 @@ class VersionCursor:
         self._pending: dict[Ident, int] = {(k, v): lm for k, v, lm in cp.pending}
         self._restored: tuple[PassProgress, ...] = cp.progress  # until a pass of ours completes
         self._pass: PassProgress | None = None
-        self.generation = 0  # bumps whenever the checkpoint's content changes
+        self.generation = 0  # bumps when the done or pending versions change: a commit is due
         for key, version_id, last_modified_ms in cp.done:
             self._add_done((key, version_id), last_modified_ms)
 
@@ -136,10 +136,12 @@ class VersionCursor:
             return
         self._pass = current = PassProgress(current.horizon_ms, key, before_ms)
         heap, done = self._by_position, self._done
+        pruned = False
         while heap and current.covers(heap[0][0], heap[0][1]):
             key_done, _, version_id = heapq.heappop(heap)
-            done.pop((key_done, version_id), None)
-        self.generation += 1
+            pruned |= done.pop((key_done, version_id), None) is not None
+        if pruned:  # progress alone is not written: a stored checkpoint that covers less stays true
+            self.generation += 1
 
     def pass_complete(self, horizon_ms: int) -> None:
         """A listing pass that began with ``horizon_ms`` as its horizon has been fully handed out."""
@@ -198,7 +200,9 @@ class VersionCursor:
             return
         self.watermark_ms = target
         heap, done = self._by_time, self._done
+        pruned = False
         while heap and heap[0][0] < target:
             _, key, version_id = heapq.heappop(heap)
-            done.pop((key, version_id), None)
-        self.generation += 1
+            pruned |= done.pop((key, version_id), None) is not None
+        if pruned:  # a watermark that moved alone is not written: idle shards cost no PUTs
+            self.generation += 1

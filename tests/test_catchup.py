@@ -184,3 +184,24 @@ def test_a_hot_key_is_held_up_to_the_limit_then_only_its_chunks_are_kept() -> No
     assert run.chunks[3].first == "v300"
     assert run.unstarted_before(3) == run.chunks[2].min_ms == 701 * SECOND
     assert run.unstarted_before(0) == 2**63
+
+
+def test_passes_over_an_idle_shard_leave_nothing_to_commit() -> None:
+    """Passes that find nothing new move the watermark and the progress but not ``generation``: an idle
+    shard's checkpoint is not written again (the stored one, covering less, stays true)."""
+    cursor = VersionCursor()
+    old = entry("a", "1", 10 * SECOND)
+    cursor.begin_pass(100 * SECOND)
+    cursor.listed_through("a")
+    cursor.start(old)
+    cursor.complete(old.ident)
+    cursor.pass_complete(100 * SECOND)
+    g = cursor.generation
+    for horizon in range(101, 110):
+        cursor.begin_pass(horizon * SECOND)
+        cursor.listed_through("a")
+        assert not cursor.is_new(old)
+        cursor.listed_through("b")
+        cursor.pass_complete(horizon * SECOND)
+    assert cursor.generation == g
+    assert cursor.checkpoint() == Checkpoint(watermark_ms=109 * SECOND)
