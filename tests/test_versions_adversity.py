@@ -123,6 +123,19 @@ async def test_a_multipart_upload_completed_after_a_plain_put_is_delivered_last(
     assert [m.body for m in rec.messages] == [b"plain", b"multipart"]
 
 
+async def suspend_and_overwrite(store: Store, bucket: str, rec: Recorder) -> str | None:
+    """Write ``s/k`` once, suspend versioning, overwrite it twice, each write once delivered; the
+    version id of the first write."""
+    _, kept = await store.put_object(bucket, "s/k", b"versioned")
+    await rec.wait_count(1)
+    await store.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    await store.put_object(bucket, "s/k", b"first null")
+    await rec.wait_count(2)
+    await store.put_object(bucket, "s/k", b"second null")
+    await wait_until(lambda: b"second null" in [m.body for m in rec.messages], what="the overwrite")
+    return kept
+
+
 async def test_overwrites_after_versioning_is_suspended_are_each_delivered(
     store: Store, bucket: str, moto_endpoint: str
 ) -> None:
@@ -132,14 +145,7 @@ async def test_overwrites_after_versioning_is_suspended_are_each_delivered(
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
-        await store.put_object(bucket, "s/k", b"versioned")
-        await rec.wait_count(1)
-        await store.client.put_bucket_versioning(Bucket=bucket,
-                                                 VersioningConfiguration={"Status": "Suspended"})
-        await store.put_object(bucket, "s/k", b"first null")
-        await rec.wait_count(2)
-        await store.put_object(bucket, "s/k", b"second null")
-        await wait_until(lambda: b"second null" in [m.body for m in rec.messages], what="the overwrite")
+        await suspend_and_overwrite(store, bucket, rec)
     assert [m.body for m in rec.messages] == [b"versioned", b"first null", b"second null"]
     assert [m.version_id for m in rec.messages][1:] == ["null", "null"]
 
@@ -160,14 +166,7 @@ async def test_overwrites_after_suspension_beside_the_versions_kept_are_each_del
     rec = Recorder()
     consumer.register_handler("rec", rec)
     async with running(consumer):
-        _, kept = await store.put_object(bucket, "s/k", b"versioned")
-        await rec.wait_count(1)
-        await store.client.put_bucket_versioning(Bucket=bucket,
-                                                 VersioningConfiguration={"Status": "Suspended"})
-        await store.put_object(bucket, "s/k", b"first null")
-        await rec.wait_count(2)
-        await store.put_object(bucket, "s/k", b"second null")
-        await wait_until(lambda: b"second null" in [m.body for m in rec.messages], what="the overwrite")
+        kept = await suspend_and_overwrite(store, bucket, rec)
     listed = {(e.version_id, e.latest) for e in (await store.list_versions(bucket, "s/")).entries}
     assert listed == {("null", True), (kept, False)}  # S3 lists "null" first; SeaweedFS lists it last
     assert [m.body for m in rec.messages] == [b"versioned", b"first null", b"second null"]
