@@ -23,10 +23,8 @@ from s3stream.message import Entry
 from s3stream.s3xml import VersionPage
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store
-from s3stream.versionorder import KeyRun, oldest_first
+from s3stream.versionorder import KeyRun
 from s3stream.workers import WorkerPool
-
-__all__ = ["Poller", "ShardPoller", "list_page", "oldest_first"]  # oldest_first: kept importable here
 
 log = structlog.get_logger("s3stream.poller")
 
