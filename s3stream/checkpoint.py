@@ -18,7 +18,8 @@ import orjson
 from s3stream.cursor import Checkpoint, PassProgress, Version
 from s3stream.errors import CheckpointConflict, ConfigError, NotFound, PreconditionFailed
 from s3stream.logcursor import LogCheckpoint
-from s3stream.store import Store
+from s3stream.message import Entry
+from s3stream.store import StoredObject
 
 FORMAT_VERSION = 1
 
@@ -109,6 +110,24 @@ def shard_name(prefix: str) -> str:
     return f"{readable}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
 
 
+class ConditionalStore(Protocol):
+    """The object operations checkpoints and leases need: :class:`~s3stream.store.Store`, or any
+    store with the same conditional writes (the model-based tests use one in memory)."""
+
+    async def get_object(self, bucket: str, key: str, version_id: str | None = None, *,
+                         max_bytes: int | None = None) -> StoredObject: ...
+
+    async def put_object(
+        self, bucket: str, key: str, body: bytes, *, if_match: str | None = None,
+        if_none_match: bool = False, content_type: str | None = None,
+        metadata: dict[str, str] | None = None, content_encoding: str | None = None,
+    ) -> tuple[str, str | None]: ...
+
+    async def list_all_objects(self, bucket: str, prefix: str) -> tuple[list[Entry], int]: ...
+
+    async def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> str | None: ...
+
+
 class CheckpointStore(Protocol):
     """Loads and saves one shard's checkpoint."""
 
@@ -124,14 +143,18 @@ class S3CheckpointStore:
     it names the lease's owner and generation, written with ``If-Match`` on the ETag it read. Any
     write by the shard's previous holder (a paused or partitioned process) then fails with a 412 and
     :class:`~s3stream.errors.CheckpointConflict`: progress is never rewound or clobbered by a member
-    whose lease was taken. A write of the previous holder that landed before the fence is kept."""
+    whose lease was taken. A write of the previous holder that landed before the fence is kept. A
+    fence never displaces a later generation's: a taker slower than the next one finds the shard
+    fenced and gives its lease back."""
 
-    def __init__(self, store: Store, *, bucket: str, prefix: str, control_prefix: str, group: str) -> None:
+    def __init__(self, store: ConditionalStore, *, bucket: str, prefix: str, control_prefix: str,
+                 group: str) -> None:
         self._store = store
         self._bucket = bucket
         self._prefix = prefix
         self.key = f"{control_prefix.strip('/')}/{group}/{shard_name(prefix)}.json"
         self._etag: str | None = None
+        self._fenced_at = 0  # the lease generation named by the checkpoint last read
         self._unconfirmed: list[bytes] = []  # bodies sent whose outcome we never learned
         self.lease: dict[str, Any] | None = None  # {"owner", "generation"} once fenced
 
@@ -143,6 +166,8 @@ class S3CheckpointStore:
             return None
         self._etag = obj.etag
         doc, checkpoint = _parse(obj.body, where=f"s3://{self._bucket}/{self.key}")
+        lease = doc.get("lease")
+        self._fenced_at = int(lease.get("generation", 0)) if isinstance(lease, dict) else 0
         return None if doc.get("fresh") else checkpoint  # a fence before any progress
 
     async def fence(self, owner: str, generation: int) -> Checkpoint | LogCheckpoint | None:
@@ -150,8 +175,12 @@ class S3CheckpointStore:
         lease (``If-Match`` on what was read; again if the previous holder wrote in between). Returns
         the checkpoint to resume from (None: no progress yet)."""
         self.lease = {"owner": owner, "generation": generation}
+        where = f"s3://{self._bucket}/{self.key}"
         for _ in range(5):
             saved = await self.load()
+            if self._fenced_at > generation:
+                raise CheckpointConflict(f"checkpoint {where} is fenced by lease generation "
+                                         f"{self._fenced_at}, later than ours ({generation})")
             extra = {"lease": self.lease, **({"fresh": True} if saved is None else {})}
             body = encode(saved or Checkpoint(watermark_ms=0), bucket=self._bucket, prefix=self._prefix,
                           extra=extra)
@@ -161,7 +190,7 @@ class S3CheckpointStore:
                 continue
             self._unconfirmed.clear()
             return saved
-        raise CheckpointConflict(f"checkpoint s3://{self._bucket}/{self.key} keeps changing under a fence")
+        raise CheckpointConflict(f"checkpoint {where} keeps changing under a fence")
 
     async def save(self, checkpoint: Checkpoint | LogCheckpoint) -> None:
         extra = {"lease": self.lease} if self.lease else None

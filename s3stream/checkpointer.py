@@ -61,18 +61,20 @@ class Checkpointer:
 
     async def commit(self, shard: Shard) -> None:
         """Commit one shard if its done set changed. A conflict (another member fenced the shard)
-        goes to ``on_conflict``; without one, or when it declines, it is raised."""
-        snapshot = shard.cursor.checkpoint()
-        generation = shard.cursor.generation
-        if generation == shard.saved_generation:
-            return
-        try:
-            await shard.checkpoints.save(snapshot)
-        except CheckpointConflict:
-            if self.on_conflict is not None and self.on_conflict(shard):
+        goes to ``on_conflict``; without one, or when it declines, it is raised. Commits of one shard
+        (the periodic one, a handover's, the final one) take turns: each writes on the ETag of the last."""
+        async with shard.commit_lock:
+            snapshot = shard.cursor.checkpoint()
+            generation = shard.cursor.generation
+            if generation == shard.saved_generation:
                 return
-            raise
-        shard.saved_generation = generation
+            try:
+                await shard.checkpoints.save(snapshot)
+            except CheckpointConflict:
+                if self.on_conflict is not None and self.on_conflict(shard):
+                    return
+                raise
+            shard.saved_generation = generation
         self.commits += 1
         metrics.CHECKPOINT_COMMITS.labels(shard=shard.name).inc()
         log.debug("committed", shard=shard.name, watermark_ms=shard.cursor.watermark_ms,

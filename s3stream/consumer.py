@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from s3stream.deadletter import DeadLetters
 from s3stream.errors import CheckpointConflict, ConfigError, RetriableError
 from s3stream.group import Candidate, Membership, default_member_id
 from s3stream.handlers import Handler, as_handler, build_handler
+from s3stream.lease import Tenure
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
 from s3stream.metrics import HealthServer
@@ -122,8 +122,7 @@ class Consumer:
                         self._start_poller(shard)
                 notifying = [tg.create_task(run) for run in notification_tasks(
                     self._notified, store, pool, self.settings, checkpointer.wake.set)]
-                if self.membership is not None:
-                    notifying.append(tg.create_task(self.membership.run()))
+                renewing = tg.create_task(self.membership.run()) if self.membership is not None else None
                 workers = [tg.create_task(pool.worker()) for _ in range(consumer.concurrency)]
                 workers.append(tg.create_task(pool.watchdog()))
                 committer = tg.create_task(checkpointer.run())
@@ -132,6 +131,8 @@ class Consumer:
                 self.started.set()
                 await self._stopping.wait()
                 log.info("stopping: pollers stopped, draining in-flight work", in_flight=pool.pending)
+                if self.membership is not None:
+                    self.membership.stop_taking()  # leases are still renewed until the final commit
                 for task in [*notifying, *self._pollers.values()]:
                     task.cancel()
                 try:
@@ -141,6 +142,10 @@ class Consumer:
                     log.warning("grace period over; unfinished work will be redelivered", left=pool.pending)
                 for task in [*workers, committer]:
                     task.cancel()
+                if renewing is not None:
+                    await asyncio.gather(*workers, committer, return_exceptions=True)
+                    await self._final_commit(checkpointer, release=False)
+                    renewing.cancel()
         except BaseExceptionGroup as group:  # a task failed: raise its error, not the TaskGroup's wrapper
             raise _first_error(group) from None
         finally:
@@ -166,21 +171,21 @@ class Consumer:
                           renew_interval=leases.every, candidates=self._candidates,
                           take=self._take_shard, give_up=self._give_up_shard, lost=self._drop_shard)
 
-    async def _take_shard(self, cand: Candidate, generation: int) -> bool:
+    async def _take_shard(self, cand: Candidate, tenure: Tenure) -> bool:
         """A lease was taken: fence the checkpoint, open the shard, start its poller."""
         assert self._store is not None
         assert self.membership is not None
         src, layout = cand.payload
         try:
             shard = await self._open_shard(self._store, src, cand.prefix, layout,
-                                           lease=(self.membership.member, generation))
+                                           lease=(self.membership.member, tenure.generation))
         except (CheckpointConflict, RetriableError) as exc:
             log.warning("could not open a leased shard; giving the lease back", shard=cand.prefix,
                         error=str(exc))
             return False
-        if self._stopping.is_set():
+        if self._stopping.is_set() or tenure.ended:
             return False
-        shard.leased = functools.partial(self.membership.leased, shard.bucket, shard.prefix)
+        shard.tenure = tenure
         self.shards.append(shard)
         self._start_poller(shard)
         return True
@@ -190,15 +195,14 @@ class Consumer:
         shard = self._shard_for(cand)
         if shard is None:
             return
+        shard.open = False  # items not yet started stay uncommitted: the next holder delivers them
         task = self._pollers.pop(shard, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        shard.idle.clear()
-        if shard.cursor.in_flight:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.consumer.shutdown_grace):
-                    await shard.idle.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.consumer.shutdown_grace):
+                await shard.idle.wait()
         assert self._checkpointer is not None
         try:
             await self._checkpointer.commit(shard)
@@ -223,6 +227,7 @@ class Consumer:
         return True
 
     def _forget(self, shard: Shard) -> None:
+        shard.open = False
         task = self._pollers.pop(shard, None)
         if task is not None:
             task.cancel()
@@ -250,14 +255,16 @@ class Consumer:
         stale = [s.name for s in self.shards if time.monotonic() - s.last_poll > limit]
         return (not stale, f"not polled for {limit:.0f}s: {', '.join(stale)}" if stale else "ok")
 
-    async def _final_commit(self, checkpointer: Checkpointer) -> None:
+    async def _final_commit(self, checkpointer: Checkpointer, *, release: bool = True) -> None:
+        """Commit what was handled; then (``release``) give the leases back. In a group the commit
+        comes first, while the leases are still renewed: the shards are ours until it is written."""
         try:
             await checkpointer.flush()
             log.info("final checkpoint committed", commits=checkpointer.commits)
         except Exception as exc:
             log.error("final checkpoint failed; work since the last commit will be redelivered",
                       error=str(exc))
-        if self.membership is not None:
+        if self.membership is not None and release:
             try:
                 await self.membership.release_all()
             except Exception as exc:

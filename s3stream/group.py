@@ -4,30 +4,36 @@ In each bucket a group consumes, under ``_s3stream/groups/<group>/``:
 
 * ``members/<member>.json``: rewritten every renewal (host, pid, the shards held). A member counts
   while its record's LastModified is within the lease duration of the server's clock.
-* ``leases/<shard>.json``: ``{"owner", "generation", "prefix"}``. Created with ``If-None-Match: *``;
-  renewed (the same body again), taken over (owner and generation + 1) and released (owner ``null``)
-  with ``If-Match`` on the ETag, so two members never both believe they hold a shard for long: the
-  loser of a race gets a 412 and lets go.
+* ``leases/<shard>.json``: ``{"owner", "generation", "renewal", "prefix"}``. Created with
+  ``If-None-Match: *``; renewed (``renewal`` + 1, so the ETag changes at every write), taken over
+  (owner and generation + 1) and released (owner ``null``) with ``If-Match`` on the ETag: of two
+  members racing for a lease one gets a 412, and a taker's ``If-Match`` on the ETag it listed fails
+  if the owner renewed after the listing.
 
 Two loops, each every ``renew_interval`` seconds (counted from the start of its last pass):
 
 * keep-alive: write the member record and renew every held lease, all at once. A 412 means the
-  shard was taken: it is dropped at once, without a commit. A lease not renewed for a whole duration
-  pauses its shard (the poller lists nothing) until a renewal succeeds, which proves nobody took it
-  and resumes the shard where it was, or fails with a 412.
+  shard was taken (unless the lease holds a body this member sent and never heard back about: then
+  it adopts that write): it is dropped at once, without a commit. Each holding is a
+  :class:`~s3stream.lease.Tenure` whose deadline is the send time of the last successful write plus
+  the duration; past it the shard hands nothing out (no listing, no handler call) until a renewal
+  succeeds, which proves nobody took it and resumes the shard where it was, or fails with a 412.
 * rebalance: list the members and the leases, then follow :func:`s3stream.lease.plan`: release extra
   shards (the consumer finishes their in-flight work and commits first) and take free ones (the
   consumer fences the checkpoint, then polls). It starts an interval after the first registration,
   so members started together see each other before they take anything.
 
-A slow listing therefore never delays a renewal. A member that stops cleanly releases its leases and
-deletes its record, so the others rebalance at their next pass instead of waiting for it to expire.
+A slow listing therefore never delays a renewal. A member that stops cleanly first stops taking
+shards (:meth:`Membership.stop_taking`), keeps renewing while its in-flight work finishes and its
+final checkpoint is written, then releases its leases and deletes its record, so the others
+rebalance at their next pass instead of waiting for it to expire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -37,10 +43,9 @@ from typing import Any
 import orjson
 import structlog
 
-from s3stream.checkpoint import shard_name
+from s3stream.checkpoint import ConditionalStore, shard_name
 from s3stream.errors import NotFound, PreconditionFailed, RetriableError
-from s3stream.lease import LEASE_FORMAT, LeaseView, is_live, plan
-from s3stream.store import Store
+from s3stream.lease import LEASE_FORMAT, LeaseView, Tenure, fair_share, is_live, plan
 from s3stream.topics import CONTROL_PREFIX
 
 log = structlog.get_logger("s3stream.group")
@@ -62,9 +67,11 @@ def member_key(group: str, member: str) -> str:
 
 
 def default_member_id() -> str:
-    """``<host>-<pid>``: unique on a host, and stable across restarts of a container (pid 1)."""
+    """``<host>-<pid>-<random>``: the random part keeps two containers on one host network (both
+    pid 1, one host name) from sharing an id. A configured id (a StatefulSet pod's name) lets a
+    restarted member take its own leases back at once instead of waiting them out."""
     host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +85,24 @@ class Candidate:
 
 @dataclass
 class Held:
-    """A lease this member holds: the ETag of its last write and when that write was sent."""
+    """A lease this member holds: its tenure, the ETag of its last write, and the bodies it sent
+    without learning whether they landed."""
 
     candidate: Candidate
-    generation: int
+    tenure: Tenure
     etag: str
-    renewed_at: float = field(default_factory=time.monotonic)
+    writes: int = 0  # this holding's writes so far: the ``renewal`` field of the next body
     releasing: bool = False
     overdue: bool = False  # not renewed within the duration: its shard is paused until it is
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one write of the lease at a time
+    unconfirmed: list[bytes] = field(default_factory=list)
+
+    @property
+    def generation(self) -> int:
+        return self.tenure.generation
 
 
-Take = Callable[[Candidate, int], Awaitable[bool]]  # open the shard under this generation; False: could not
+Take = Callable[[Candidate, Tenure], Awaitable[bool]]  # open the shard under this tenure; False: could not
 GiveUp = Callable[[Candidate], Awaitable[None]]  # finish in-flight work, commit, close the shard
 Lost = Callable[[Candidate], None]  # close the shard now, without committing
 
@@ -97,8 +110,9 @@ Lost = Callable[[Candidate], None]  # close the shard now, without committing
 class Membership:
     """One member of a consumer group: keeps its record, renews its leases, rebalances."""
 
-    def __init__(self, store: Store, *, group: str, member: str, duration: float, renew_interval: float,
-                 candidates: list[Candidate], take: Take, give_up: GiveUp, lost: Lost) -> None:
+    def __init__(self, store: ConditionalStore, *, group: str, member: str, duration: float,
+                 renew_interval: float, candidates: list[Candidate], take: Take, give_up: GiveUp,
+                 lost: Lost, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.group = group
         self.member = member
@@ -106,11 +120,14 @@ class Membership:
         self.renew_interval = renew_interval
         self.candidates = candidates
         self._take, self._give_up, self._lost = take, give_up, lost
+        self.clock = clock
         self.held: dict[tuple[str, str], Held] = {}
-        self.last_renewal = time.monotonic()
+        self.last_renewal = clock()
+        self.taking = True  # False once the member stops: no more shards are taken
         self._registered = asyncio.Event()
+        self._rebalancer: asyncio.Task[None] | None = None
         # (bucket, lease key) -> (ETag, owner, generation) of the lease's last known body: one entry
-        # per lease, whatever its ETags (not MD5 with SSE-KMS or in directory buckets: new at every write)
+        # per lease, whatever its ETags (new at every write)
         self._bodies: dict[tuple[str, str], tuple[str, str | None, int]] = {}
         self._started_ms = int(time.time() * 1000)
         self.log = log.bind(group=group, member=member)
@@ -120,15 +137,25 @@ class Membership:
         delays a renewal; releases run beside them, so neither waits for a drain."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._keep_alive())
-            await self._registered.wait()
-            await asyncio.sleep(self.renew_interval)  # members started together see each other first
-            while True:
-                began = time.monotonic()
-                try:
-                    await self.rebalance(tg)
-                except RetriableError as exc:
-                    self.log.warning("group rebalance failed; will retry", error=str(exc))
-                await asyncio.sleep(max(0.0, self.renew_interval - (time.monotonic() - began)))
+            self._rebalancer = tg.create_task(self._rebalancing(tg))
+
+    def stop_taking(self) -> None:
+        """Shutdown's first phase: take no more shards. Renewals go on (until :meth:`run` is
+        cancelled), so the shards held stay ours while their last work finishes and is committed."""
+        self.taking = False
+        if self._rebalancer is not None:
+            self._rebalancer.cancel()
+
+    async def _rebalancing(self, tg: asyncio.TaskGroup) -> None:
+        await self._registered.wait()
+        await asyncio.sleep(self.renew_interval)  # members started together see each other first
+        while True:
+            began = time.monotonic()
+            try:
+                await self.rebalance(tg)
+            except RetriableError as exc:
+                self.log.warning("group rebalance failed; will retry", error=str(exc))
+            await asyncio.sleep(max(0.0, self.renew_interval - (time.monotonic() - began)))
 
     async def _keep_alive(self) -> None:
         """Every ``renew_interval`` (from the start of the last renewal): the member record and every
@@ -152,7 +179,7 @@ class Membership:
             if isinstance(outcome, BaseException):
                 raise outcome
         self._registered.set()
-        self.last_renewal = time.monotonic()
+        self.last_renewal = self.clock()
 
     async def rebalance(self, tg: asyncio.TaskGroup) -> None:
         """List the members and the leases and follow :func:`~s3stream.lease.plan`, bucket by bucket."""
@@ -162,12 +189,17 @@ class Membership:
             by_bucket.setdefault(cand.bucket, []).append(cand)
         for bucket, cands in by_bucket.items():
             members, now_ms = await self._members(bucket)
-            views = await self._views(bucket, cands, now_ms)
-            held = {k[1] for k, h in self.held.items() if k[0] == bucket and not h.releasing}
-            decided = plan(self.member, members, [c.prefix for c in cands], views, held)
+            mine = [(k[1], h) for k, h in self.held.items() if k[0] == bucket]
+            held = {prefix for prefix, h in mine if not h.releasing}
+            releasing = frozenset(prefix for prefix, h in mine if h.releasing)
+            wanting = self.taking and fair_share(len(cands), members, self.member) > len(held)
+            views = await self._views(bucket, cands, now_ms) if wanting else {}  # at its share: no reads
+            decided = plan(self.member, members, [c.prefix for c in cands], views, held, releasing)
             for prefix in decided.release:
                 self.held[(bucket, prefix)].releasing = True
                 tg.create_task(self._release_after_drain(self.held[(bucket, prefix)]))
+            if not self.taking:
+                continue
             by_prefix = {c.prefix: c for c in cands}
             await asyncio.gather(*(self._acquire(by_prefix[v.shard], v, tg) for v in decided.acquire))
         self.log.debug("group rebalanced", seconds=round(time.monotonic() - began, 3), held=len(self.held))
@@ -175,8 +207,8 @@ class Membership:
     async def release_all(self) -> None:
         """Hand every held lease back and delete the member record (at shutdown, after the final
         commit), so the others count one member fewer and take the shards at their next pass."""
-        for held in list(self.held.values()):
-            await self._write_release(held)
+        self.stop_taking()
+        await asyncio.gather(*(self._write_release(held) for held in list(self.held.values())))
         for bucket in sorted({c.bucket for c in self.candidates}):
             await self.store.delete_object(bucket, member_key(self.group, self.member))
 
@@ -197,7 +229,8 @@ class Membership:
                 if e.key.endswith(".json") and is_live(e.last_modified_ms, now_ms, self.duration)], now_ms
 
     async def _views(self, bucket: str, cands: list[Candidate], now_ms: int) -> dict[str, LeaseView]:
-        """Every candidate's lease; bodies are read only when their ETag is new to this member."""
+        """Every candidate's lease; a body is read when its ETag is new to this member (after every
+        write: a renewal too). Only a member below its share asks."""
         entries, _ = await self.store.list_all_objects(bucket, f"{group_prefix(self.group)}leases/")
         listed = {e.key: e for e in entries}
         views = {}
@@ -221,40 +254,43 @@ class Membership:
         return views
 
     async def _renew_one(self, held: Held) -> None:
-        """The same lease body again with ``If-Match``: success proves nobody took the lease, even
-        if it was overdue, so a paused shard resumes where it was; a 412 drops the shard."""
+        """A new body of the same holding with ``If-Match``: success proves nobody took the lease,
+        even if it was overdue, so a paused shard resumes where it was; a 412 drops the shard."""
         key = (held.candidate.bucket, held.candidate.prefix)
         async with held.lock:
             if self.held.get(key) is not held:
                 return  # released or dropped meanwhile
-            sent = time.monotonic()
+            sent = self.clock()
             try:
-                etag = await self._put_lease(held.candidate, self.member, held.generation, held.etag)
+                await self._write(held, self.member)
             except PreconditionFailed:
                 if self.held.get(key) is held:
                     self.log.warning("lease taken by another member; dropping the shard", shard=key[1])
                     self._drop(held)
                 return
-            held.etag, held.renewed_at = etag, sent
+            held.tenure.renewed(sent + self.duration)
             if held.overdue:
                 held.overdue = False
                 self.log.info("lease renewed after all; the shard resumes", shard=key[1])
 
     async def _acquire(self, cand: Candidate, view: LeaseView, tg: asyncio.TaskGroup) -> None:
         """Take the lease, then open the shard beside the rebalancing (fencing and loading take time)."""
+        if (cand.bucket, cand.prefix) in self.held:
+            return
         generation = view.generation + 1
-        sent = time.monotonic()
+        sent = self.clock()
+        body = _body(cand, self.member, generation, 0)
         try:
-            etag = await self._put_lease(cand, self.member, generation, view.etag)
+            etag = await self._put(cand, body, view.etag, self.member, generation)
         except PreconditionFailed:
             return  # another member was faster
-        held = Held(cand, generation, etag, renewed_at=sent)
+        held = Held(cand, Tenure(generation, sent + self.duration), etag, writes=1)
         self.held[(cand.bucket, cand.prefix)] = held
         self.log.info("lease taken", shard=cand.prefix, generation=generation, previous_owner=view.owner)
         tg.create_task(self._open(held))
 
     async def _open(self, held: Held) -> None:
-        if not await self._take(held.candidate, held.generation):
+        if not await self._take(held.candidate, held.tenure):
             await self._write_release(held)
 
     async def _release_after_drain(self, held: Held) -> None:
@@ -268,15 +304,44 @@ class Membership:
             if self.held.get(key) is not held:
                 return
             del self.held[key]
+            held.tenure.end()  # ours no longer, before anyone can see it released
             try:
-                await self._put_lease(held.candidate, None, held.generation, held.etag)
+                await self._write(held, None)
             except (PreconditionFailed, RetriableError) as exc:  # taken already, or it will expire
                 self.log.info("lease not released explicitly; it will expire", shard=key[1],
                               error=str(exc))
 
-    async def _put_lease(self, cand: Candidate, owner: str | None, generation: int, etag: str | None) -> str:
-        body = orjson.dumps({"format": LEASE_FORMAT, "owner": owner, "generation": generation,
-                             "prefix": cand.prefix})
+    async def _write(self, held: Held, owner: str | None) -> None:
+        """Write the next body of ``held`` (``owner`` None: the release) with ``If-Match`` on its
+        ETag. After a 412, a lease that holds one of our own unanswered bodies is ours still: adopt
+        its ETag and write again once."""
+        for attempt in range(2):
+            body = _body(held.candidate, owner, held.generation, held.writes)
+            held.writes += 1
+            held.unconfirmed = [*held.unconfirmed[-3:], body]
+            try:
+                held.etag = await self._put(held.candidate, body, held.etag, owner, held.generation)
+            except PreconditionFailed:
+                if attempt or not await self._adopt(held):
+                    raise
+                continue
+            held.unconfirmed.clear()
+            return
+
+    async def _adopt(self, held: Held) -> bool:
+        """True (taking its ETag) when the stored lease is a body of ours whose answer never came."""
+        try:
+            stored = await self.store.get_object(held.candidate.bucket, lease_key(self.group,
+                                                                                  held.candidate.prefix))
+        except NotFound:
+            return False
+        if stored.body not in held.unconfirmed:
+            return False
+        held.etag = stored.etag
+        return True
+
+    async def _put(self, cand: Candidate, body: bytes, etag: str | None, owner: str | None,
+                   generation: int) -> str:
         key = lease_key(self.group, cand.prefix)
         new_etag, _ = await self.store.put_object(cand.bucket, key, body, if_match=etag,
                                                   if_none_match=etag is None, content_type="application/json")
@@ -284,28 +349,31 @@ class Membership:
         return new_etag
 
     def _note_overdue(self) -> None:
-        """A lease not renewed for a whole duration may be someone else's by now: its shard lists
-        nothing (:meth:`leased` is False) until a renewal succeeds or fails with a 412."""
-        now = time.monotonic()
+        """A lease not renewed for a whole duration may be someone else's by now: its shard hands
+        nothing out (its tenure does not hold) until a renewal succeeds or fails with a 412."""
+        now = self.clock()
         for held in self.held.values():
-            if not held.overdue and now - held.renewed_at >= self.duration:
+            if not held.overdue and not held.tenure.holds(now):
                 held.overdue = True
                 self.log.warning("lease not renewed within its duration; the shard is paused",
                                  shard=held.candidate.prefix)
 
     def _drop(self, held: Held) -> None:
         self.held.pop((held.candidate.bucket, held.candidate.prefix), None)
+        held.tenure.end()
         self._lost(held.candidate)
-
-    def leased(self, bucket: str, prefix: str) -> bool:
-        """True while the lease is held and its last renewal was sent less than a duration ago."""
-        held = self.held.get((bucket, prefix))
-        return held is not None and time.monotonic() - held.renewed_at < self.duration
 
     def forfeit(self, bucket: str, prefix: str) -> None:
         """The consumer found the shard fenced by another member: forget the lease, write nothing."""
-        if self.held.pop((bucket, prefix), None) is not None:
+        held = self.held.pop((bucket, prefix), None)
+        if held is not None:
+            held.tenure.end()
             self.log.warning("shard fenced by another member; lease forfeited", shard=prefix)
+
+
+def _body(cand: Candidate, owner: str | None, generation: int, renewal: int) -> bytes:
+    return orjson.dumps({"format": LEASE_FORMAT, "owner": owner, "generation": generation,
+                         "renewal": renewal, "prefix": cand.prefix})
 
 
 def _parse(body: bytes) -> tuple[str | None, int]:

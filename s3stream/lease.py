@@ -10,13 +10,24 @@ Every member computes the same balanced target from the same facts: with ``S`` s
 members sorted by id, member ``i`` should hold ``S // N`` shards, plus one when ``i < S % N``. So each
 holds ⌊S/N⌋ or ⌈S/N⌉ and the targets add up to ``S``. A member above its target releases its extra
 shards (after finishing their work); one below takes free shards in an order of its own (a hash of
-its id and the shard), so members rarely race for the same one, and a lost race costs one 412.
+its id and the shard), so members rarely race for the same one, and a lost race costs one 412. A
+shard still being given up is neither held nor free to its member: it is taken back only once its
+release is written.
+
+A member's belief that it owns a shard is a :class:`Tenure`: the lease's generation and a deadline on
+the member's monotonic clock, the send time of its last successful write plus the duration. A taker
+waits for the lease's LastModified (stamped after that send) plus the duration and a second on the
+server's clock, so a tenure always ends before anyone else's can begin; and every renewal writes a
+new body (its ``renewal`` count), so a taker's ``If-Match`` on a listed ETag never succeeds against a
+lease renewed after the listing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 LEASE_FORMAT = 1
 
@@ -44,6 +55,41 @@ class Plan:
     acquire: list[LeaseView]
 
 
+@dataclass(eq=False, slots=True)
+class Tenure:
+    """One holding of a shard's lease, as its holder sees it: shared by the membership (which moves
+    ``until`` at each renewal and ends it) and the shard's pipeline (which hands out nothing once it
+    no longer holds)."""
+
+    generation: int
+    until: float  # monotonic deadline: last successful write's send time + the lease duration
+    ended: bool = False  # taken by another member, fenced, released or given back
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set at each renewal and at the end
+
+    def holds(self, now: float) -> bool:
+        """True while the lease is surely still ours at monotonic time ``now``."""
+        return not self.ended and now < self.until
+
+    def renewed(self, until: float) -> None:
+        self.until = until
+        self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def settled(self, clock: Callable[[], float]) -> bool:
+        """Wait while the lease is overdue but not known lost; True once it holds again, False once
+        it has ended."""
+        while not self.ended and not self.holds(clock()):
+            await self.changed.wait()
+        return not self.ended
+
+
 def is_live(last_modified_ms: int, now_ms: int, duration_s: float) -> bool:
     """A lease renewed at ``last_modified_ms`` is live at server time ``now_ms``. Both are whole
     seconds on S3, so a second of slack keeps a taker from seeing a lease expire early."""
@@ -63,11 +109,12 @@ def preference(me: str, shard: str) -> bytes:
 
 
 def plan(me: str, members: list[str], shards: list[str], views: dict[str, LeaseView],
-         held: set[str]) -> Plan:
-    """One rebalancing pass's decisions for ``me``, holding ``held``, given every shard's lease view.
+         held: set[str], releasing: frozenset[str] = frozenset()) -> Plan:
+    """One rebalancing pass's decisions for ``me``, holding ``held`` and still giving up ``releasing``,
+    given every shard's lease view.
 
     A lease still naming ``me`` that ``me`` does not hold (left by this member's previous run, under
-    the same member id) is taken back at once rather than waited out."""
+    the same member id) is taken back at once rather than waited out; one being released is not."""
     target = fair_share(len(shards), members, me)
     if len(held) > target:
         extra = sorted(held, key=lambda s: preference(me, s), reverse=True)[: len(held) - target]
@@ -77,7 +124,7 @@ def plan(me: str, members: list[str], shards: list[str], views: dict[str, LeaseV
         return Plan(release=[], acquire=[])
     free = []
     for shard in shards:
-        if shard in held:
+        if shard in held or shard in releasing:
             continue
         view = views.get(shard) or LeaseView(shard, None, 0, None, False)
         if view.free or view.owner == me:

@@ -74,7 +74,7 @@ class ShardPoller(Generic[C]):
         skip = self.shard.fresh and settings.start_from == "latest"
         while True:
             started = time.monotonic()
-            if not self.shard.leased():  # a paused member woke up: list nothing until the group decides
+            if not self.shard.holds(started):  # a lease overdue: list nothing until the group decides
                 await asyncio.sleep(delay)
                 continue
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -12,6 +11,7 @@ from s3stream.checkpoint import CheckpointStore
 from s3stream.codecs import DEFAULT_DECODER, Decoder
 from s3stream.cursor import VersionCursor
 from s3stream.handlers import Handler
+from s3stream.lease import Tenure
 from s3stream.message import Entry
 
 ShardLayout = Literal["versions", "log", "objects"]
@@ -47,6 +47,12 @@ class Cursor(Protocol):
     def checkpoint(self) -> Any: ...
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(eq=False)
 class Shard:
     """Everything the pipeline stages share about one prefix."""
@@ -61,13 +67,20 @@ class Shard:
     exclude: tuple[str, ...] = ()  # control prefixes (checkpoints, dead letters) inside this prefix
     saved_generation: int = -1
     last_poll: float = field(default_factory=time.monotonic)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when nothing is in flight
-    leased: Callable[[], bool] = lambda: True  # in a group: False once the lease may have expired
+    tenure: Tenure | None = None  # in a group: the lease holding the shard was opened under
+    open: bool = True  # False once given up, dropped or fenced: workers start none of its items
+    running: int = 0  # its items a worker is running now
+    idle: asyncio.Event = field(default_factory=_set_event)  # set while none of its items runs
+    commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint write at a time
     decoder: Decoder = DEFAULT_DECODER  # how plain objects become messages (the source's codec settings)
 
     @property
     def name(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def holds(self, now: float) -> bool:
+        """True while the shard is open and (in a group) its lease surely ours at monotonic ``now``."""
+        return self.open and (self.tenure is None or self.tenure.holds(now))
 
     def wants(self, key: str) -> bool:
         """False for keys s3stream itself writes (checkpoints, topics, dead letters)."""

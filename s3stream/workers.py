@@ -133,7 +133,7 @@ class WorkerPool:
         interval = min(1.0, self._handler_timeout / 10)
         while True:
             await asyncio.sleep(interval)
-            now = time.perf_counter()
+            now = time.monotonic()
             for watch in self._watches:
                 if watch.deadline < now and not watch.fired:
                     watch.fired = True
@@ -144,10 +144,18 @@ class WorkerPool:
         self._stopped.set()
 
     async def _run(self, item: WorkItem, watch: _Watch) -> None:
+        shard = item.shard
         self._running += 1
         self._none_running.clear()
+        shard.running += 1
+        shard.idle.clear()
         try:
-            await self._handle(item, watch)
+            if await _owned(shard):
+                await self._handle(item, watch)
+            else:
+                self._discard(item)
+        except _Lost:
+            self._discard(item)
         except OutputClosed as exc:
             if not self._stopping:
                 log.info("output closed: stopping; the message being written stays uncommitted",
@@ -160,6 +168,9 @@ class WorkerPool:
             self._running -= 1
             if not self._running:
                 self._none_running.set()
+            shard.running -= 1
+            if not shard.running:
+                shard.idle.set()
 
     async def _handle(self, item: WorkItem, watch: _Watch) -> None:
         shard, entry = item.shard, item.entry
@@ -168,8 +179,15 @@ class WorkerPool:
             messages = await self._read(item, bound)
             await self._deliver(shard, messages, watch, bound)
         shard.cursor.complete(entry.ident)
-        if not shard.cursor.in_flight:
-            shard.idle.set()
+        self._done()
+
+    def _discard(self, item: WorkItem) -> None:
+        """An item of a shard this member no longer holds: hand it to no handler and leave it
+        uncommitted (the shard's next holder delivers it)."""
+        log.debug("not handed out: the shard is no longer ours", shard=item.shard.name, key=item.entry.key)
+        self._done()
+
+    def _done(self) -> None:
         self._pending -= 1
         metrics.IN_FLIGHT.set(self._pending)
         self._slots.release()
@@ -231,12 +249,14 @@ class WorkerPool:
         """Hand each message to the handler in order. The loop is the hot path of a segment (a
         thousand messages an object): one call, one clock read and one histogram sample each; a failure
         leaves it for :meth:`_retry`."""
-        handler = shard.handler
+        handler, tenure = shard.handler, shard.tenure
         handle, observe = handler.handle, _handler_seconds(handler.name)
         timeout = self._handler_timeout if self._handler_timeout is not None else float("inf")
         done = size = 0
         for message in messages:
-            started = time.perf_counter()
+            started = time.monotonic()
+            if tenure is not None and not tenure.holds(started) and not await tenure.settled(time.monotonic):
+                raise _Lost  # the lease was lost: hand out no more of this shard
             watch.deadline = started + timeout
             failure: BaseException | None = None
             try:
@@ -254,7 +274,7 @@ class WorkerPool:
                 if watch.fired:  # the watchdog fired, whether or not the handler finished
                     watch.fired = False
                     watch.task.uncancel()
-            observe.observe(time.perf_counter() - started)
+            observe.observe(time.monotonic() - started)
             if failure is None or await self._retry(shard, message, failure, bound):
                 done += 1
                 size += len(message.body)
@@ -272,6 +292,8 @@ class WorkerPool:
         failed_at = time.monotonic()
         while attempts < backoff.attempts:
             await self._pause(backoff.wait(attempts, time.monotonic() - failed_at))
+            if not await _owned(shard):
+                raise _Lost
             attempts += 1
             metrics.RETRIES.labels(what="handler").inc()
             try:
@@ -356,6 +378,20 @@ def _replaceable(shard: Shard, entry: Entry) -> bool:
 def _version_id(shard: Shard, entry: Entry) -> str:
     """The message's version id: S3's, or ``"null"`` where the bucket keeps no versions."""
     return "null" if shard.layout == "objects" else entry.version_id
+
+
+async def _owned(shard: Shard) -> bool:
+    """Whether a worker may start an item of ``shard``: it is open and, in a group, its lease holds.
+    While the lease is overdue (renewals late, not known lost) this waits for the group to decide."""
+    if not shard.open:
+        return False
+    if shard.tenure is None or shard.tenure.holds(time.monotonic()):
+        return True
+    return await shard.tenure.settled(time.monotonic) and shard.open
+
+
+class _Lost(Exception):
+    """The shard's lease was lost while its item was being handed out: stop, commit nothing of it."""
 
 
 class _Left(Exception):

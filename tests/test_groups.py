@@ -30,7 +30,7 @@ from s3stream.cursor import Checkpoint
 from s3stream.emulator import run_emulator
 from s3stream.errors import CheckpointConflict, ConfigError
 from s3stream.group import Candidate, Membership, group_prefix, lease_key
-from s3stream.lease import LeaseView, fair_share, plan
+from s3stream.lease import LeaseView, Tenure, fair_share, plan
 from s3stream.producer import Producer
 from s3stream.store import Store, open_store
 from s3stream.topics import create_topic
@@ -213,7 +213,7 @@ async def test_late_renewals_pause_the_shards_and_an_uncontested_renewal_resumes
                                   when=lambda r: "/leases/" in r.path))
 
             def leased() -> list[bool]:
-                return [membership.leased(s.bucket, s.prefix) for s in opened]
+                return [s.holds(time.monotonic()) for s in opened]
 
             await wait_until(lambda: not any(leased()), within=30, what="every shard paused")
             await wait_until(lambda: all(leased()), within=30, what="every shard resumed")
@@ -420,7 +420,7 @@ async def test_lease_bookkeeping_stays_one_entry_per_lease_when_etags_change_on_
     """Where ETags are not MD5 (a directory bucket here; S3 Express and SSE-KMS alike) every renewal
     gives a lease a new ETag. Over many renewals and rebalances, what a member remembers of lease
     bodies stays one entry per lease, and the leases stay held."""
-    async def take(_: Candidate, __: int) -> bool:
+    async def take(_: Candidate, __: Tenure) -> bool:
         return True
 
     async def give_up(_: Candidate) -> None:
