@@ -18,10 +18,11 @@ Two loops, each every ``renew_interval`` seconds (counted from the start of its 
   :class:`~s3stream.lease.Tenure` whose deadline is the send time of the last successful write plus
   the duration; past it the shard hands nothing out (no listing, no handler call) until a renewal
   succeeds, which proves nobody took it and resumes the shard where it was, or fails with a 412.
-* rebalance: list the members and the leases, then follow :func:`s3stream.lease.plan`: release extra
-  shards (the consumer finishes their in-flight work and commits first) and take free ones (the
-  consumer fences the checkpoint, then polls). It starts an interval after the first registration,
-  so members started together see each other before they take anything.
+* rebalance: list the members and, if this member holds fewer shards than its share, the leases
+  (reading the bodies whose ETag changed), then follow :func:`s3stream.lease.plan`: release extra
+  shards (the consumer stops starting their items, lets the running ones finish and commits first)
+  and take free ones (the consumer fences the checkpoint, then polls). It starts an interval after
+  the first registration, so members started together see each other before they take anything.
 
 A slow listing therefore never delays a renewal. A member that stops cleanly first stops taking
 shards (:meth:`Membership.stop_taking`), keeps renewing while its in-flight work finishes and its
