@@ -121,7 +121,8 @@ def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
 
 def lease_options(func: F) -> F:
     """``--lease-duration`` (joins the group's leases) and ``--member-id``."""
-    func = click.option("--member-id", help="This member's name in the group. [default: <host>-<pid>]")(func)
+    func = click.option("--member-id",
+                        help="This member's name in the group. [default: <host>-<pid>-<random>]")(func)
     return click.option("--lease-duration", type=float, metavar="SECONDS",
                         help="Share the topic with the group's other members, holding shard leases "
                              "this long between renewals ([consumer.leases]).")(func)

@@ -78,7 +78,7 @@ class LeaseSettings(_Model):
     renew_interval: float | None = Field(default=None, gt=0, description="Seconds between renewals "
                                          "[default: a third of the duration].")
     member_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$",
-                                  description="This member's name [default: <host>-<pid>].")
+                                  description="This member's name [default: <host>-<pid>-<random>].")
 
     @model_validator(mode="after")
     def _renew_within_duration(self) -> LeaseSettings:
