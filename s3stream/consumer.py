@@ -250,7 +250,7 @@ class Consumer:
             return False, "starting" if not self._stopping.is_set() else "stopping"
         limit = self.settings.metrics.ready_after
         member = self.membership
-        if member is not None and time.monotonic() - member.last_renewal > member.duration:
+        if member is not None and member.clock() - member.last_renewal > member.duration:
             return False, f"no lease renewal for {member.duration:.0f}s (leases may be lost)"
         stale = [s.name for s in self.shards if time.monotonic() - s.last_poll > limit]
         return (not stale, f"not polled for {limit:.0f}s: {', '.join(stale)}" if stale else "ok")

@@ -47,6 +47,7 @@ import structlog
 from s3stream.checkpoint import ConditionalStore, shard_name
 from s3stream.errors import NotFound, PreconditionFailed, RetriableError
 from s3stream.lease import LEASE_FORMAT, LeaseView, Tenure, fair_share, is_live, plan
+from s3stream.lease import clock as lease_clock
 from s3stream.topics import CONTROL_PREFIX
 
 log = structlog.get_logger("s3stream.group")
@@ -113,7 +114,7 @@ class Membership:
 
     def __init__(self, store: ConditionalStore, *, group: str, member: str, duration: float,
                  renew_interval: float, candidates: list[Candidate], take: Take, give_up: GiveUp,
-                 lost: Lost, clock: Callable[[], float] = time.monotonic) -> None:
+                 lost: Lost, clock: Callable[[], float] = lease_clock) -> None:
         self.store = store
         self.group = group
         self.member = member

@@ -15,7 +15,7 @@ shard still being given up is neither held nor free to its member: it is taken b
 release is written.
 
 A member's belief that it owns a shard is a :class:`Tenure`: the lease's generation and a deadline on
-the member's monotonic clock, the send time of its last successful write plus the duration. A taker
+the member's own :data:`clock`, the send time of its last successful write plus the duration. A taker
 waits for the lease's LastModified (stamped after that send) plus the duration and a second on the
 server's clock, so a tenure always ends before anyone else's can begin; and every renewal writes a
 new body (its ``renewal`` count), so a taker's ``If-Match`` on a listed ETag never succeeds against a
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,6 +56,19 @@ class Plan:
     acquire: list[LeaseView]
 
 
+def _clock() -> Callable[[], float]:
+    boot = getattr(time, "CLOCK_BOOTTIME", None)
+    if boot is None:
+        return time.monotonic
+    return lambda: time.clock_gettime(boot)
+
+
+clock = _clock()
+"""Seconds on the clock tenures are kept on: CLOCK_BOOTTIME where the system has it (Linux), which
+goes on counting while the machine is suspended, so a member whose VM was frozen finds its hold
+lapsed when it wakes; the monotonic clock elsewhere."""
+
+
 @dataclass(eq=False, slots=True)
 class Tenure:
     """One holding of a shard's lease, as its holder sees it: shared by the membership (which moves
@@ -62,12 +76,12 @@ class Tenure:
     no longer holds)."""
 
     generation: int
-    until: float  # monotonic deadline: last successful write's send time + the lease duration
+    until: float  # deadline on :data:`clock`: last successful write's send time + the lease duration
     ended: bool = False  # taken by another member, fenced, released or given back
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set at each renewal and at the end
 
     def holds(self, now: float) -> bool:
-        """True while the lease is surely still ours at monotonic time ``now``."""
+        """True while the lease is surely still ours at time ``now`` on :data:`clock`."""
         return not self.ended and now < self.until
 
     def renewed(self, until: float) -> None:
@@ -82,10 +96,10 @@ class Tenure:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    async def settled(self, clock: Callable[[], float]) -> bool:
+    async def settled(self, now: Callable[[], float]) -> bool:
         """Wait while the lease is overdue but not known lost; True once it holds again, False once
         it has ended."""
-        while not self.ended and not self.holds(clock()):
+        while not self.ended and not self.holds(now()):
             await self.changed.wait()
         return not self.ended
 

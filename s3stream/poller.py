@@ -19,6 +19,7 @@ import structlog
 from s3stream.config import ConsumerSettings
 from s3stream.cursor import VersionCursor
 from s3stream.errors import RetriableError
+from s3stream.lease import clock as lease_clock
 from s3stream.message import Entry
 from s3stream.s3xml import VersionPage
 from s3stream.shard import Shard, WorkItem
@@ -74,7 +75,7 @@ class ShardPoller(Generic[C]):
         skip = self.shard.fresh and settings.start_from == "latest"
         while True:
             started = time.monotonic()
-            if not self.shard.holds(started):  # a lease overdue: list nothing until the group decides
+            if not self.shard.holds(lease_clock()):  # a lease overdue: list nothing until the group decides
                 await asyncio.sleep(delay)
                 continue
             try:

@@ -41,6 +41,8 @@ from s3stream.errors import (
     OutputClosed,
     RetriableError,
 )
+from s3stream.lease import Tenure
+from s3stream.lease import clock as lease_clock
 from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.retry import HandlerBackoff
 from s3stream.shard import Shard, WorkItem
@@ -255,7 +257,7 @@ class WorkerPool:
         done = size = 0
         for message in messages:
             started = time.monotonic()
-            if tenure is not None and not tenure.holds(started) and not await tenure.settled(time.monotonic):
+            if tenure is not None and not await _holds(tenure):
                 raise _Lost  # the lease was lost: hand out no more of this shard
             watch.deadline = started + timeout
             failure: BaseException | None = None
@@ -385,9 +387,12 @@ async def _owned(shard: Shard) -> bool:
     While the lease is overdue (renewals late, not known lost) this waits for the group to decide."""
     if not shard.open:
         return False
-    if shard.tenure is None or shard.tenure.holds(time.monotonic()):
-        return True
-    return await shard.tenure.settled(time.monotonic) and shard.open
+    return shard.tenure is None or (await _holds(shard.tenure) and shard.open)
+
+
+async def _holds(tenure: Tenure) -> bool:
+    """True at once while the lease holds; while overdue, waits for the group to decide."""
+    return tenure.holds(lease_clock()) or await tenure.settled(lease_clock)
 
 
 class _Lost(Exception):

@@ -31,6 +31,7 @@ from s3stream.emulator import run_emulator
 from s3stream.errors import CheckpointConflict, ConfigError
 from s3stream.group import Candidate, Membership, group_prefix, lease_key
 from s3stream.lease import LeaseView, Tenure, fair_share, plan
+from s3stream.lease import clock as lease_clock
 from s3stream.producer import Producer
 from s3stream.store import Store, open_store
 from s3stream.topics import create_topic
@@ -213,7 +214,7 @@ async def test_late_renewals_pause_the_shards_and_an_uncontested_renewal_resumes
                                   when=lambda r: "/leases/" in r.path))
 
             def leased() -> list[bool]:
-                return [s.holds(time.monotonic()) for s in opened]
+                return [s.holds(lease_clock()) for s in opened]
 
             await wait_until(lambda: not any(leased()), within=30, what="every shard paused")
             await wait_until(lambda: all(leased()), within=30, what="every shard resumed")
