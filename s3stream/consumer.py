@@ -212,9 +212,10 @@ class Consumer:
         self._forget(shard)
 
     def _drop_shard(self, cand: Candidate) -> None:
-        """Another member took the lease: stop at once, commit nothing (its fence refuses us)."""
-        shard = self._shard_for(cand)
-        if shard is not None:
+        """Another member took the lease: stop at once, commit nothing (its fence refuses us). Only
+        the shard opened under the ended tenure goes; a newer holding of the same prefix stays."""
+        for shard in [s for s in self.shards if s.bucket == cand.bucket and s.prefix == cand.prefix
+                      and s.tenure is not None and s.tenure.ended]:
             log.warning("shard dropped: its lease is no longer ours", shard=shard.name)
             self._forget(shard)
 
@@ -222,7 +223,7 @@ class Consumer:
         """A commit met another member's fence: the shard is theirs now."""
         if self.membership is None:
             return False
-        self.membership.forfeit(shard.bucket, shard.prefix)
+        self.membership.forfeit(shard.bucket, shard.prefix, shard.tenure)
         self._forget(shard)
         return True
 

@@ -365,10 +365,13 @@ class Membership:
         held.tenure.end()
         self._lost(held.candidate)
 
-    def forfeit(self, bucket: str, prefix: str) -> None:
-        """The consumer found the shard fenced by another member: forget the lease, write nothing."""
-        held = self.held.pop((bucket, prefix), None)
-        if held is not None:
+    def forfeit(self, bucket: str, prefix: str, tenure: Tenure | None) -> None:
+        """The consumer found the shard it opened under ``tenure`` fenced by another member: forget
+        that lease, write nothing. A conflict of a holding already dropped (its commit landed late)
+        leaves a newer holding of the same shard alone."""
+        held = self.held.get((bucket, prefix))
+        if held is not None and held.tenure is tenure:
+            del self.held[(bucket, prefix)]
             held.tenure.end()
             self.log.warning("shard fenced by another member; lease forfeited", shard=prefix)
 

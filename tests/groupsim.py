@@ -161,7 +161,7 @@ class Process:
             try:
                 await opened.checkpoints.save(Checkpoint(watermark_ms=next(self.model.marks)))
             except CheckpointConflict:
-                self.membership.forfeit(BUCKET, opened.prefix)
+                self.membership.forfeit(BUCKET, opened.prefix, opened.tenure)
                 self.close(opened)
             except RetriableError:
                 pass

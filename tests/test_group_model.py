@@ -285,3 +285,19 @@ def test_whole_seconds_never_end_a_lease_early() -> None:
     with machine(2, 2, phase=0.9, duration=7.5) as model:
         play(model, lambda: model.rebalance(0), lambda: model.advance(7.2), lambda: model.rebalance(1))
         assert model.owners_of("orders/0/") == model.owners_of("orders/1/") == ["m0"]
+
+
+def test_a_stale_commits_conflict_forfeits_only_its_own_holding() -> None:
+    """m0's commit of orders/0 is in flight when m0 loses the shard (m1 takes it after m0 stalled, then
+    stops cleanly); m0 takes it again at generation 3; then the old commit lands and meets m1's fence.
+    That conflict concerns the old holding only: m0's holding at generation 3 must stay, and the shard
+    must never be open twice in m0."""
+    with machine(2, 2) as model:
+        m0 = model.procs[0]
+        play(model, lambda: model.rebalance(0), lambda: model.network(0, "checkpoint", "late"),
+             lambda: model.run(m0, m0.commit(next(o for o in m0.opened if o.prefix == "orders/0/"))),
+             lambda: model.network(0, "checkpoint", None), lambda: model.advance(12.0),
+             lambda: model.rebalance(1), lambda: model.renew(0), lambda: model.lifecycle(1, "stop"),
+             lambda: model.rebalance(0), lambda: model.let_go(list(model.parked)))
+        assert model.owners_of("orders/0/") == ["m0"]
+        play(model, lambda: model.rebalance(0))
