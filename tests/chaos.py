@@ -1,5 +1,6 @@
 """Chaos for consumer groups, the pure part: the nemesis's seeded schedule, the history a run records,
-and checkers over that history (the processes, proxies and producer are in tests/test_group_chaos.py).
+and checkers over that history (processes and proxies: :mod:`tests.chaos_nemesis`; the producer and
+the test: tests/test_group_chaos.py).
 
 **History.** Everything runs on one machine, so every record carries ``time.time()`` of one clock:
 
@@ -12,7 +13,8 @@ and checkers over that history (the processes, proxies and producer are in tests
   process ended without being asked to), ``skip`` (a planned step not taken: its member was busy).
 * :class:`LeaseWrite`: every lease write a member's proxy forwarded and the server accepted: which
   member wrote it, what it says (owner, generation), and when the proxy got the answer, before the
-  member did. Per shard these are the lease's history, in the server's order.
+  member did. Sorted by that time, one shard's writes are its lease's history (each write's
+  ``If-Match`` names the one before, so the server applied them in that order).
 * :class:`Ack`: a write the producer saw acknowledged: key, sequence number, version id.
 
 **Unclean windows.** ``kill``, ``pause`` and ``fault`` are unclean; ``term`` and rebalancing are
@@ -59,6 +61,7 @@ from typing import Any
 import orjson
 
 EPS = 0.05
+LOOKBACK = 10.0  # seconds of events before a violation that its message recounts
 UNCLEAN = frozenset({"kill", "pause", "fault"})
 
 
@@ -150,8 +153,21 @@ class History:
         return None
 
     def describe(self, call: Call) -> str:
-        return (f"{call.member}(pid {call.pid}) {call.key}@{call.version[:8]} "
-                f"[{self.rel(call.start)}..{self.rel(call.end)}]")
+        """``m1(pid 7) orders/00/k03#12 [1.000s..1.010s]``: ``#12`` is the producer's sequence number
+        (from the body), which tells versions apart better than ids sharing long prefixes."""
+        seq = call.body.rpartition(":")[2]
+        span = f"[{self.rel(call.start)}..{self.rel(call.end)}]"
+        return f"{call.member}(pid {call.pid}) {call.key}#{seq} {span}"
+
+    def lease_moves(self, shard: str, since: float, until: float) -> str:
+        """The lease's changes of owner or generation on ``shard`` between two times."""
+        moves, last = [], None
+        for w in sorted(self.leases, key=lambda w: w.at):
+            if w.shard == shard and (w.owner, w.generation) != last:
+                last = (w.owner, w.generation)
+                if since < w.at <= until:
+                    moves.append(f"{w.owner or 'released'} g{w.generation} at {self.rel(w.at)}")
+        return f"lease of {shard}: " + (", ".join(moves) if moves else "unchanged")
 
     def to_json(self) -> bytes:
         return orjson.dumps({"t0": self.t0, "lease": self.lease, "calls": self.calls, "events": self.events,
@@ -257,7 +273,7 @@ def check_leases(h: History) -> list[str]:
         while i > 0 and (history[i - 1].owner, history[i - 1].generation) == (last.owner, last.generation):
             i -= 1  # back to the write that gave the lease to this owner and generation
         named = f"{last.owner}'s (generation {last.generation})" if last.owner else "released"
-        recent = h.around([call.member], history[i].at - h.lease, call.start)
+        recent = h.around([call.member], history[i].at - LOOKBACK, call.start)
         out.append(f"zombie: shard {call.shard}: {h.describe(call)} started when the lease had been "
                    f"{named} since {h.rel(history[i].at)} ({recent})")
     return out
@@ -287,7 +303,8 @@ def check_duplicates(h: History, per_unclean: int) -> list[str]:
     found = duplicates(h)
     out = [f"redelivered: {h.describe(again)} after {h.describe(prev)}, with no kill, pause or lease "
            f"fault of {prev.member} in between "
-           f"({h.around({prev.member, again.member}, prev.start, again.start)})"
+           f"({h.around({prev.member, again.member}, prev.start - LOOKBACK, again.start)}; "
+           f"{h.lease_moves(again.shard, prev.start, again.start)})"
            for prev, again, why in found if why is None]
     explained = sum(why is not None for _, _, why in found)
     unclean = sum(1 for e in h.events if e.kind in UNCLEAN)
@@ -300,6 +317,8 @@ def check_duplicates(h: History, per_unclean: int) -> list[str]:
 def check_exits(h: History) -> list[str]:
     """SIGTERM exits 0; no member dies unasked."""
     out = [f"exit: {e.member}(pid {e.pid}) exited with {e.code} after SIGTERM at {h.rel(e.start)}"
+           if e.code is not None else
+           f"exit: {e.member}(pid {e.pid}) still ran {e.end - e.start:.0f}s after SIGTERM at {h.rel(e.start)}"
            for e in h.events if e.kind == "term" and e.code != 0]
     out += [f"exit: {e.member}(pid {e.pid}) exited on its own with {e.code} at {h.rel(e.start)}"
             for e in h.events if e.kind == "exit"]
@@ -351,7 +370,7 @@ class Planned:
 
     def busy_for(self) -> float:
         """A generous bound on how long the member is affected (a restart and a drain take time)."""
-        return self.length + {"kill": 3.0, "pause": 1.0, "term": 9.0, "fault": self.delay + 1.0}[self.kind]
+        return self.length + {"kill": 3.0, "pause": 1.0, "term": 12.0, "fault": self.delay + 1.0}[self.kind]
 
 
 def plan(rng: random.Random, members: int, seconds: float, lease: float) -> list[Planned]:

@@ -1,15 +1,20 @@
 """Consumer groups under a seeded nemesis, checked Jepsen-style (see :mod:`tests.chaos`).
 
-Three ``s3stream consume`` processes share a six-shard topic, each through its own fault proxy, while
-a producer writes versions of 30 keys and the nemesis kills (-9), pauses (SIGSTOP past the lease),
-stops (SIGTERM) and restarts members and fails one member's lease writes for a while. Afterwards the
-history is checked: everything acknowledged delivered, first deliveries in order per key, one owner
-per shard outside the crash windows, redeliveries only after unclean events, clean exits.
+Three ``s3stream consume`` processes share a six-shard topic, each through its own fault proxy, which
+also records every lease write the server accepted. A producer writes versions of 30 keys straight to
+the server (15 a second on moto, whose version listings slow down with every version; 40 on
+SeaweedFS) while the nemesis kills (-9), pauses (SIGSTOP, mostly past the lease), stops (SIGTERM)
+and restarts members, and fails one member's lease writes for a while (503, dropped connections,
+delays). The handler takes 5-20 ms, and now and then 4-8 s, so drains, handovers and pauses meet
+calls in flight. Afterwards the history is checked: everything acknowledged delivered, first
+deliveries in order per key, one owner per shard outside the crash windows, no call started by a
+member after its lease passed on, redeliveries only after unclean events, clean exits.
 
 The seed comes from ``S3STREAM_CHAOS_SEED`` or is drawn; it is printed and named in every failure,
 so ``S3STREAM_CHAOS_SEED=N pytest tests/test_group_chaos.py`` replays the same schedule (timings on a
-real machine vary, so a replay is likely, not certain, to fail the same way). The checkers are also
-tested here on small hand-made histories, which need no server.
+real machine vary, so a replay is likely, not certain, to fail the same way). Each run keeps its
+history (``history.json``) and the members' logs in its temporary directory, printed at the end. The
+checkers are also tested here on small hand-made histories, which need no server.
 """
 
 from __future__ import annotations
@@ -19,20 +24,16 @@ import contextlib
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
-from aiohttp import web
 
 from s3stream.config import build_settings
-from s3stream.group import group_prefix
+from s3stream.errors import NotFound
+from s3stream.group import group_prefix, member_key
 from s3stream.producer import Producer
 from s3stream.store import Store
 from s3stream.topics import create_topic
@@ -42,7 +43,6 @@ from tests.chaos import (
     Event,
     History,
     LeaseWrite,
-    Planned,
     check_delivered,
     check_duplicates,
     check_exclusive,
@@ -54,8 +54,8 @@ from tests.chaos import (
     report,
     summary,
 )
+from tests.chaos_nemesis import CONCURRENCY, Nemesis, Node
 from tests.conftest import wait_until
-from tests.s3proxy import Action, Delay, Drop, Relayed, Rule, S3Error, S3Proxy
 
 SHARDS = 6
 KEYS = 30
@@ -64,7 +64,6 @@ NEMESIS_SECONDS = 60.0
 RATES = {"moto": 15.0, "seaweedfs": 40.0}  # messages per second: moto's version listings keep up with ~900
 BURST = 3  # written together: a steady stream keeps work in flight whenever the nemesis strikes
 RECOVERY_SECONDS = 60.0
-CONCURRENCY = 8  # the members' [consumer] concurrency
 PIDS = {"m1": 101, "m2": 102, "m3": 103}
 
 
@@ -162,9 +161,15 @@ def test_duplicates_need_an_unclean_event_of_the_previous_deliverer_and_stay_bou
     for kind in ("kill", "pause", "fault"):
         assert not check_duplicates(history([first, again], [Event(kind, "m1", 2.0, 3.0)]), 5)
     term = Event("term", "m1", 2.0, 2.5, pid=101, code=0)
-    found = check_duplicates(history([first, again], [term]), 5)
-    assert len(found) == 1
-    assert "no kill, pause or lease fault of m1 in between (term of m1 2.000s..2.500s)" in found[0]
+    handover = history([first, again], [term])
+    handover.leases = [LeaseWrite(0.5, "m1", "orders/00/", "m1", 1),
+                       LeaseWrite(2.4, "m1", "orders/00/", None, 1),
+                       LeaseWrite(4.0, "m2", "orders/00/", "m2", 2)]
+    found = check_duplicates(handover, 5)
+    assert found == ["redelivered: m2(pid 102) orders/00/k00#0 [6.000s..6.010s] after m1(pid 101) "
+                     "orders/00/k00#0 [1.000s..1.010s], with no kill, pause or lease fault of m1 in between "
+                     "(term of m1 2.000s..2.500s; "
+                     "lease of orders/00/: released g1 at 2.400s, m2 g2 at 4.000s)"]
     assert len(check_duplicates(history([first, again], [Event("kill", "m3", 2.0, 2.0)]), 5)) == 1
     before = check_duplicates(history([first, again], [Event("kill", "m1", 0.5, 0.5)]), 5)
     assert len(before) == 1  # the kill came before the first delivery: it explains nothing
@@ -211,182 +216,6 @@ def test_plan_is_the_seeds_and_always_leaves_one_member_untouched() -> None:
     assert kinds == {"kill", "pause", "term", "fault"}
 
 
-# --- the run: member processes behind their own proxies, the nemesis, the producer ---------------
-
-
-def _lease_write(request: web.Request) -> bool:
-    return request.method == "PUT" and "/_s3stream/groups/" in request.path and "/leases/" in request.path
-
-
-class WatchedProxy(S3Proxy):
-    """A fault proxy in front of one member that also records each lease write it forwarded and the
-    server accepted, timed when the answer came back (before the member sees it)."""
-
-    def __init__(self, upstream: str, member: str, record: Callable[[LeaseWrite], None]) -> None:
-        super().__init__(upstream)
-        self.member, self.record = member, record
-
-    async def _forward(self, request: web.Request,
-                       rewrite: Callable[[web.Request, Relayed], Relayed] | None = None,
-                       *, hold: float = 0.0) -> web.StreamResponse:
-        if not _lease_write(request):
-            return await super()._forward(request, rewrite, hold=hold)
-        body = await request.read()  # aiohttp keeps it: the forward reads the same bytes
-
-        def noted(req: web.Request, relayed: Relayed) -> Relayed:
-            if relayed.status == 200:
-                doc = orjson.loads(body)
-                self.record(LeaseWrite(time.time(), self.member, str(doc["prefix"]), doc.get("owner"),
-                                       int(doc["generation"])))
-            return rewrite(req, relayed) if rewrite is not None else relayed
-
-        return await super()._forward(request, noted, hold=hold)
-
-
-class Node:
-    """One member name of the group: its config, its own fault proxy, and its current process."""
-
-    def __init__(self, tmp: Path, upstream: str, url: str, name: str, h: History) -> None:
-        self.name, self.url, self.lease, self.record = name, url, h.lease, h.events.append
-        self.proxy = WatchedProxy(upstream, name, h.leases.append).start()
-        self.out, self.log, self.cfg = (tmp / f"{name}.jsonl", tmp / f"{name}.log", tmp / f"{name}.toml")
-        self.cfg.write_text(
-            f'[s3]\nendpoint_url = "{self.proxy.endpoint}"\naddressing_style = "path"\n'
-            f'[consumer]\ngroup = "g"\nconcurrency = {CONCURRENCY}\npoll_interval = 0.1\n'
-            "max_poll_interval = 1\n"
-            "settle_window = 1\nshutdown_grace = 5\n[consumer.checkpoint]\ninterval = 0.2\n"
-            "[consumer.leases]\nrenew_interval = 1\n"
-            f'[handlers.chaos]\nuse = "tests.chaos_handler:make"\npath = "{self.out}"\nmember = "{name}"\n')
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.busy = False
-
-    def start(self) -> None:
-        """Start a process under this member id (a pod restart: same name, new pid)."""
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "S3STREAM_LOG_LEVEL": "info",
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        with self.log.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "s3stream", "consume", self.url, "--handler", "chaos",
-                 "--config", str(self.cfg), "--lease-duration", str(self.lease), "--member-id", self.name],
-                stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=root)
-        now = time.time()
-        self.record(Event("start", self.name, now, now, pid=self.proc.pid))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.running():
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-
-    async def exited(self, within: float) -> int | None:
-        """Wait up to ``within`` seconds for the process to end; its exit code, or None if it runs on."""
-        if self.proc is None:
-            return None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            return await asyncio.to_thread(self.proc.wait, within)
-        return None
-
-    async def terminate(self) -> None:
-        """SIGTERM, recorded with the exit code (SIGKILL after 30 s: recorded as code None)."""
-        pid, began = self.pid, time.time()
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        code = await self.exited(30)
-        if code is None:
-            self.signal(signal.SIGKILL)
-            await self.exited(10)
-        self.record(Event("term", self.name, began, time.time(), pid=pid, code=code))
-
-    def close(self) -> None:
-        """SIGKILL whatever still runs and stop the proxy (the end of a test, whatever happened)."""
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
-        self.proxy.stop()
-
-
-FAULTS: dict[str, Callable[[Planned], Action]] = {
-    "503": lambda _: S3Error(503, "SlowDown"),
-    "delay": lambda step: Delay(step.delay),
-    "drop": lambda _: Drop(),
-}
-
-
-class Nemesis:
-    """Carries out a plan on the nodes, recording each step's window in the history."""
-
-    def __init__(self, nodes: list[Node], record: Callable[[Event], None]) -> None:
-        self.nodes, self.record = nodes, record
-
-    async def run(self, steps: list[Planned]) -> None:
-        began = time.monotonic()
-        tasks = []
-        for step in steps:
-            await asyncio.sleep(max(0.0, began + step.at - time.monotonic()))
-            self.reap()
-            node = self.nodes[step.target]
-            if node.busy or sum(n.busy for n in self.nodes) >= len(self.nodes) - 1:
-                now = time.time()  # a restart or drain ran longer than planned
-                self.record(Event("skip", node.name, now, now, detail=step.kind))
-                continue
-            node.busy = True
-            tasks.append(asyncio.create_task(self._do(step, node)))
-        await asyncio.gather(*tasks)
-
-    def reap(self) -> None:
-        """A member that ended without being asked to: record it and start it again."""
-        for node in self.nodes:
-            if not node.busy and node.proc is not None and not node.running():
-                now = time.time()
-                self.record(Event("exit", node.name, now, now, pid=node.pid, code=node.proc.returncode))
-                node.start()
-
-    def heal(self) -> None:
-        """No faults, nobody paused, everybody running."""
-        for node in self.nodes:
-            node.proxy.clear()
-            node.signal(signal.SIGCONT)
-        self.reap()
-
-    async def _do(self, step: Planned, node: Node) -> None:
-        try:
-            if step.kind == "fault":
-                rule = node.proxy.add(Rule(FAULTS[step.fault](step), when=_lease_write))
-                began = time.time()
-                await asyncio.sleep(step.length)
-                node.proxy.clear()
-                self.record(Event("fault", node.name, began, time.time(), pid=node.pid,
-                                  detail=f"{step.fault} x{rule.applied}"))
-            elif step.kind == "pause":
-                began = time.time()
-                node.signal(signal.SIGSTOP)
-                await asyncio.sleep(step.length)
-                node.signal(signal.SIGCONT)
-                self.record(Event("pause", node.name, began, time.time(), pid=node.pid))
-            elif step.kind == "kill":
-                pid, began = node.pid, time.time()
-                node.signal(signal.SIGKILL)
-                await node.exited(10)
-                self.record(Event("kill", node.name, began, began, pid=pid))
-                await asyncio.sleep(step.length)
-                node.start()
-            else:
-                await node.terminate()
-                await asyncio.sleep(step.length)
-                node.start()
-        finally:
-            node.busy = False
-
-
 async def shared(store: Store, bucket: str) -> bool:
     """Three member records holding two disjoint shards each."""
     page = await store.list_objects(bucket, f"{group_prefix('g')}members/")
@@ -415,9 +244,52 @@ async def produce(endpoint: str, url: str, rng: random.Random, rate: float, acks
             await asyncio.sleep(max(0.0, began + len(acks) / rate - time.monotonic()))
 
 
+async def registered(store: Store, bucket: str, node: Node) -> bool:
+    """The member's record names its current process: it is up, and handles SIGTERM."""
+    try:
+        doc = orjson.loads((await store.get_object(bucket, member_key("g", node.name))).body)
+    except NotFound:
+        return False
+    return bool(doc.get("pid") == node.pid)
+
+
 def caught_up(nodes: list[Node], acks: list[Ack]) -> bool:
     done = {(c.key, c.version) for c in read_calls(n.out for n in nodes) if c.done}
     return all((a.key, a.version) in done for a in acks)
+
+
+async def chaos_run(store: Store, bucket: str, endpoint: str, rate: float, seed: int, h: History,
+                    tmp: Path) -> tuple[dict[str, float], bool]:
+    """Start the members, let the nemesis and the producer loose, heal, wait for the group to catch up
+    and re-form, stop everyone with SIGTERM; the phases' durations, and whether it recovered."""
+    url = f"s3://{bucket}/orders"
+    timings: dict[str, float] = {}
+    recovered = False
+    nodes: list[Node] = []
+    try:
+        nodes = [Node(tmp, endpoint, url, f"m{i}", h) for i in (1, 2, 3)]
+        for node in nodes:
+            node.start()
+        await wait_until(lambda: shared(store, bucket), within=60, what=f"2/2/2 (chaos seed {seed})")
+        timings["settle"] = time.time() - h.t0
+        producing = asyncio.create_task(produce(endpoint, url, random.Random(seed + 1), rate, h.acks))
+        nemesis = Nemesis(nodes, h.events.append, lambda node: registered(store, bucket, node))
+        await nemesis.run(plan(random.Random(seed), 3, NEMESIS_SECONDS, LEASE))
+        await producing
+        await nemesis.heal()
+        timings["nemesis"] = time.time() - h.t0
+        began = time.time()
+        with contextlib.suppress(pytest.fail.Exception):  # the checkers say what is missing
+            await wait_until(lambda: caught_up(nodes, h.acks), within=RECOVERY_SECONDS, what="catch-up")
+            await wait_until(lambda: shared(store, bucket), within=RECOVERY_SECONDS, what="2/2/2 again")
+            recovered = True
+        timings["recovery"] = time.time() - began
+        await asyncio.gather(*(node.terminate() for node in nodes))
+    finally:
+        for node in nodes:
+            node.close()
+        h.calls = read_calls(n.out for n in nodes)
+    return timings, recovered
 
 
 async def test_group_keeps_its_promises_under_a_seeded_nemesis(
@@ -426,45 +298,24 @@ async def test_group_keeps_its_promises_under_a_seeded_nemesis(
     """Under a minute of kill -9, SIGSTOP, SIGTERM, restarts and failing lease writes, with a producer
     writing throughout: every acknowledged message is handled, each key's versions are first handled in
     write order, no two members handle one shard at once except a call cut by its own member's kill
-    or pause (or begun within a lease of its lease writes starting to fail), nothing is handled twice
-    except after an unclean event of its first handler (a bounded number of times), and every SIGTERM
-    exits 0."""
+    or pause (or begun within a lease of its lease writes starting to fail), no member starts a call
+    on a shard whose lease another member took or it released, nothing is handled twice except after
+    an unclean event of its previous handler (a bounded number of times), every SIGTERM exits 0, and
+    once the faults end the three members handle everything and share the shards 2/2/2 again."""
     caplog.set_level(logging.CRITICAL, logger="aiohttp.server")  # the proxies' peers die mid-answer
     seed = chaos_seed()
     print(f"\nchaos seed {seed} (S3STREAM_CHAOS_SEED={seed} replays it) on {s3_endpoint}")
-    steps = plan(random.Random(seed), 3, NEMESIS_SECONDS, LEASE)
     await create_topic(store, bucket, "orders", shards=SHARDS)
-    url = f"s3://{bucket}/orders"
+    rate = RATES[request.node.callspec.params["s3_endpoint"]]
     h = History(t0=time.time(), lease=LEASE)
-    nodes: list[Node] = []
-    timings: dict[str, float] = {}
-    try:
-        nodes = [Node(tmp_path, s3_endpoint, url, f"m{i}", h) for i in (1, 2, 3)]
-        for node in nodes:
-            node.start()
-        await wait_until(lambda: shared(store, bucket), within=60, what=f"2/2/2 (chaos seed {seed})")
-        timings["settle"] = time.time() - h.t0
-        rate = RATES[request.node.callspec.params["s3_endpoint"]]
-        producing = asyncio.create_task(produce(s3_endpoint, url, random.Random(seed + 1), rate, h.acks))
-        nemesis = Nemesis(nodes, h.events.append)
-        await nemesis.run(steps)
-        await producing
-        nemesis.heal()
-        timings["nemesis"] = time.time() - h.t0
-        began = time.time()
-        with contextlib.suppress(pytest.fail.Exception):  # the checkers below say what is missing
-            await wait_until(lambda: caught_up(nodes, h.acks), within=RECOVERY_SECONDS, what="catch-up")
-        timings["catch-up"] = time.time() - began
-        await asyncio.gather(*(node.terminate() for node in nodes))
-    finally:
-        for node in nodes:
-            node.close()
-    h.calls = read_calls(n.out for n in nodes)
+    timings, recovered = await chaos_run(store, bucket, s3_endpoint, rate, seed, h, tmp_path)
     (tmp_path / "history.json").write_bytes(h.to_json())
     per_unclean = CONCURRENCY + int(2 * rate)  # what one crash may redeliver: in flight, 2 s of the stream
     violations = {
         "delivered": check_delivered(h), "order": check_order(h), "exclusive": check_exclusive(h),
         "leases": check_leases(h), "duplicates": check_duplicates(h, per_unclean), "exits": check_exits(h),
+        "recovery": [] if recovered else [
+            f"not caught up and back at 2/2/2 within {RECOVERY_SECONDS:.0f}s of the faults ending"],
     }
     print(summary(seed, h))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
