@@ -4,10 +4,12 @@ The library API: build :class:`~s3stream.config.Settings`, create a :class:`Cons
 handlers, ``await consumer.run()``; call :meth:`Consumer.stop` to shut down gracefully.
 """
 
+from s3stream._version import __version__
 from s3stream.config import Settings, build_settings, load_settings
 from s3stream.consumer import Consumer
 from s3stream.errors import S3StreamError
 from s3stream.message import Message
 
-__all__ = ["Consumer", "Message", "S3StreamError", "Settings", "build_settings", "load_settings"]
-__version__ = "0.1.0"
+__all__ = [
+    "Consumer", "Message", "S3StreamError", "Settings", "__version__", "build_settings", "load_settings",
+]
