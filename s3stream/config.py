@@ -35,7 +35,14 @@ class S3Settings(_Model):
     """How to reach the store. Credentials come from the standard AWS chain unless given here."""
 
     endpoint_url: str | None = Field(default=None, description="Falls back to AWS_ENDPOINT_URL.")
-    region: str = "us-east-1"
+    region: str = Field(default_factory=lambda: env_region(os.environ), min_length=1,
+                        description="The bucket's region [default: AWS_REGION, else AWS_DEFAULT_REGION, "
+                                    "else us-east-1].")
+    expected_bucket_owner: str | None = Field(
+        default=None, pattern=r"^[0-9]{12}$",
+        description="The AWS account that must own the buckets: sent with every request "
+                    "(x-amz-expected-bucket-owner), so S3 refuses a bucket another account owns.",
+    )
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     profile: str | None = None
     access_key_id: str | None = None
@@ -129,11 +136,33 @@ class ProducerSettings(_Model):
     framing: Framing = Field(default="none", description="lines: many messages per object, one a line.")
     multipart_threshold: int = Field(default=16 << 20, ge=5 << 20, description="Bodies above: multipart.")
     multipart_part_size: int = Field(default=8 << 20, ge=5 << 20, description="Size of each part.")
+    sse: Literal["AES256", "aws:kms", "aws:kms:dsse"] | None = Field(
+        default=None, description="Server-side encryption of the objects a producer writes (unset: the "
+                                  "bucket's default encryption).",
+    )
+    sse_kms_key_id: str | None = Field(
+        default=None, min_length=1,
+        description="With sse = \"aws:kms\" (or \"aws:kms:dsse\"): the KMS key's id, ARN or alias "
+                    "(unset: the account's AWS managed key for S3).",
+    )
     put_deadline: float = Field(
         default=10.0, gt=0,
         description="Log layout: seconds from the time in an object's name to its write's answer; a "
                     "slower write is made again under a new time. Keep it below consumers' settle_window.",
     )
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> ProducerSettings:
+        if self.sse_kms_key_id is not None and self.sse not in {"aws:kms", "aws:kms:dsse"}:
+            raise ValueError('sse_kms_key_id: needs sse = "aws:kms" (or "aws:kms:dsse")')
+        return self
+
+    def encryption_headers(self) -> dict[str, str]:
+        """The ``x-amz-server-side-encryption…`` headers of every object the producer writes."""
+        headers: dict[str, str] = {"x-amz-server-side-encryption": self.sse} if self.sse else {}
+        if self.sse_kms_key_id:
+            headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.sse_kms_key_id
+        return headers
 
 
 class MetricsSettings(_Model):
@@ -233,7 +262,7 @@ class SnapshotSettings(_Model):
 class Settings(_Model):
     """The whole configuration of one ``s3stream run``."""
 
-    s3: S3Settings = S3Settings()
+    s3: S3Settings = Field(default_factory=S3Settings)  # a factory: its region is read from the environment
     consumer: ConsumerSettings = ConsumerSettings()
     producer: ProducerSettings = ProducerSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -255,6 +284,13 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 ENV_PREFIX = "S3STREAM_"
+DEFAULT_REGION = "us-east-1"
+
+
+def env_region(environ: Mapping[str, str]) -> str:
+    """The region the environment names: ``AWS_REGION`` (the AWS SDKs' variable), else
+    ``AWS_DEFAULT_REGION`` (the AWS CLI's), else us-east-1. ``[s3] region`` (or a flag) beats both."""
+    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
@@ -282,7 +318,8 @@ def build_settings(data: dict[str, Any], *, environ: Mapping[str, str] | None = 
     (the process environment unless given) and then the command line's (``cli``, nested like the
     file: a flag beats the environment, which beats the file), into :class:`Settings`, or raise
     ConfigError."""
-    overrides = env_overrides(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    overrides = env_overrides(environ)
     data = copy.deepcopy(data)
     if cli:
         overrides.update({path: ("the command line", value) for path, value in _leaves(cli)})
@@ -294,6 +331,9 @@ def build_settings(data: dict[str, Any], *, environ: Mapping[str, str] | None = 
                 raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
             node = child
         node[path[-1]] = value
+    s3 = data.setdefault("s3", {})
+    if isinstance(s3, dict) and s3.get("region") is None:
+        s3["region"] = env_region(environ)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -30,6 +30,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from s3stream import errors
+from s3stream.requestopts import EXPECTED_OWNER_HEADER, lean_user_agent
 from s3stream.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, Signer, canonical_query, quote_path
 
 _PROBE = "s3stream-probe"
@@ -73,8 +74,10 @@ class LeanClient:
     """Signed GET/PUT/list requests for the hot path; one per :class:`~s3stream.store.Store`."""
 
     def __init__(self, client: Any, *, max_connections: int, connect_timeout: float,
-                 read_timeout: float) -> None:
+                 read_timeout: float, expected_bucket_owner: str | None = None) -> None:
         self._client = client
+        self._owner = expected_bucket_owner
+        self._user_agent = lean_user_agent()
         self._targets: dict[str, _Target] = {}
         self._express: AioS3ExpressIdentityCache | None = None
         connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300, keepalive_timeout=30)
@@ -101,8 +104,12 @@ class LeanClient:
             payload = EMPTY_SHA256
         else:
             payload = UNSIGNED_PAYLOAD if target.secure else hashlib.sha256(body).hexdigest()
-        signed = target.signer.sign(method, target.host, path, query, dict(headers or {}), payload, creds)
+        headers = dict(headers or {})
+        if self._owner:  # an x-amz-* header: signed
+            headers[EXPECTED_OWNER_HEADER] = self._owner
+        signed = target.signer.sign(method, target.host, path, query, headers, payload, creds)
         signed["host"] = target.host
+        signed["user-agent"] = self._user_agent  # not signed, as botocore leaves it out
         url = URL(target.base + quote_path(key) + ("?" + query if query else ""), encoded=True)
         async with self._session.request(method, url, headers=signed, data=body or None) as resp:
             if resp.status >= 300 and resp.status != 304:

@@ -57,15 +57,17 @@ async def put(store: Store, settings: ProducerSettings, bucket: str, name: str, 
               create_only: bool, metadata: dict[str, str] | None,
               content_encoding: str | None = None) -> tuple[str, str | None]:
     """One object written (in parts above the multipart threshold), with the store's retries; a 412
-    on a create-only write means an earlier attempt of this write got there: success."""
+    on a create-only write means an earlier attempt of this write got there: success. The object is
+    encrypted as ``[producer] sse`` says."""
+    encryption = settings.encryption_headers() or None
     try:
         if len(data) > settings.multipart_threshold:
             return await store.put_multipart(
                 bucket, name, data, part_size=settings.multipart_part_size, if_none_match=create_only,
-                metadata=metadata, content_encoding=content_encoding,
+                metadata=metadata, content_encoding=content_encoding, encryption=encryption,
             )
         return await store.put_object(bucket, name, data, if_none_match=create_only, metadata=metadata,
-                                      content_encoding=content_encoding)
+                                      content_encoding=content_encoding, encryption=encryption)
     except PreconditionFailed:
         if not create_only:
             raise

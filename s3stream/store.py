@@ -35,6 +35,7 @@ from s3stream import errors, metrics
 from s3stream.config import S3Settings
 from s3stream.lean import LeanClient, Response, S3HTTPError
 from s3stream.message import Entry
+from s3stream.requestopts import PRODUCT, expect_owner, sse_params
 from s3stream.retry import RetryPolicy, Throttle
 from s3stream.s3xml import (
     OBJECTS_ROOT,
@@ -183,14 +184,16 @@ class Store:
         self, bucket: str, key: str, body: bytes, *, if_match: str | None = None,
         if_none_match: bool = False, content_type: str | None = None,
         metadata: dict[str, str] | None = None, content_encoding: str | None = None,
+        encryption: dict[str, str] | None = None,
     ) -> tuple[str, str | None]:
         """Write an object, optionally conditional; returns ``(etag, version_id)``. With ``if_match``,
         a key that is gone fails the condition: S3 answers 404 ``NoSuchKey`` (other servers 412), and
-        either is :class:`~s3stream.errors.PreconditionFailed`."""
+        either is :class:`~s3stream.errors.PreconditionFailed`. ``encryption``: server-side encryption
+        headers (:meth:`~s3stream.config.ProducerSettings.encryption_headers`)."""
         try:
             return await self._put_object(bucket, key, body, if_match=if_match, if_none_match=if_none_match,
                                           content_type=content_type, metadata=metadata,
-                                          content_encoding=content_encoding)
+                                          content_encoding=content_encoding, encryption=encryption)
         except errors.NotFound as exc:
             if if_match is None:
                 raise
@@ -200,9 +203,11 @@ class Store:
     async def _put_object(
         self, bucket: str, key: str, body: bytes, *, if_match: str | None, if_none_match: bool,
         content_type: str | None, metadata: dict[str, str] | None, content_encoding: str | None,
+        encryption: dict[str, str] | None,
     ) -> tuple[str, str | None]:
         if self.lean is not None:
             headers = {f"x-amz-meta-{k.lower()}": v for k, v in (metadata or {}).items()}
+            headers.update(encryption or {})
             if if_match is not None:
                 headers["if-match"] = if_match if if_match.startswith('"') else f'"{if_match}"'
             if if_none_match:
@@ -213,7 +218,7 @@ class Store:
                 headers["content-encoding"] = content_encoding
             answer = await self._lean("PutObject", "PUT", bucket, key, headers=headers, body=body)
             return answer.headers.get("ETag", "").strip('"'), answer.headers.get("x-amz-version-id")
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body}
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body, **sse_params(encryption)}
         if if_match is not None:
             params["IfMatch"] = if_match
         if if_none_match:
@@ -230,10 +235,11 @@ class Store:
     async def put_multipart(
         self, bucket: str, key: str, body: bytes, *, part_size: int, if_none_match: bool = False,
         metadata: dict[str, str] | None = None, content_type: str | None = None,
-        content_encoding: str | None = None,
+        content_encoding: str | None = None, encryption: dict[str, str] | None = None,
     ) -> tuple[str, str | None]:
         """Write a large object in parts; aborts the upload if any part fails for good."""
-        create: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": metadata or {}}
+        create: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": metadata or {},
+                                  **sse_params(encryption)}
         if content_type:
             create["ContentType"] = content_type
         if content_encoding:
@@ -480,6 +486,7 @@ async def aws_client(settings: S3Settings, service: str, *, max_connections: int
         connect_timeout=settings.connect_timeout,
         read_timeout=read_timeout or settings.read_timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
+        user_agent_extra=PRODUCT,  # CloudTrail and access logs name s3stream
         **config,
     )
     kwargs: dict[str, Any] = {"config": aio_config, "endpoint_url": settings.resolved_endpoint(service)}
@@ -506,11 +513,14 @@ async def open_store(settings: S3Settings, *, max_connections: int = 32) -> Asyn
                           s3={"addressing_style": settings.addressing_style}) as client:
         client.meta.events.register("before-parse.s3.ListObjectVersions", _capture_version_entries)
         client.meta.events.register("before-parse.s3.ListObjectsV2", _check_object_listing)
+        owner = settings.expected_bucket_owner
+        if owner:
+            client.meta.events.register("before-parameter-build.s3", expect_owner(owner))
         lean = None
         if settings.lean_path:
             lean = LeanClient(
                 client, max_connections=max_connections, connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
+                read_timeout=settings.read_timeout, expected_bucket_owner=owner,
             )
         try:
             yield Store(client, retry, lean)

@@ -38,6 +38,7 @@ os.environ.update(
     AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
 )
 os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_REGION", None)  # AWS_REGION beats AWS_DEFAULT_REGION: tests sign for us-east-1
 
 _names = itertools.count()
 
