@@ -1,7 +1,8 @@
 """The Kubernetes manifests in deploy/kubernetes/: the ConfigMap's TOML is a valid s3stream config with
 leases on, the Deployment runs it from the image the repository's Dockerfile builds, its probes reach
-the health endpoints where the container really serves them (the image's ``S3STREAM_…`` variables
-included), and the pod is given longer than ``shutdown_grace`` to drain on SIGTERM.
+the health endpoints where the container really serves them, and the pod is given longer than
+``shutdown_grace`` to drain on SIGTERM. (Schemas, Pod Security and the image's agreement with the
+manifests: tests/test_manifests.py.)
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def container_env() -> dict[str, str]:
 
 
 def config_toml() -> dict[str, Any]:
-    return tomllib.loads(load("configmap.yaml")["data"]["s3stream.toml"])
+    return tomllib.loads(load("configmap.yaml")["data"]["config.toml"])
 
 
 def effective_settings() -> Settings:
     """The settings the container runs with: the ConfigMap's TOML, then the image's and the
-    Deployment's ``S3STREAM_…`` variables, which override the file."""
+    Deployment's environment (``S3STREAM_…`` overrides, AWS_REGION)."""
     return build_settings(config_toml(), environ={**image_env(), **container_env()})
 
 
@@ -88,14 +89,14 @@ def probe_port(probe: dict[str, Any]) -> int:
 
 def test_configmap_toml_is_a_valid_config_with_leases_metrics_and_a_working_handler() -> None:
     """The ConfigMap's TOML validates with build_settings on its own, enables leases (30 s) for a named
-    group, serves metrics on 9100 on every interface, has one source on a topic, and every handler
+    group, serves metrics on 9464 on every interface, has one source on a topic, and every handler
     it names builds (what ``s3stream config check`` checks)."""
     settings = build_settings(config_toml(), environ={})
     assert settings.consumer.leases.enabled
     assert settings.consumer.leases.duration == 30
     assert settings.consumer.group != "default"
     assert settings.consumer.checkpoint.store == "s3"  # leases need checkpoints every member sees
-    assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9100)
+    assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9464)
     assert len(settings.sources) == 1
     assert settings.sources[0].bucket
     assert settings.sources[0].prefix
@@ -116,27 +117,28 @@ def test_deployment_runs_the_mounted_config_with_the_images_entrypoint() -> None
     c = container()
     assert c["image"] == "s3stream:latest"
     assert ("ENTRYPOINT", '["s3stream"]') in dockerfile_instructions()
-    assert c["args"] == ["run", "--config", "/etc/s3stream/s3stream.toml"]
+    assert c["args"] == ["run", "--config", "/etc/s3stream/config.toml"]
     name, *rest = c["args"]
     command = main.get_command(click.Context(main), name)
     assert command is not None
-    assert command.make_context(name, rest).params["config"] == "/etc/s3stream/s3stream.toml"
+    assert command.make_context(name, rest).params["config"] == "/etc/s3stream/config.toml"
 
     configmap = load("configmap.yaml")
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/s3stream")
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
-    assert "s3stream.toml" in configmap["data"]
+    assert "config.toml" in configmap["data"]
 
 
 def test_probes_hit_healthz_and_readyz_on_the_port_the_container_serves() -> None:
-    """Liveness probes /healthz and readiness /readyz, both on the container port 9100, which is
-    the metrics port the container really listens on: the config's, after the image's
-    S3STREAM_METRICS__PORT (9464) is overridden by the Deployment; and it listens on every
-    interface, so the kubelet reaches it on the pod's IP."""
+    """Liveness probes /healthz and readiness /readyz, both on the container port 9464, which is
+    the metrics port the container really listens on: the config's, with nothing in the image's or
+    the Deployment's environment overriding it; and it listens on every interface, so the kubelet
+    reaches it on the pod's IP."""
     c = container()
     settings = effective_settings()
-    assert settings.metrics.port == config_toml()["metrics"]["port"] == 9100
+    assert not [name for name in {**image_env(), **container_env()} if name.startswith("S3STREAM_")]
+    assert settings.metrics.port == config_toml()["metrics"]["port"] == 9464
     assert settings.metrics.host == "0.0.0.0"
     assert {p["containerPort"] for p in c["ports"]} == {settings.metrics.port}
     live, ready = c["livenessProbe"], c["readinessProbe"]
@@ -150,20 +152,21 @@ def test_probes_hit_healthz_and_readyz_on_the_port_the_container_serves() -> Non
     assert live["periodSeconds"] * live["failureThreshold"] <= 2 * settings.consumer.leases.duration
 
 
-def test_termination_grace_exceeds_shutdown_grace_and_credentials_come_from_a_secret() -> None:
+def test_termination_grace_exceeds_shutdown_grace_and_credentials_come_from_the_service_account() -> None:
     """terminationGracePeriodSeconds leaves room past consumer.shutdown_grace for the final commit and
-    lease release; the AWS keys come from a Secret, never inline, and AWS_REGION matches [s3] region."""
+    lease release; no AWS key is given to the pod (its ServiceAccount's role is), and the region
+    the pods sign for is AWS_REGION's, the config naming none."""
     spec = load("deployment.yaml")["spec"]["template"]["spec"]
     settings = effective_settings()
     assert spec["terminationGracePeriodSeconds"] > settings.consumer.shutdown_grace
     env = {e["name"]: e for e in container()["env"]}
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert "value" not in env[name]
-        assert env[name]["valueFrom"]["secretKeyRef"]["key"] == name
-    assert env["AWS_REGION"]["value"] == settings.s3.region
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert spec["serviceAccountName"] == load("serviceaccount.yaml")["metadata"]["name"]
+    assert "region" not in config_toml().get("s3", {})
+    assert settings.s3.region == env["AWS_REGION"]["value"]
 
 
-@pytest.mark.parametrize("name", ["configmap.yaml", "deployment.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in KUBE.glob("*.yaml")))
 def test_manifests_are_single_labelled_documents(name: str) -> None:
     """Each manifest is one Kubernetes object with an apiVersion, a kind and the app label."""
     doc = load(name)
