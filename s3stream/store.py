@@ -130,7 +130,8 @@ class Store:
         async def fetch() -> StoredObject:
             async with self._paced("GetObject", bucket, key):
                 resp = await self.client.get_object(**params)
-                async with resp["Body"] as stream:
+                stream = resp["Body"]  # not `as`: aiobotocore 3.0's __aenter__ gives the raw aiohttp answer
+                async with stream:
                     body = await _read_body(stream, resp.get("ContentLength"), max_bytes)
             return StoredObject(
                 body=body, etag=resp.get("ETag", "").strip('"'),
@@ -375,7 +376,8 @@ class Store:
                     if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
                         return None
                     raise
-                async with resp["Body"] as stream:
+                stream = resp["Body"]  # not `as`: aiobotocore 3.0's __aenter__ gives the raw aiohttp answer
+                async with stream:
                     body = await _read_body(stream, resp.get("ContentLength"), max_bytes)
             return StoredObject(body=body, etag=resp.get("ETag", "").strip('"'),
                                 version_id=resp.get("VersionId"), metadata=resp.get("Metadata") or {})
