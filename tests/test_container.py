@@ -7,6 +7,7 @@ a real ``s3stream run`` process, found through its /proc command line as in the 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import importlib.util
 import re
 import socket
@@ -73,6 +74,23 @@ def test_no_image_variable_overrides_the_config_and_the_install_is_constrained()
     runs = [rest for word, rest in dockerfile() if word == "RUN" and "pip install" in rest]
     assert runs
     assert all("-c constraints.txt" in run for run in runs)
+
+
+def test_everything_the_dockerfile_copies_is_in_the_build_context() -> None:
+    """No COPY source is left out of the build context by .dockerignore (a file it excludes would
+    fail the build), and each exists."""
+    ignored = [line.strip().rstrip("/") for line in
+               (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.startswith("#")]
+    sources = [src for word, rest in dockerfile() if word == "COPY" for src in rest.split()[:-1]]
+    assert "constraints.txt" in sources
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        parts = Path(src).parts
+        for pattern in ignored:
+            bare = pattern.removeprefix("**/")
+            assert not any(fnmatch.fnmatch(p, bare) for p in parts), f"{src} is excluded by {pattern}"
+            assert not fnmatch.fnmatch(src, pattern), f"{src} is excluded by {pattern}"
 
 
 def test_constraints_pin_every_runtime_dependency_within_pyprojects_ranges() -> None:
