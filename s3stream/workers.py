@@ -43,13 +43,14 @@ from s3stream.errors import (
 )
 from s3stream.lease import Tenure
 from s3stream.lease import clock as lease_clock
+from s3stream.logs import get_logger
 from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.retry import HandlerBackoff
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store, StoredObject
 from s3stream.topics import KEY_METADATA, parse_log_key
 
-log = structlog.get_logger("s3stream.workers")
+log = get_logger("s3stream.workers")
 
 
 class WorkerPool:
