@@ -14,7 +14,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
         │   ├── Throttled           503 SlowDown and friends
         │   ├── ServerError         other 5xx
         │   ├── Conflict            409 on a conditional write
-        │   └── EndpointUnreachable connection refused, reset or timed out
+        │   └── EndpointUnreachable connection refused, reset or timed out, host unknown
         └── PermanentError          retrying will not help
             ├── BucketNotFound
             ├── AccessDenied        bad or missing credentials, or IAM says no

@@ -42,7 +42,8 @@ def check_folder(directory: str, what: str) -> None:
     except NotADirectoryError:
         raise ConfigError(f"{what} {directory!r}: part of the path is a file, not a folder") from None
     except OSError as exc:
-        raise ConfigError(f"{what} {directory!r} is not writable: {exc.strerror or exc}") from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{what} {directory!r} cannot be created or written: {reason}") from None
 
 
 def check_consumer(settings: Settings) -> None:

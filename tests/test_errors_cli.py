@@ -190,6 +190,23 @@ def test_checkpoint_dir_that_is_a_file_is_refused(under: str, tmp_path: Path) ->
     assert_one_line_error(result, "--checkpoint-dir", path, "is a file" if not under else "a file")
 
 
+def test_checkpoint_dir_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    """A ``--checkpoint-dir`` where no file can be created is one line naming the option, exit 2. (The
+    tests may run as root, whom permissions do not stop: a folder in sysfs stands in.)"""
+    result = run("consume", "s3://b/t/", "--checkpoint-dir", "/sys/s3stream-checkpoints",
+                 *unreachable(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, "--checkpoint-dir", "/sys/s3stream-checkpoints", "cannot be created")
+
+
+def test_tail_keeps_a_log_level_given_after_the_subcommand(tmp_path: Path) -> None:
+    """``tail`` logs warnings only by default, but ``--log-level debug`` after it is kept."""
+    quiet = run("tail", "s3://b/t/", *unreachable(tmp_path), cwd=tmp_path)
+    loud = run("tail", "s3://b/t/", *unreachable(tmp_path), "--log-level", "debug", cwd=tmp_path)
+    assert not debug_lines(quiet.stderr), quiet.stderr
+    assert debug_lines(loud.stderr), loud.stderr
+    assert loud.returncode == 3, loud.stderr
+
+
 def test_dev_server_port_in_use_is_refused(busy_port: int, tmp_path: Path) -> None:
     """``dev-server --port P`` with P taken exits 2 at once with one line (it used to hang)."""
     result = run("dev-server", "--port", str(busy_port), cwd=tmp_path)
