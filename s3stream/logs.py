@@ -53,9 +53,23 @@ class LibraryLogger:
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
-        target: Any = (structlog.get_logger(self._name) if structlog.is_configured()
-                       else _stdlib_logger(self._name))
+        if structlog.is_configured():
+            target: Any = structlog.get_logger(self._name)
+        else:
+            level = _LEVELS.get(method)
+            if level is not None and not logging.getLogger(self._name).isEnabledFor(level):
+                return _nothing  # a level the application does not log: skip building the event
+            target = _stdlib_logger(self._name)
         return getattr(target.bind(**self._context) if self._context else target, method)
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+           "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def _nothing(*_: Any, **__: Any) -> None:
+    return None
 
 
 def _stdlib_logger(name: str) -> Any:
