@@ -11,13 +11,12 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import structlog
-
 from s3stream import metrics
 from s3stream.errors import CheckpointConflict, RetriableError
+from s3stream.logs import get_logger
 from s3stream.shard import Shard
 
-log = structlog.get_logger("s3stream.checkpointer")
+log = get_logger("s3stream.checkpointer")
 
 
 class Checkpointer:

@@ -11,13 +11,12 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Literal, TypeVar
 
 import click
-from click.core import ParameterSource
 
-from s3stream import admin, commands, describe, live, logs
+from s3stream import admin, cliopts, commands, describe, live, logs, preflight
 from s3stream.commands import command_settings
 from s3stream.config import Settings, build_settings, read_toml
 from s3stream.consumer import Consumer
-from s3stream.errors import ConfigError, HandlerError, S3StreamError, StoreError
+from s3stream.errors import ConfigError, EndpointUnreachable, HandlerError, S3StreamError, StoreError
 from s3stream.topics import Layout, TopicExists
 
 _USAGE_ERRORS = (ConfigError, HandlerError, StoreError, TopicExists)
@@ -56,8 +55,11 @@ def release_closed_stdout() -> None:
 
 
 def fail(exc: S3StreamError) -> None:
-    """Print ``exc`` as one line and exit: 2 for config, handler and store errors, else 1."""
+    """Print ``exc`` as one line and exit: 3 when the endpoint cannot be reached, 2 for config, handler
+    and other store errors, else 1 (``cliopts.EXIT_CODES``)."""
     click.echo(f"s3stream: error: {exc}", err=True)
+    if isinstance(exc, EndpointUnreachable):
+        sys.exit(3)
     sys.exit(2 if isinstance(exc, _USAGE_ERRORS) else 1)
 
 
@@ -90,9 +92,12 @@ async def serve(consumer: Consumer) -> None:
         await consumer.run()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=lambda: os.environ.get("S3STREAM_LOG_LEVEL", "info"),
-              show_default="info", help="debug, info, warning or error.")
+@click.group(cls=cliopts.MainGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=cliopts.EXIT_CODES)
+@click.option("--log-level", type=cliopts.LogLevel(), envvar="S3STREAM_LOG_LEVEL", default="info",
+              help=cliopts.LEVEL_HELP + " Also accepted after the command.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=cliopts.show_version,
+              help="Print s3stream's version and exit.")
 def main(log_level: str) -> None:
     """s3stream: an S3 bucket as a durable message broker."""
     logs.configure(log_level)
@@ -145,9 +150,7 @@ def s3_options(func: F) -> F:
 
 def quiet_logs() -> None:
     """Interactive commands log warnings and errors only, unless a log level was asked for."""
-    root = click.get_current_context().find_root()
-    if (root.get_parameter_source("log_level") is ParameterSource.DEFAULT
-            and "S3STREAM_LOG_LEVEL" not in os.environ):
+    if not cliopts.level_chosen(click.get_current_context()):
         logs.configure("warning")
 
 
@@ -169,6 +172,7 @@ def consume(url: str, config: str | None, **opts: Any) -> None:
     try:
         settings = consume_settings(url, config=config, **opts)
         consumer = Consumer(settings)
+        preflight.check_consumer(settings)
     except S3StreamError as exc:
         fail(exc)
     run_async(lambda: serve(consumer))
@@ -185,6 +189,7 @@ def run(config: str, metrics_port: int | None, **opts: Any) -> None:
         cli: dict[str, Any] = {"metrics": {"port": metrics_port}} if metrics_port is not None else {}
         apply_lease_options(cli, opts)
         consumer = Consumer(build_settings(data, cli=cli))
+        preflight.check_consumer(consumer.settings)
     except S3StreamError as exc:
         fail(exc)
     run_async(lambda: serve(consumer))
@@ -197,6 +202,7 @@ def dev_server(port: int) -> None:
     from s3stream.devserver import start_moto
 
     try:
+        preflight.check_port("127.0.0.1", port, "dev-server --port")
         server, endpoint = start_moto(port)
     except (S3StreamError, OSError) as exc:
         fail(exc if isinstance(exc, S3StreamError) else ConfigError(f"cannot listen on port {port}: {exc}"))

@@ -12,8 +12,6 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import structlog
-
 from s3stream.checkpoint import (
     CheckpointStore,
     FileCheckpointStore,
@@ -31,6 +29,7 @@ from s3stream.handlers import Handler, as_handler, build_handler
 from s3stream.lease import Tenure
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
+from s3stream.logs import get_logger
 from s3stream.metrics import HealthServer
 from s3stream.notifications import NotifyCursor, notification_tasks
 from s3stream.poller import Poller
@@ -40,7 +39,7 @@ from s3stream.store import Store, open_store
 from s3stream.topics import CONTROL_PREFIX, resolve_topic
 from s3stream.workers import WorkerPool
 
-log = structlog.get_logger("s3stream.consumer")
+log = get_logger("s3stream.consumer")
 
 
 class Consumer:

@@ -2,11 +2,15 @@
 
 Each dead letter is one JSON object under the control prefix,
 ``_s3stream/dead-letters/<group>/<shard>/<time>-<id>.json``, holding the original bucket, key,
-version and offset, the error (the reason), the traceback of the last failure (its last
-``TRACEBACK_LIMIT`` characters), the number of attempts, the time, and the body (base64) when it was
-read and is at most ``BODY_LIMIT`` bytes (otherwise ``body_b64`` is null and a replay fetches the
-original again). The stream moves on and the checkpoint passes the message: the dead letter is now
-where it lives. ``s3stream dlq list|replay|purge`` work on them.
+version and offset, the error (the reason, ``error``), the last failure's exception as
+``error_type`` (its qualified class name, ``builtins.ValueError``) and ``error_message``
+(``str(exc)``, at most ``ERROR_LIMIT`` characters) and its ``traceback`` (as Python prints it, cut to
+its last ``TRACEBACK_LIMIT`` characters at a line start: the innermost frames and the error), the
+number of attempts, the time, and the body (base64) when it was read and is at most ``BODY_LIMIT``
+bytes (otherwise ``body_b64`` is null and a replay fetches the original again). ``error_type`` and
+``error_message`` are newer than the rest: a dead letter without them reads as empty strings.
+The stream moves on and the checkpoint passes the message: the dead letter is now where it lives.
+``s3stream dlq list|replay|purge`` work on them.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class DeadLetter:
     body: bytes | None
     traceback: str = ""
     deleted: bool = False  # the original is a deletion (a delete marker)
+    error_type: str = ""  # the exception's qualified class name; "" in older dead letters
+    error_message: str = ""
 
     @classmethod
     def from_json(cls, key: str, data: bytes) -> DeadLetter:
@@ -54,16 +60,30 @@ class DeadLetter:
         return cls(key=key, original_bucket=doc["bucket"], original_key=doc["key"],
                    version_id=doc["version_id"], offset=doc.get("offset"), error=doc["error"],
                    attempts=int(doc["attempts"]), time_ms=int(doc["time_ms"]), body=body,
-                   traceback=str(doc.get("traceback") or ""), deleted=bool(doc.get("deleted")))
+                   traceback=str(doc.get("traceback") or ""), deleted=bool(doc.get("deleted")),
+                   error_type=str(doc.get("error_type") or ""),
+                   error_message=str(doc.get("error_message") or ""))
 
 
 def format_traceback(exc: BaseException | None) -> str:
     """``exc``'s traceback as Python prints it, cut to its last ``TRACEBACK_LIMIT`` characters (the
-    innermost frames and the error itself)."""
+    innermost frames and the error itself), from a line start, after a ``...`` line."""
     if exc is None:
         return ""
     text = "".join(traceback.format_exception(exc))
-    return text if len(text) <= TRACEBACK_LIMIT else "..." + text[-(TRACEBACK_LIMIT - 3):]
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    tail = text[-(TRACEBACK_LIMIT - 4):]
+    cut = tail.find("\n")
+    return "...\n" + (tail[cut + 1:] if 0 <= cut < len(tail) - 1 else tail)
+
+
+def error_type(exc: BaseException | None) -> str:
+    """``exc``'s class as ``module.QualifiedName`` (``builtins.ValueError``), or "" without one."""
+    if exc is None:
+        return ""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def group_prefix(control_prefix: str, group: str) -> str:
@@ -87,7 +107,9 @@ class DeadLetters:
         doc = {
             "bucket": message.bucket, "key": message.key, "version_id": message.version_id,
             "offset": message.offset, "partition_key": message.partition_key, "deleted": message.deleted,
-            "error": error[:ERROR_LIMIT], "traceback": format_traceback(exc), "attempts": attempts,
+            "error": error[:ERROR_LIMIT], "error_type": error_type(exc),
+            "error_message": str(exc)[:ERROR_LIMIT] if exc is not None else "",
+            "traceback": format_traceback(exc), "attempts": attempts,
             "time_ms": now_ms, "body_b64": base64.b64encode(message.body).decode() if kept else None,
         }
         # A 412 is a retry of our own write whose answer was lost: the key is unique to this call.

@@ -14,7 +14,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
         │   ├── Throttled           503 SlowDown and friends
         │   ├── ServerError         other 5xx
         │   ├── Conflict            409 on a conditional write
-        │   └── EndpointUnreachable connection refused, reset or timed out
+        │   └── EndpointUnreachable connection refused, reset or timed out, host unknown
         └── PermanentError          retrying will not help
             ├── BucketNotFound
             ├── AccessDenied        bad or missing credentials, or IAM says no
@@ -24,9 +24,10 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
             ├── PreconditionFailed  412 on If-Match / If-None-Match
             └── VersioningNotEnabled
 
-The command line prints ``str(error)`` of any :class:`S3StreamError` as one line. It exits 2 for
-``ConfigError``, ``HandlerError`` and ``StoreError`` (the setup is wrong or the store is unusable) and
-1 for the rest (``HandlerFailed``, ``CheckpointConflict``: the stream itself could not go on).
+The command line prints ``str(error)`` of any :class:`S3StreamError` as one line. It exits 3 for
+``EndpointUnreachable`` (the endpoint could not be reached after the retries), 2 for ``ConfigError``,
+``HandlerError`` and the other ``StoreError``s (the setup is wrong or the store is unusable) and 1 for
+the rest (``HandlerFailed``, ``CheckpointConflict``: the stream itself could not go on).
 ``OutputClosed`` is not a failure: the consumer stops cleanly and the command exits 0.
 """
 

@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import structlog
 
 from s3stream.checkpoint import ConditionalStore, shard_name
 from s3stream.errors import NotFound, PreconditionFailed, RetriableError
 from s3stream.lease import LEASE_FORMAT, LeaseView, Tenure, fair_share, is_live, plan
 from s3stream.lease import clock as lease_clock
+from s3stream.logs import get_logger
 from s3stream.topics import CONTROL_PREFIX
 
-log = structlog.get_logger("s3stream.group")
+log = get_logger("s3stream.group")
 
 
 GROUPS_PREFIX = f"{CONTROL_PREFIX}/groups/"

@@ -82,15 +82,47 @@ def build_handler(spec: str, options: dict[str, Any] | None = None, *, name: str
             raise HandlerError(f"handler {spec!r} is a function and takes no options: {sorted(options)}")
         built: Any = target
     elif callable(target):
+        if takes_a_message(target):
+            raise HandlerError(
+                f"handler {spec!r} is a plain function taking a message; s3stream expects an async "
+                "function (async def handler(message)) or a factory, called once with the handler's "
+                "options, that returns one")
         try:
             built = target(options)
         except HandlerError:
             raise
         except Exception as exc:
             raise HandlerError(f"handler {spec!r} could not be built: {exc}") from None
+        if built is None and inspect.isfunction(target):
+            raise HandlerError(
+                f"handler {spec!r} is a plain function that returned None when called with its options; "
+                "s3stream expects an async callable (async def handler(message)) or a factory that "
+                "returns one")
     else:
         raise HandlerError(f"handler {spec!r} is not callable")
     return as_handler(built, name or spec)
+
+
+def takes_a_message(target: Any) -> bool:
+    """True for a plain (not async) function that is evidently a handler rather than a factory: its
+    one required parameter is annotated ``Message``, or is named ``message``/``msg`` and is not
+    annotated as something else. A factory takes the options (a dict), so none is refused."""
+    if not inspect.isfunction(target) or inspect.iscoroutinefunction(target):
+        return False
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) != 1:
+        return False
+    param = required[0]
+    note = param.annotation
+    named = (note if isinstance(note, str) else getattr(note, "__name__", "")).rpartition(".")[2]
+    if note is not param.empty:
+        return named == "Message"
+    return param.name in ("message", "msg")
 
 
 def as_handler(built: Any, name: str) -> Handler:

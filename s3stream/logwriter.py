@@ -31,15 +31,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-import structlog
-
 from s3stream.config import ProducerSettings
 from s3stream.errors import AccessDenied, EndpointUnreachable, PreconditionFailed
+from s3stream.logs import get_logger
 from s3stream.serverclock import ServerClock
 from s3stream.store import Store
 from s3stream.topics import Topic, log_key
 
-log = structlog.get_logger("s3stream.producer")
+log = get_logger("s3stream.producer")
 CLOCK_REFRESH = 600.0  # seconds between readings of the server's clock
 
 

@@ -32,12 +32,12 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import structlog
 from prometheus_client import Counter
 
 from s3stream.config import ConsumerSettings, NotificationSettings, Settings, SourceSettings
 from s3stream.cursor import Checkpoint, Ident, VersionCursor
 from s3stream.errors import AccessDenied, PermanentError, RetriableError, S3StreamError
+from s3stream.logs import get_logger
 from s3stream.message import Entry
 from s3stream.poller import Poller, list_page
 from s3stream.s3events import NotAnS3Event, ObjectEvent, RecentSet, parse_message
@@ -47,7 +47,7 @@ from s3stream.store import Store
 from s3stream.versionorder import ListingOrder, oldest_first
 from s3stream.workers import WorkerPool
 
-log = structlog.get_logger("s3stream.notifications")
+log = get_logger("s3stream.notifications")
 
 LISTED = Counter("s3stream_notifications_listed", "Versions handed out by the reconciling listing "
                  "rather than by a notification (a steady rate means notifications are lost).", ["shard"])

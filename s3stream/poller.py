@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-import structlog
-
 from s3stream.config import ConsumerSettings
 from s3stream.cursor import VersionCursor
 from s3stream.errors import RetriableError
 from s3stream.lease import clock as lease_clock
+from s3stream.logs import get_logger
 from s3stream.message import Entry
 from s3stream.s3xml import VersionPage
 from s3stream.shard import Shard, WorkItem
@@ -27,7 +26,7 @@ from s3stream.store import Store
 from s3stream.versionorder import KeyRun
 from s3stream.workers import WorkerPool
 
-log = structlog.get_logger("s3stream.poller")
+log = get_logger("s3stream.poller")
 
 
 async def list_page(store: Store, bucket: str, prefix: str, *, objects: bool, key_marker: str | None,

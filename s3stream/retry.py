@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import structlog
-
 from s3stream import metrics
 from s3stream.errors import RetriableError, Throttled
+from s3stream.logs import get_logger
 
-log = structlog.get_logger("s3stream.retry")
+log = get_logger("s3stream.retry")
 T = TypeVar("T")
 
 

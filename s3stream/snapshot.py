@@ -29,15 +29,14 @@ from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-import structlog
-
 from s3stream.commands import key_versions, split_url
 from s3stream.config import S3Settings
 from s3stream.errors import ConfigError, NotFound, S3StreamError, StoreError
+from s3stream.logs import get_logger
 from s3stream.snapshotparsers import InvalidSnapshot, Parser, frozen, resolve_parser
 from s3stream.store import Store, StoredObject, open_store
 
-log = structlog.get_logger("s3stream.snapshot")
+log = get_logger("s3stream.snapshot")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _MAX_REFUSED = 1000
 

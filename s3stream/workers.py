@@ -43,13 +43,14 @@ from s3stream.errors import (
 )
 from s3stream.lease import Tenure
 from s3stream.lease import clock as lease_clock
+from s3stream.logs import get_logger
 from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.retry import HandlerBackoff
 from s3stream.shard import Shard, WorkItem
 from s3stream.store import Store, StoredObject
 from s3stream.topics import KEY_METADATA, parse_log_key
 
-log = structlog.get_logger("s3stream.workers")
+log = get_logger("s3stream.workers")
 
 
 class WorkerPool:
@@ -290,7 +291,7 @@ class WorkerPool:
         timeout; dead-letter it if it keeps failing. True when a later call succeeded."""
         handler, backoff = shard.handler, self._backoff
         attempts, last = 1, first
-        _note_failure(handler.name, first, attempts, bound)
+        _note_failure(handler.name, first, attempts, bound, self._with_traceback(attempts))
         failed_at = time.monotonic()
         while attempts < backoff.attempts:
             await self._pause(backoff.wait(attempts, time.monotonic() - failed_at))
@@ -306,7 +307,7 @@ class WorkerPool:
                 raise
             except Exception as exc:
                 last = exc
-                _note_failure(handler.name, exc, attempts, bound)
+                _note_failure(handler.name, exc, attempts, bound, self._with_traceback(attempts))
         error = "timed out" if isinstance(last, TimeoutError) else repr(last)
         if self._dead_letters is None:
             raise HandlerFailed(
@@ -315,6 +316,12 @@ class WorkerPool:
             ) from last
         await self._dead_letter(shard, message, error, attempts, bound, last)
         return False
+
+    def _with_traceback(self, attempt: int) -> bool:
+        """Whether the log line of a handler's failed ``attempt`` carries the traceback: the first of
+        several, and the last one when no dead letter (whose log line carries it) follows."""
+        last = attempt == self._backoff.attempts
+        return (attempt == 1 and not last) or (last and self._dead_letters is None)
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds`` before the next attempt, unless the pool stops first (then :class:`_Left`)."""
@@ -335,11 +342,11 @@ class WorkerPool:
                 where = await self._dead_letters.add(shard.prefix, message, error=error, attempts=attempts,
                                                      exc=exc, body_read=body_read)
                 break
-            except RetriableError as exc:  # the message must land somewhere before it is passed
-                bound.warning("dead letter write keeps failing; retrying", error=str(exc))
+            except RetriableError as write_error:  # the message must land somewhere before it is passed
+                bound.warning("dead letter write keeps failing; retrying", error=str(write_error))
                 await asyncio.sleep(self.store.retry.cap)
         metrics.DEAD_LETTERS.labels(shard=shard.name).inc()
-        bound.error("dead-lettered", attempts=attempts, error=error, dead_letter=where)
+        bound.error("dead-lettered", attempts=attempts, error=error, dead_letter=where, exc_info=exc)
 
 
 def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> list[Message]:
@@ -425,6 +432,7 @@ def _shard_counters(shard: str) -> tuple[Counter, Counter]:
 
 
 def _note_failure(handler: str, exc: BaseException, attempt: int,
-                  bound: structlog.typing.FilteringBoundLogger) -> None:
+                  bound: structlog.typing.FilteringBoundLogger, with_traceback: bool) -> None:
     metrics.ERRORS.labels(kind=f"handler:{metrics.error_kind(exc)}").inc()
-    bound.warning("handler failed", handler=handler, attempt=attempt, error=repr(exc))
+    bound.warning("handler failed", handler=handler, attempt=attempt, error=repr(exc),
+                  exc_info=exc if with_traceback else None)

@@ -1,7 +1,7 @@
 """The ``s3stream`` command line, end to end, as a subprocess against the real moto server over HTTP.
 
-Failures must be one ``s3stream: error:`` line on stderr and exit code 2, never a traceback; the
-long-running commands must stop cleanly (exit 0) on SIGTERM.
+Failures must be one ``s3stream: error:`` line on stderr and exit code 2 (3 when the endpoint cannot be
+reached), never a traceback; the long-running commands must stop cleanly (exit 0) on SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def run_cli(*args: str, cwd: Path, timeout: float = TIMEOUT) -> subprocess.Compl
                           timeout=timeout, check=False)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit code 2, no traceback, and stderr is exactly one ``s3stream: error:`` line naming ``needles``."""
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
+    """Exit ``code`` (2), no traceback, and stderr is exactly one ``s3stream: error:`` line naming
+    ``needles``."""
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{result.stderr}"
@@ -47,7 +48,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     assert line.startswith("s3stream: error:"), line
     for needle in needles:
         assert needle in line, f"{needle!r} not in {line!r}"
-    assert result.returncode == 2, f"exit code {result.returncode}, expected 2: {line}"
+    assert result.returncode == code, f"exit code {result.returncode}, expected {code}: {line}"
     return line
 
 
@@ -99,14 +100,14 @@ def test_bad_credentials_are_one_line_error(moto_endpoint: str, tmp_path: Path) 
 
 def test_unreachable_endpoint_is_one_line_error(tmp_path: Path) -> None:
     """With nothing listening on the endpoint and a short retry budget from --config, the CLI gives up
-    promptly with one 'cannot reach' line and exit 2."""
+    promptly with one 'cannot reach' line and exit 3 (the endpoint cannot be reached)."""
     config = write_config(tmp_path / "s3.toml", "[s3]\nmax_attempts = 2\nmax_retry_time = 2\n")
     endpoint = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = run_cli("consume", "s3://unreachable-bucket/topic/", "--endpoint-url", endpoint,
                      "--config", config, cwd=tmp_path)
     elapsed = time.monotonic() - started
-    assert_one_line_error(result, "cannot reach the S3 endpoint", endpoint)
+    assert_one_line_error(result, "cannot reach the S3 endpoint", endpoint, code=3)
     assert elapsed < 20, f"took {elapsed:.1f}s despite a 2 s retry budget"
 
 
