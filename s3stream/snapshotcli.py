@@ -21,6 +21,7 @@ from s3stream.cli import bucket, fail, main, run_async, s3_options, stop_on_sign
 from s3stream.commands import command_settings, key_versions, split_url
 from s3stream.config import Settings
 from s3stream.errors import ConfigError, NotFound, S3StreamError, VersioningNotEnabled
+from s3stream.metrics import metrics_handler
 from s3stream.snapshot import Follower
 from s3stream.snapshotparsers import InvalidSnapshot, frozen, resolve_parser
 from s3stream.store import open_store
@@ -43,7 +44,7 @@ def snapshot_group() -> None:
 @click.option("--interval", type=float, help="Seconds between checks for a new version. [default: 30]")
 @s3_options
 def snapshot_serve(url: str | None, endpoint_url: str | None, config: str | None, **opts: Any) -> None:
-    """Serve s3://BUCKET/KEY over HTTP: GET /kv/<key>, /status, /healthz; until SIGTERM/SIGINT."""
+    """Serve s3://BUCKET/KEY over HTTP: GET /kv/<key>, /status, /healthz, /metrics; until SIGTERM/SIGINT."""
     chosen = {name: value for name, value in {"url": url, **opts}.items() if value is not None}
     try:
         settings = command_settings(config, endpoint_url, sections=("s3", "snapshot"), snapshot=chosen)
@@ -83,7 +84,7 @@ async def serve(follower: Follower, host: str, port: int) -> None:
 
 
 class KVServer:
-    """``GET /kv/<key>`` (the value; 404 when absent), ``GET /status`` and ``GET /healthz``.
+    """``GET /kv/<key>`` (the value; 404 when absent), ``GET /status``, ``GET /healthz`` and ``GET /metrics``.
 
     A string value is sent as ``text/plain``, any other value (or any value, when the request accepts
     ``application/json`` and not ``text/plain``) as JSON. Every answer names the version it was read
@@ -101,6 +102,7 @@ class KVServer:
         app.router.add_get("/kv/{key:.+}", self._kv)
         app.router.add_get("/status", self._status)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", metrics_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         try:
