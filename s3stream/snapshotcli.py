@@ -44,7 +44,7 @@ def snapshot_group() -> None:
 @click.option("--interval", type=float, help="Seconds between checks for a new version. [default: 30]")
 @s3_options
 def snapshot_serve(url: str | None, endpoint_url: str | None, config: str | None, **opts: Any) -> None:
-    """Serve s3://BUCKET/KEY over HTTP: GET /kv/<key>, /status, /healthz, /metrics; until SIGTERM/SIGINT."""
+    """Serve s3://BUCKET/KEY over HTTP: GET /kv/<key>, /status, /healthz; until SIGTERM/SIGINT."""
     chosen = {name: value for name, value in {"url": url, **opts}.items() if value is not None}
     try:
         settings = command_settings(config, endpoint_url, sections=("s3", "snapshot"), snapshot=chosen)
