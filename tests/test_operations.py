@@ -275,8 +275,8 @@ async def test_cli_consume_serves_health_and_exits_0_on_sigterm(
         await wait_until(lambda: len(events(ev)) == 2, what="both messages handled")
         status, text = await http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
-        assert (f's3stream_messages_consumed_total{{bucket="{bucket}",group="default",shard="0",topic="h"}} 2.0'
-                in text)
+        labels = f'bucket="{bucket}",group="default",shard="0",topic="h"'
+        assert f"s3stream_messages_consumed_total{{{labels}}} 2.0" in text
         proc.send_signal(signal.SIGTERM)
         await wait_until(lambda: proc.poll() is not None, within=30, what="exit after SIGTERM")
     finally:
