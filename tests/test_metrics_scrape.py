@@ -6,6 +6,7 @@ Each end-to-end test runs against moto over HTTP; faults come from :class:`tests
 from __future__ import annotations
 
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -162,3 +163,26 @@ async def test_snapshot_serve_exposes_metrics(store: Store, bucket: str, moto_en
     ops = {lb["operation"] for lb in named(found, "s3stream_s3_request_duration_seconds_count")}
     assert "GetObject" in ops
     assert "_created" not in text
+
+
+def test_the_metrics_reference_lists_every_metric() -> None:
+    """docs/metrics.md has one row per metric s3stream registers, with its type and label names, and
+    no row for a metric that does not exist."""
+    import s3stream.snapshotcli
+    import s3stream.sqs  # noqa: F401
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    section = doc.split("## Dashboard and alerts")[0]
+    row = re.compile(r"^\| `(s3stream_\w+)` \| (\w+) \|([\w, ]*)\|", re.M)
+    rows = {m[0]: (m[1], m[2]) for m in row.findall(section)}
+    registered = {}
+    for collector in list(REGISTRY._collector_to_names):  # prometheus-client keeps no public list
+        labelnames = getattr(collector, "_labelnames", None)
+        for family in collector.describe() if labelnames is not None else []:
+            if family.name.startswith("s3stream_"):
+                name = family.name + ("_total" if family.type == "counter" else "")
+                registered[name] = (family.type, set(labelnames))
+    assert set(rows) == set(registered)
+    for name, (kind, labels) in rows.items():
+        assert kind == registered[name][0], name
+        assert registered[name][1] == {x.strip() for x in labels.split(",") if x.strip()}, name
