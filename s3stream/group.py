@@ -220,11 +220,9 @@ class Membership:
         self.observe()
 
     def observe(self) -> None:
-        """``s3stream_lease_owned``: 1 for each shard this member holds (and is not giving up), else 0."""
+        """``s3stream_lease_owned`` of every shard: held (and not being given up) or not."""
         owned = {key for key, held in self.held.items() if not held.releasing}
-        for cand in self.candidates:
-            labels = metrics.labels_for(cand.bucket, cand.topic, cand.prefix, self.group)
-            metrics.LEASE_OWNED.labels(**labels).set(1 if (cand.bucket, cand.prefix) in owned else 0)
+        metrics.observe_leases(self.group, self.candidates, owned)
 
     async def _register(self, bucket: str) -> None:
         body = orjson.dumps({

@@ -23,7 +23,7 @@ import platform
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -125,6 +125,24 @@ def observe_request(operation: str, seconds: float, exc: BaseException | None) -
         return
     code = getattr(exc, "code", "") or type(exc).__name__
     S3_ERRORS.labels(operation=operation, code=code[:64]).inc()
+
+
+class _Leased(Protocol):
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def topic(self) -> str | None: ...
+
+
+def observe_leases(group: str, candidates: Iterable[_Leased], owned: set[tuple[str, str]]) -> None:
+    """``s3stream_lease_owned``: 1 for each ``(bucket, prefix)`` in ``owned``, 0 for the other shards."""
+    for cand in candidates:
+        labels = labels_for(cand.bucket, cand.topic, cand.prefix, group)
+        LEASE_OWNED.labels(**labels).set(1 if (cand.bucket, cand.prefix) in owned else 0)
 
 
 class ShardSeries:
