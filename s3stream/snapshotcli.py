@@ -16,6 +16,7 @@ import click
 import orjson
 from aiohttp import web
 
+from s3stream import snapshotmetrics
 from s3stream.admin import is_versioned
 from s3stream.cli import bucket, fail, main, run_async, s3_options, stop_on_signals
 from s3stream.commands import command_settings, key_versions, split_url
@@ -96,8 +97,10 @@ class KVServer:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._collector: snapshotmetrics.FollowerCollector | None = None
 
     async def start(self) -> None:
+        self._collector = snapshotmetrics.register(self.follower)
         app = web.Application()
         app.router.add_get("/kv/{key:.+}", self._kv)
         app.router.add_get("/status", self._status)
@@ -117,6 +120,9 @@ class KVServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._collector is not None:
+            snapshotmetrics.unregister(self._collector)
+            self._collector = None
 
     def _headers(self) -> dict[str, str]:
         return {VERSION_HEADER: self.follower.version_id or "null"}

@@ -17,7 +17,10 @@ import s3stream
 from s3stream import metrics
 from s3stream.config import build_settings
 from s3stream.errors import Throttled
+from s3stream.snapshot import Follower
+from s3stream.snapshotmetrics import FollowerCollector
 from s3stream.store import Store, open_store
+from tests.conftest import wait_until
 from tests.observe import (
     GROUP,
     MESSAGES,
@@ -153,16 +156,32 @@ def test_exposition_leaves_out_created_series_without_touching_the_library_switc
 async def test_snapshot_serve_exposes_metrics(store: Store, bucket: str, moto_endpoint: str,
                                               tmp_path: Path) -> None:
     """``snapshot serve`` answers ``/metrics`` on its own port: build info, its GetObject requests
-    timed, and no ``*_created`` series."""
+    timed, the follower's keys, load and check times and counts, and no ``*_created`` series."""
     await store.put_object(bucket, "kv/store.csv", b"x,1\n")
     async with start_serving(tmp_path, f"s3://{bucket}/kv/store.csv", "--parser", "csv", "--interval", "0.1",
                              "--endpoint-url", moto_endpoint) as served:
-        text = await scrape(f"{served.base}/metrics")
+        text = ""
+
+        async def checked() -> bool:
+            nonlocal text
+            text = await scrape(f"{served.base}/metrics")
+            checks = value(samples(text), "s3stream_snapshot_checks_total", bucket=bucket, key="kv/store.csv")
+            return bool(checks)
+
+        await wait_until(checked, what="a check after the first load")
     found = samples(text)
     assert [lb["version"] for lb in named(found, "s3stream_build_info")] == [s3stream.__version__]
     ops = {lb["operation"] for lb in named(found, "s3stream_s3_request_duration_seconds_count")}
     assert "GetObject" in ops
     assert "_created" not in text
+    where = {"bucket": bucket, "key": "kv/store.csv"}
+    assert value(found, "s3stream_snapshot_keys", **where) == 1
+    assert value(found, "s3stream_snapshot_last_check_failed", **where) == 0
+    assert value(found, "s3stream_snapshot_downloads_total", **where) == 1
+    for stamp in ("loaded", "last_check"):
+        seconds = value(found, f"s3stream_snapshot_{stamp}_timestamp_seconds", **where)
+        assert seconds is not None
+        assert time.time() - 60 < seconds <= time.time()
 
 
 def test_the_metrics_reference_lists_every_metric() -> None:
@@ -182,6 +201,9 @@ def test_the_metrics_reference_lists_every_metric() -> None:
             if family.name.startswith("s3stream_"):
                 name = family.name + ("_total" if family.type == "counter" else "")
                 registered[name] = (family.type, set(labelnames))
+    for family in FollowerCollector(Follower("s3://bucket/key.csv")).collect():  # snapshot serve's
+        registered[family.name + ("_total" if family.type == "counter" else "")] = (
+            family.type, {k for s in family.samples for k in s.labels})
     assert set(rows) == set(registered)
     for name, (kind, labels) in rows.items():
         assert kind == registered[name][0], name
