@@ -29,6 +29,7 @@ class Checkpointer:
         self.wake = asyncio.Event()
         self.commits = 0
         self.on_conflict = on_conflict  # True: the conflict is handled (the shard's lease was lost)
+        self.series = metrics.ShardSeries()
 
     async def run(self) -> None:
         """Commit whenever woken (a batch completed) and at least every ``interval`` seconds."""
@@ -46,12 +47,11 @@ class Checkpointer:
     def observe_lag(self) -> None:
         """Per-shard lag gauges: unfinished items, and the age of the oldest of them."""
         now_ms = time.time() * 1000
+        self.series.keep_only(self.shards)  # a shard given up or taken by another member: its series go
         for shard in self.shards:
             oldest = shard.cursor.oldest_in_flight_ms()
-            metrics.LAG_ITEMS.labels(shard=shard.name).set(shard.cursor.in_flight)
-            metrics.LAG_SECONDS.labels(shard=shard.name).set(
-                0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000)
-            )
+            self.series.lag(shard, shard.cursor.in_flight,
+                            0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
 
     async def flush(self) -> None:
         """Commit every shard whose done set changed since its last commit."""
@@ -66,6 +66,7 @@ class Checkpointer:
             snapshot = shard.cursor.checkpoint()
             generation = shard.cursor.generation
             if generation == shard.saved_generation:
+                self.series.checkpointed(shard, written=False)  # nothing new: the stored one is current
                 return
             try:
                 await shard.checkpoints.save(snapshot)
@@ -75,6 +76,6 @@ class Checkpointer:
                 raise
             shard.saved_generation = generation
         self.commits += 1
-        metrics.CHECKPOINT_COMMITS.labels(shard=shard.name).inc()
+        self.series.checkpointed(shard, written=True)
         log.debug("committed", shard=shard.name, watermark_ms=shard.cursor.watermark_ms,
                   done=len(snapshot.done))

@@ -292,7 +292,7 @@ class Consumer:
     async def _candidates_of(self, store: Store, src: SourceSettings) -> list[Candidate]:
         """A group member's view of a source: its shards, to be opened when leased."""
         prefixes, layout = await self._source_shards(store, src)
-        return [Candidate(src.bucket, prefix, (src, layout)) for prefix in prefixes]
+        return [Candidate(src.bucket, prefix, (src, layout), topic=src.prefix) for prefix in prefixes]
 
     async def _source_shards(self, store: Store, src: SourceSettings) -> tuple[list[str], ShardLayout]:
         """The source's shard prefixes and how to list them (checking the bucket on the way)."""
@@ -344,6 +344,7 @@ class Consumer:
             checkpoints=checkpoints, cursor=cursor, layout=layout, fresh=saved is None,
             exclude=tuple(sorted(c for c in control if c.startswith(prefix))),
             decoder=Decoder(src.codec, src.framing, src.compression, src.max_decompressed_mb << 20),
+            topic=src.prefix, group=consumer.group,
         )
         shard.saved_generation = cursor.generation if saved is not None else -1
         log.info("shard opened", shard=shard.name, layout=layout, resumed=saved is not None,

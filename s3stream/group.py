@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from s3stream import metrics
 from s3stream.checkpoint import ConditionalStore, shard_name
 from s3stream.errors import NotFound, PreconditionFailed, RetriableError
 from s3stream.lease import LEASE_FORMAT, LeaseView, Tenure, fair_share, is_live, plan
@@ -83,6 +84,7 @@ class Candidate:
     bucket: str
     prefix: str
     payload: Any = None
+    topic: str | None = None  # the topic (source prefix) the shard belongs to: a label of its metrics
 
 
 @dataclass
@@ -157,6 +159,7 @@ class Membership:
                 await self.rebalance(tg)
             except RetriableError as exc:
                 self.log.warning("group rebalance failed; will retry", error=str(exc))
+            self.observe()
             await asyncio.sleep(max(0.0, self.renew_interval - (time.monotonic() - began)))
 
     async def _keep_alive(self) -> None:
@@ -169,6 +172,7 @@ class Membership:
             except RetriableError as exc:
                 self.log.warning("group renewal failed; will retry", error=str(exc))
             self._note_overdue()
+            self.observe()
             await asyncio.sleep(max(0.0, self.renew_interval - (time.monotonic() - began)))
 
     async def renew(self) -> None:
@@ -213,6 +217,12 @@ class Membership:
         await asyncio.gather(*(self._write_release(held) for held in list(self.held.values())))
         for bucket in sorted({c.bucket for c in self.candidates}):
             await self.store.delete_object(bucket, member_key(self.group, self.member))
+        self.observe()
+
+    def observe(self) -> None:
+        """``s3stream_lease_owned`` of every shard: held (and not being given up) or not."""
+        owned = {key for key, held in self.held.items() if not held.releasing}
+        metrics.observe_leases(self.group, self.candidates, owned)
 
     async def _register(self, bucket: str) -> None:
         body = orjson.dumps({

@@ -39,6 +39,7 @@ from s3stream.cursor import Checkpoint, Ident, VersionCursor
 from s3stream.errors import AccessDenied, PermanentError, RetriableError, S3StreamError
 from s3stream.logs import get_logger
 from s3stream.message import Entry
+from s3stream.metrics import SHARD_LABELS, shard_labels
 from s3stream.poller import Poller, list_page
 from s3stream.s3events import NotAnS3Event, ObjectEvent, RecentSet, parse_message
 from s3stream.shard import Shard, WorkItem
@@ -49,11 +50,11 @@ from s3stream.workers import WorkerPool
 
 log = get_logger("s3stream.notifications")
 
-LISTED = Counter("s3stream_notifications_listed", "Versions handed out by the reconciling listing "
-                 "rather than by a notification (a steady rate means notifications are lost).", ["shard"])
-NOTIFIED = Counter("s3stream_notifications_delivered", "Versions handed out because of a notification.",
-                   ["shard"])
-EXTENDED = Counter("s3stream_notifications_visibility_extended", "SQS visibility extensions sent.")
+LISTED = Counter("s3stream_notifications_listed_total", "Versions handed out by the reconciling listing "
+                 "rather than by a notification (a steady rate means notifications are lost).", SHARD_LABELS)
+NOTIFIED = Counter("s3stream_notifications_delivered_total", "Versions handed out because of a notification.",
+                   SHARD_LABELS)
+EXTENDED = Counter("s3stream_notifications_visibility_extended_total", "SQS visibility extensions sent.")
 
 
 class NotifyCursor(VersionCursor):
@@ -142,7 +143,7 @@ class ReconcilePoller(Poller):
         super().__init__(handout.shard, handout.cursor, store, handout.pool, paced, on_pass)
         self.handout = handout
         self.deletes = opts.deletes
-        self._listed = LISTED.labels(shard=handout.shard.name)
+        self._listed = LISTED.labels(**shard_labels(handout.shard))
 
     async def _hand_out(self, held: list[Entry], skip: bool) -> int:
         started = self.handout.claim(held, skip=skip, deletes=self.deletes)
@@ -288,7 +289,7 @@ class Receiver:
         waits = [w for e in entries if (w := cursor.waiter(e.ident)) is not None]
         await handout.flush()
         if started:
-            NOTIFIED.labels(shard=shard.name).inc(len(started))
+            NOTIFIED.labels(**shard_labels(shard)).inc(len(started))
         return waits
 
     def _target(self, bucket: str, key: str) -> tuple[HandOut, NotificationSettings] | None:

@@ -371,6 +371,5 @@ def _prepared(prepare: Callable[[Any], bytes],
 
 
 def _count(topic: Topic, messages: int, size: int) -> None:
-    label = f"{topic.bucket}/{topic.name}"
-    metrics.MESSAGES_PRODUCED.labels(topic=label).inc(messages)
-    metrics.BYTES_PRODUCED.labels(topic=label).inc(size)
+    metrics.MESSAGES_PRODUCED.labels(topic=topic.name, bucket=topic.bucket).inc(messages)
+    metrics.BYTES_PRODUCED.labels(topic=topic.name, bucket=topic.bucket).inc(size)

@@ -73,6 +73,8 @@ class Shard:
     idle: asyncio.Event = field(default_factory=_set_event)  # set while none of its items runs
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint write at a time
     decoder: Decoder = DEFAULT_DECODER  # how plain objects become messages (the source's codec settings)
+    topic: str | None = None  # the source's prefix (the topic) this shard belongs to; None: the prefix itself
+    group: str = ""  # the consumer group reading it (a label of its metrics)
 
     @property
     def name(self) -> str:

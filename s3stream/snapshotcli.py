@@ -16,11 +16,13 @@ import click
 import orjson
 from aiohttp import web
 
+from s3stream import snapshotmetrics
 from s3stream.admin import is_versioned
 from s3stream.cli import bucket, fail, main, run_async, s3_options, stop_on_signals
 from s3stream.commands import command_settings, key_versions, split_url
 from s3stream.config import Settings
 from s3stream.errors import ConfigError, NotFound, S3StreamError, VersioningNotEnabled
+from s3stream.metrics import metrics_handler
 from s3stream.snapshot import Follower
 from s3stream.snapshotparsers import InvalidSnapshot, frozen, resolve_parser
 from s3stream.store import open_store
@@ -83,7 +85,7 @@ async def serve(follower: Follower, host: str, port: int) -> None:
 
 
 class KVServer:
-    """``GET /kv/<key>`` (the value; 404 when absent), ``GET /status`` and ``GET /healthz``.
+    """``GET /kv/<key>`` (the value; 404 when absent), ``GET /status``, ``GET /healthz`` and ``GET /metrics``.
 
     A string value is sent as ``text/plain``, any other value (or any value, when the request accepts
     ``application/json`` and not ``text/plain``) as JSON. Every answer names the version it was read
@@ -95,12 +97,15 @@ class KVServer:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._collector: snapshotmetrics.FollowerCollector | None = None
 
     async def start(self) -> None:
+        self._collector = snapshotmetrics.register(self.follower)
         app = web.Application()
         app.router.add_get("/kv/{key:.+}", self._kv)
         app.router.add_get("/status", self._status)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", metrics_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         try:
@@ -115,6 +120,9 @@ class KVServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._collector is not None:
+            snapshotmetrics.unregister(self._collector)
+            self._collector = None
 
     def _headers(self) -> dict[str, str]:
         return {VERSION_HEADER: self.follower.version_id or "null"}

@@ -24,7 +24,7 @@ from s3stream import errors, store
 from s3stream.config import S3Settings
 from s3stream.retry import RetryPolicy
 
-SQS_REQUESTS = Counter("s3stream_sqs_requests", "SQS requests sent (every attempt), by operation.",
+SQS_REQUESTS = Counter("s3stream_sqs_requests_total", "SQS requests sent (every attempt), by operation.",
                        ["operation"])
 
 MAX_BATCH = 10

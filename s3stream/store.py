@@ -468,8 +468,10 @@ class Store:
             with translate(operation, bucket=bucket):
                 yield
         except errors.StoreError as exc:
+            metrics.observe_request(operation, time.monotonic() - started, exc)
             throttle.observe(exc, started)
             raise
+        metrics.observe_request(operation, time.monotonic() - started, None)
         throttle.observe(None, started)
 
 

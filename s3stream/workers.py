@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -281,7 +282,7 @@ class WorkerPool:
             if failure is None or await self._retry(shard, message, failure, bound):
                 done += 1
                 size += len(message.body)
-        consumed, consumed_bytes = _shard_counters(shard.name)
+        consumed, consumed_bytes = _shard_counters(shard)
         consumed.inc(done)
         consumed_bytes.inc(size)
 
@@ -345,7 +346,7 @@ class WorkerPool:
             except RetriableError as write_error:  # the message must land somewhere before it is passed
                 bound.warning("dead letter write keeps failing; retrying", error=str(write_error))
                 await asyncio.sleep(self.store.retry.cap)
-        metrics.DEAD_LETTERS.labels(shard=shard.name).inc()
+        metrics.DEAD_LETTERS.labels(**metrics.shard_labels(shard)).inc()
         bound.error("dead-lettered", attempts=attempts, error=error, dead_letter=where, exc_info=exc)
 
 
@@ -426,9 +427,16 @@ def _handler_seconds(handler: str) -> Histogram:
     return metrics.HANDLER_SECONDS.labels(handler=handler)
 
 
-@functools.lru_cache(maxsize=4096)
-def _shard_counters(shard: str) -> tuple[Counter, Counter]:
-    return metrics.MESSAGES_CONSUMED.labels(shard=shard), metrics.BYTES_CONSUMED.labels(shard=shard)
+_counters: weakref.WeakKeyDictionary[Shard, tuple[Counter, Counter]] = weakref.WeakKeyDictionary()
+
+
+def _shard_counters(shard: Shard) -> tuple[Counter, Counter]:
+    found = _counters.get(shard)
+    if found is None:
+        labels = metrics.shard_labels(shard)
+        found = metrics.MESSAGES_CONSUMED.labels(**labels), metrics.BYTES_CONSUMED.labels(**labels)
+        _counters[shard] = found
+    return found
 
 
 def _note_failure(handler: str, exc: BaseException, attempt: int,

@@ -378,7 +378,8 @@ async def test_dlq_purge_deletes_dead_letters_for_good(store: Store, bucket: str
     consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/u/", group=group, handler_attempts=1))
     consumer.register_handler("rec", handler)
     async with running(consumer):
-        await wait_until(lambda: sample("s3stream_dead_letters_total", shard=f"s3://{bucket}/u/") >= 2,
+        await wait_until(lambda: sample("s3stream_dead_letters_total", topic="u", bucket=bucket, shard="0",
+                                                 group=group) >= 2,
                          what="two dead letters")
     purged = await cli("dlq", "purge", f"s3://{bucket}/u/", "--group", group, "--yes",
                        "--endpoint-url", moto_endpoint)

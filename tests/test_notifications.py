@@ -58,11 +58,15 @@ def lists() -> float:
 
 
 def listed(bucket: str) -> float:
-    return sample("s3stream_notifications_listed_total", shard=f"s3://{bucket}/{PREFIX}")
+    return sample("s3stream_notifications_listed_total", **shard_of(bucket))
 
 
 def notified(bucket: str) -> float:
-    return sample("s3stream_notifications_delivered_total", shard=f"s3://{bucket}/{PREFIX}")
+    return sample("s3stream_notifications_delivered_total", **shard_of(bucket))
+
+
+def shard_of(bucket: str) -> dict[str, str]:
+    return {"topic": PREFIX.strip("/"), "bucket": bucket, "shard": "0", "group": "default"}
 
 
 @pytest.fixture

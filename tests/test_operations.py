@@ -183,7 +183,8 @@ async def test_metrics_and_health_endpoints(store: Store, bucket: str, slow_star
     again while it drains after stop(); /metrics exposes this shard's consumed messages, queue depth,
     lag, S3 requests by operation, checkpoint commits and handler durations; after the consumer
     returns, nothing listens any more."""
-    shard = f"s3://{bucket}/m/"
+    url = f"s3://{bucket}/m/"
+    shard = (("bucket", bucket), ("group", "default"), ("shard", "0"), ("topic", "m"))
     written = await put_keys(store, bucket, [f"m/k{i:02d}" for i in range(20)])
     gate = asyncio.Event()
     entered = asyncio.Event()
@@ -195,7 +196,7 @@ async def test_metrics_and_health_endpoints(store: Store, bucket: str, slow_star
             await gate.wait()
         await rec(message)
 
-    consumer = Consumer(settings(slow_start_proxy.endpoint, shard, metrics={"port": 0}))
+    consumer = Consumer(settings(slow_start_proxy.endpoint, url, metrics={"port": 0}))
     consumer.register_handler("rec", handler)
     task = asyncio.create_task(consumer.run())
     try:
@@ -224,11 +225,11 @@ async def test_metrics_and_health_endpoints(store: Store, bucket: str, slow_star
             found.clear()
             found.update(samples(text))
             return status == 200 and found.get(
-                ("s3stream_checkpoint_commits_total", (("shard", shard),)), 0) >= 1
+                ("s3stream_checkpoint_commits_total", shard), 0) >= 1
         await wait_until(exposed, what="a checkpoint commit in /metrics")
-        assert found[("s3stream_messages_consumed_total", (("shard", shard),))] == 20
+        assert found[("s3stream_messages_consumed_total", shard)] == 20
         assert ("s3stream_queue_depth", ()) in found
-        assert ("s3stream_shard_lag_seconds", (("shard", shard),)) in found
+        assert ("s3stream_lag_seconds", shard) in found
         assert found[("s3stream_s3_requests_total", (("operation", "ListObjectVersions"),))] >= 1
         assert found[("s3stream_handler_duration_seconds_count", (("handler", "rec"),))] >= 20
         assert ("s3stream_handler_duration_seconds_bucket", (("handler", "rec"), ("le", "+Inf"))) in found
@@ -274,7 +275,8 @@ async def test_cli_consume_serves_health_and_exits_0_on_sigterm(
         await wait_until(lambda: len(events(ev)) == 2, what="both messages handled")
         status, text = await http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
-        assert f's3stream_messages_consumed_total{{shard="s3://{bucket}/h/"}} 2.0' in text
+        labels = f'bucket="{bucket}",group="default",shard="0",topic="h"'
+        assert f"s3stream_messages_consumed_total{{{labels}}} 2.0" in text
         proc.send_signal(signal.SIGTERM)
         await wait_until(lambda: proc.poll() is not None, within=30, what="exit after SIGTERM")
     finally:

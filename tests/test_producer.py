@@ -172,11 +172,12 @@ async def test_consuming_a_sharded_versions_topic_runs_a_poller_per_shard(
 
 
 async def test_producer_counts_messages_and_bytes(store: Store, bucket: str, moto_endpoint: str) -> None:
-    """s3stream_messages_produced_total and _bytes_ grow by what was published, segments included."""
+    """s3stream_messages_produced_total and s3stream_produced_bytes_total grow by what was published
+    (labelled by topic and bucket), segments included."""
     from prometheus_client import REGISTRY
 
     await create_topic(store, bucket, "counted", layout="log")
-    labels = {"topic": f"{bucket}/counted"}
+    labels = {"topic": "counted", "bucket": bucket}
 
     def value(name: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -184,4 +185,4 @@ async def test_producer_counts_messages_and_bytes(store: Store, bucket: str, mot
     async with Producer(_settings(moto_endpoint, segment_max_messages=4)) as producer:
         await producer.publish_many(f"s3://{bucket}/counted", [(None, "abcd") for _ in range(8)])
     assert value("s3stream_messages_produced_total") == 8
-    assert value("s3stream_bytes_produced_total") == 32
+    assert value("s3stream_produced_bytes_total") == 32
