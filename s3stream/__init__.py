@@ -6,8 +6,12 @@ handlers, ``await consumer.run()``; call :meth:`Consumer.stop` to shut down grac
 
 from s3stream.config import Settings, build_settings, load_settings
 from s3stream.consumer import Consumer
-from s3stream.errors import S3StreamError
+from s3stream.errors import DeadLetterNow, S3StreamError
+from s3stream.handlers import handler_factory
 from s3stream.message import Message
 
-__all__ = ["Consumer", "Message", "S3StreamError", "Settings", "build_settings", "load_settings"]
+__all__ = [
+    "Consumer", "DeadLetterNow", "Message", "S3StreamError", "Settings", "build_settings",
+    "handler_factory", "load_settings",
+]
 __version__ = "0.1.0"

@@ -73,6 +73,7 @@ class Shard:
     idle: asyncio.Event = field(default_factory=_set_event)  # set while none of its items runs
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one checkpoint write at a time
     decoder: Decoder = DEFAULT_DECODER  # how plain objects become messages (the source's codec settings)
+    topic: str = ""  # the source's prefix (a topic's name), for traces
 
     @property
     def name(self) -> str:
