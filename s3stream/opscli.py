@@ -11,6 +11,7 @@ import click
 import orjson
 
 from s3stream.cli import fail, main, run_async, s3_options
+from s3stream.codecs import Decoder
 from s3stream.commands import command_settings, iso, split_url
 from s3stream.config import Settings, build_settings, read_toml
 from s3stream.deadletter import DeadLetter, group_prefix, iter_dead_letters
@@ -44,6 +45,8 @@ def config_check(file: str) -> None:
         for name in {name for src in settings.sources for name in handler_names(src)}:
             spec = settings.handlers.get(name)
             asyncio.run(check_handler(spec.use if spec else name, spec.options() if spec else None))
+        for codec in {settings.producer.codec, *(src.codec for src in settings.sources)}:
+            Decoder(codec)  # a codec plugin loads (its name was checked when the file was read)
     except S3StreamError as exc:
         fail(exc)
     click.echo(f"{file}: ok ({len(settings.sources)} source(s), {len(settings.handlers)} handler(s))")

@@ -174,6 +174,15 @@ def test_codec_errors_are_one_line_config_errors(fake_plugin: Path) -> None:
         Decoder("rot13").decode(b"\xff", "k")
 
 
+def test_config_check_loads_codec_plugins(tmp_path: Path) -> None:
+    """``s3stream config check`` loads each codec a file names: a ``module:attr`` codec whose module is
+    missing is one line naming it, exit 2."""
+    config = tmp_path / "codec.toml"
+    config.write_text('[[sources]]\nurl = "s3://b/t/"\ncodec = "no_such_codecs:Codec"\n')
+    line = one_line_error(run_cli("config", "check", str(config), site=None, cwd=tmp_path))
+    assert "codec 'no_such_codecs:Codec' cannot be loaded: No module named 'no_such_codecs'" in line
+
+
 # --- codecs end to end -------------------------------------------------------------------------------
 
 
