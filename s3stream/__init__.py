@@ -7,9 +7,11 @@ handlers, ``await consumer.run()``; call :meth:`Consumer.stop` to shut down grac
 from s3stream._version import __version__
 from s3stream.config import Settings, build_settings, load_settings
 from s3stream.consumer import Consumer
-from s3stream.errors import S3StreamError
+from s3stream.errors import DeadLetterNow, S3StreamError
+from s3stream.handlers import handler_factory
 from s3stream.message import Message
 
 __all__ = [
-    "Consumer", "Message", "S3StreamError", "Settings", "__version__", "build_settings", "load_settings",
+    "Consumer", "DeadLetterNow", "Message", "S3StreamError", "Settings", "__version__", "build_settings",
+    "handler_factory", "load_settings",
 ]

@@ -10,6 +10,8 @@ Reading an object (a source's ``codec``, ``framing`` and ``compression``) takes 
 3. **decode each frame**: ``json`` gives the parsed value, ``text`` a ``str`` (UTF-8), ``csv`` the
    records as lists of fields (with ``lines``: the one record's fields; a quoted field may span lines).
    The value is the message's ``value``; ``raw`` leaves it None (the frame's bytes are its ``body``).
+   Any other name is a plugin (:class:`s3stream.plugins.Codec`, from the ``s3stream.codecs``
+   entry-point group or ``module:attr``) whose ``decode`` is applied to each frame.
 
 A failure at any step raises :class:`DecodeError` naming the step and the line; the worker then sets
 the whole object aside as one dead letter. Writing (a producer's settings, :class:`Encoder`) is the
@@ -23,17 +25,22 @@ compression say, and only the codec applies to each of its bodies.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import zstandard
 
-Codec = Literal["raw", "json", "text", "csv"]
+if TYPE_CHECKING:
+    from s3stream.plugins import Codec
+
+BuiltinCodec = Literal["raw", "json", "text", "csv"]
+BUILTIN_CODECS: tuple[str, ...] = ("raw", "json", "text", "csv")
 Framing = Literal["none", "lines"]
 Compression = Literal["auto", "gzip", "zstd", "none"]
 WriteCompression = Literal["none", "gzip", "zstd"]
@@ -179,10 +186,15 @@ class Decoder:
     """How a source reads plain objects. The default (raw, none, auto) hands an object that is not
     compressed to its handler exactly as before: one message, the stored bytes, no ``value``."""
 
-    codec: Codec = "raw"
+    codec: str = "raw"  # a built-in codec's name, or a plugin's (resolved when the decoder is made)
     framing: Framing = "none"
     compression: Compression = "auto"
     max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
+    plugin: Codec | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.plugin is None and self.codec not in _VALUE:
+            object.__setattr__(self, "plugin", _load(self.codec))
 
     @property
     def raw(self) -> bool:
@@ -203,10 +215,10 @@ class Decoder:
     def decode(self, data: bytes, key: str, content_encoding: str = "") -> list[Frame]:
         """The frames of one stored object, decompressed, split and decoded."""
         data = decompress(data, detect(key, content_encoding, self.compression), self.max_decompressed)
-        value = _VALUE[self.codec]
+        value = self._value()
         if self.framing == "none":
             return [(None, data, _checked(value, data, None))]
-        if self.codec == "csv":
+        if self.codec == "csv" and self.plugin is None:
             return _csv_records(data)
         out: list[Frame] = []
         offset = 0
@@ -219,11 +231,31 @@ class Decoder:
 
     def decode_bodies(self, bodies: Sequence[bytes]) -> list[Any]:
         """The values of a segment's message bodies (each one whole frame), in order."""
-        value = _VALUE[self.codec]
+        value = self._value()
         return [_checked(value, body, offset) for offset, body in enumerate(bodies)]
 
 
+    def _value(self) -> Callable[[bytes], Any]:
+        return _VALUE[self.codec] if self.plugin is None else functools.partial(_plugin_decode, self.plugin)
+
+
 DEFAULT_DECODER = Decoder()
+
+
+def _load(name: str) -> Codec:
+    from s3stream.plugins import load_codec
+
+    return load_codec(name)
+
+
+def _plugin_decode(plugin: Codec, frame: bytes) -> Any:
+    """A plugin's ``decode``: whatever it raises is a reason to set the object aside, not a crash."""
+    try:
+        return plugin.decode(frame)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _checked(value: Callable[[bytes], Any], frame: bytes, offset: int | None) -> Any:
@@ -269,9 +301,14 @@ class Encoder:
     of an object, then compression, marked by ``Content-Encoding`` and, on names s3stream chooses, a
     suffix."""
 
-    codec: Codec = "raw"
+    codec: str = "raw"  # a built-in codec's name, or a plugin's (resolved when the encoder is made)
     framing: Framing = "none"
     compression: WriteCompression = "none"
+    plugin: Codec | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.plugin is None and self.codec not in _VALUE:
+            object.__setattr__(self, "plugin", _load(self.codec))
 
     @property
     def identity(self) -> bool:
@@ -294,6 +331,8 @@ class Encoder:
         framing ``lines``) or a list of records, text and raw a str as UTF-8."""
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
+        if self.plugin is not None:
+            return bytes(self.plugin.encode(value))
         if self.codec == "json":
             return orjson.dumps(value)
         if self.codec == "csv":
@@ -331,7 +370,7 @@ class Encoder:
     def suffix(self) -> str:
         """The suffix of a log-layout name: ``.jsonl``, ``.csv`` or ``.txt`` for lines, then ``.gz`` or
         ``.zst`` when compressed."""
-        kind = LINES_EXTENSIONS[self.codec] if self.framing == "lines" else ""
+        kind = LINES_EXTENSIONS.get(self.codec, ".txt") if self.framing == "lines" else ""
         return kind + COMPRESSION_SUFFIXES[self.compression]
 
     def body(self, bodies: Sequence[bytes]) -> bytes:

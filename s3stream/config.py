@@ -23,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from s3stream.codecs import Codec, Compression, Framing
+from s3stream.codecs import Compression, Framing
 from s3stream.errors import ConfigError
+from s3stream.plugins import check_codec
 
 
 class _Model(BaseModel):
@@ -132,7 +133,8 @@ class ProducerSettings(_Model):
     segment_max_bytes: int = Field(default=1 << 20, gt=0, description="Flush a segment at this size.")
     linger: float = Field(default=0.05, ge=0, description="Most seconds a message waits in a segment.")
     compression: Literal["none", "gzip", "zstd"] = "none"
-    codec: Codec = Field(default="raw", description="How publish() turns a value into a body.")
+    codec: str = Field(default="raw", description="How publish() turns a value into a body: raw, json, "
+                       "text, csv, or a plugin's name.")
     framing: Framing = Field(default="none", description="lines: many messages per object, one a line.")
     multipart_threshold: int = Field(default=16 << 20, ge=5 << 20, description="Bodies above: multipart.")
     multipart_part_size: int = Field(default=8 << 20, ge=5 << 20, description="Size of each part.")
@@ -163,6 +165,11 @@ class ProducerSettings(_Model):
         if self.sse_kms_key_id:
             headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.sse_kms_key_id
         return headers
+
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        return check_codec(value)
 
 
 class MetricsSettings(_Model):
@@ -205,13 +212,19 @@ class SourceSettings(_Model):
 
     url: str
     handler: str = "stdout"
-    codec: Codec = Field(default="raw", description="Decode each message: raw, json, text or csv.")
+    codec: str = Field(default="raw", description="Decode each message: raw, json, text, csv, or a "
+                       "plugin's name (s3stream.codecs entry points, module:attr).")
     framing: Framing = Field(default="none", description="lines: one message per line of an object.")
     compression: Compression = Field(default="auto", description="auto: Content-Encoding, else extension.")
     max_decompressed_mb: int = Field(default=1024, gt=0, description="A body decompressing to more is "
                                      "dead-lettered (a compression bomb must not exhaust memory).")
     notifications: NotificationSettings | None = None
     routes: list[RouteSettings] = Field(default_factory=list)
+
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        return check_codec(value)
 
     @field_validator("url")
     @classmethod
@@ -259,6 +272,22 @@ class SnapshotSettings(_Model):
         return value
 
 
+class TracingSettings(_Model):
+    """``[tracing]``: OpenTelemetry spans per consumed message and trace context carried from producers
+    (see :mod:`s3stream.tracing`). Needs the ``otel`` extra; the application sets up the SDK."""
+
+    enabled: bool = Field(default=False, description="Trace messages with the OpenTelemetry API.")
+
+    @field_validator("enabled")
+    @classmethod
+    def _api_installed(cls, value: bool) -> bool:
+        if value:
+            from s3stream.tracing import require_api
+
+            require_api()
+        return value
+
+
 class Settings(_Model):
     """The whole configuration of one ``s3stream run``."""
 
@@ -269,6 +298,7 @@ class Settings(_Model):
     sources: list[SourceSettings] = Field(default_factory=list)
     handlers: dict[str, HandlerSettings] = Field(default_factory=dict)
     snapshot: SnapshotSettings = SnapshotSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

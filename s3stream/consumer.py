@@ -25,7 +25,7 @@ from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.deadletter import DeadLetters
 from s3stream.errors import CheckpointConflict, ConfigError, RetriableError
 from s3stream.group import Candidate, Membership, default_member_id
-from s3stream.handlers import Handler, as_handler, build_handler
+from s3stream.handlers import Handler, as_handler, open_handler
 from s3stream.lease import Tenure
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.logpoller import LogPoller
@@ -37,6 +37,7 @@ from s3stream.routing import handler_names, source_handler
 from s3stream.shard import Shard, ShardLayout
 from s3stream.store import Store, open_store
 from s3stream.topics import CONTROL_PREFIX, resolve_topic
+from s3stream.tracing import MessageTracer
 from s3stream.workers import WorkerPool
 
 log = get_logger("s3stream.consumer")
@@ -64,6 +65,7 @@ class Consumer:
         self._control: Store | None = None  # leases' own connections: never queued behind data
         self._tg: asyncio.TaskGroup | None = None
         self._checkpointer: Checkpointer | None = None
+        self._tracer = MessageTracer() if settings.tracing.enabled else None
         if settings.consumer.leases.enabled:
             _check_group(settings)
 
@@ -78,9 +80,9 @@ class Consumer:
     async def run(self) -> None:
         """Run until :meth:`stop`; raises the first fatal error (after committing completed work)."""
         consumer = self.settings.consumer
-        self._build_handlers()
         health = self._health_server()
         try:
+            await self._open_handlers()
             if health is not None:
                 await health.start()
                 log.info("metrics and health endpoints", url=f"http://{health.host}:{health.port}/metrics")
@@ -110,7 +112,8 @@ class Consumer:
                           handler_retry_time=consumer.handler_retry_time,
                           handler_timeout=consumer.handler_timeout, dead_letters=dead_letters,
                           on_idle=checkpointer.wake.set, on_output_closed=self.stop,
-                          max_body_mb=consumer.max_body_mb, max_inflight_mb=consumer.max_inflight_mb)
+                          max_body_mb=consumer.max_body_mb, max_inflight_mb=consumer.max_inflight_mb,
+                          tracer=self._tracer)
         self.pool, self._checkpointer = pool, checkpointer
         self.membership = self._membership(self._control or store) if consumer.leases.enabled else None
         try:
@@ -270,16 +273,20 @@ class Consumer:
             except Exception as exc:
                 log.warning("leases not released; they will expire", error=str(exc))
 
-    def _build_handlers(self) -> None:
+    async def _open_handlers(self) -> None:
+        """Build each handler the sources name, awaiting async factories once; with tracing on, each
+        is wrapped so its calls are spans (the handlers opened so far are closed if one fails)."""
         configured = self.settings.handlers
         for name in (name for src in self.settings.sources for name in handler_names(src)):
             if name in self._handlers:
                 continue
             if name in configured:
                 spec = configured[name]
-                self._handlers[name] = build_handler(spec.use, spec.options(), name=name)
+                self._handlers[name] = await open_handler(spec.use, spec.options(), name=name)
             else:
-                self._handlers[name] = build_handler(name)
+                self._handlers[name] = await open_handler(name)
+        if self._tracer is not None:
+            self._handlers = {name: self._tracer.wrap(h) for name, h in self._handlers.items()}
 
     async def _open_shards(self, store: Store, src: SourceSettings) -> list[Shard]:
         """One shard per prefix of the source: a topic's shards, or the plain prefix itself."""

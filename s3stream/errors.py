@@ -8,6 +8,7 @@ hierarchy, so the rest of the code (and users) catch s3stream's own types::
     ├── HandlerError                a handler cannot be resolved or built
     ├── HandlerFailed               a handler kept failing on one message
     ├── OutputClosed                a handler's output is gone (a closed pipe): the run ends cleanly
+    ├── DeadLetterNow               raised by a handler: dead-letter this message now, no retries
     ├── CheckpointConflict          another writer changed the checkpoint under us
     └── StoreError                  the object store refused or could not be reached
         ├── RetriableError          worth another try after a backoff
@@ -55,6 +56,13 @@ class OutputClosed(S3StreamError):
     its file was closed. Raised by the built-in ``stdout`` and ``jsonl`` handlers (and any handler may
     raise it): the message is neither retried nor dead-lettered, it stays uncommitted, and the consumer
     stops cleanly as if it had been asked to."""
+
+
+class DeadLetterNow(S3StreamError):
+    """Raised by a handler for a message that no retry can help (a malformed order, a record its
+    downstream refuses for good): the message goes straight to the dead letters with ``str(exc)`` as
+    the reason, without further attempts, and the stream moves on. With ``dead_letters = false`` the
+    consumer stops at it instead, as for any message that keeps failing."""
 
 
 class CheckpointConflict(S3StreamError):

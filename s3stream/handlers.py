@@ -4,6 +4,10 @@ A handler is either an async callable taking a :class:`~s3stream.message.Message
 ``async handle(message)`` and ``async close()``. A *spec* names one: an entry point in the
 ``s3stream.handlers`` group (``stdout``) or ``package.module:attr``. The target may be the handler
 itself (an ``async def``) or a factory that receives the handler's own config section and returns one.
+A factory may be asynchronous (to open connection pools before the first message): an ``async def``
+marked with :func:`handler_factory`, or any factory whose result is awaitable. :func:`open_handler`
+awaits it once, when the consumer starts; the handler's ``close()`` is awaited once at shutdown, after
+the in-flight messages have drained and the final checkpoint is written.
 
 An output that goes away (the reader of a pipe exits, as ``head`` does; the file is closed) raises
 :class:`~s3stream.errors.OutputClosed`: the end of the run, not a failure to retry or dead-letter.
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
@@ -28,6 +32,7 @@ from s3stream.errors import HandlerError, OutputClosed
 from s3stream.message import Message
 
 HandleFn = Callable[[Message], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @runtime_checkable
@@ -73,34 +78,77 @@ def resolve(spec: str) -> Any:
         raise HandlerError(f"handler {spec!r} failed to load: {exc}") from None
 
 
-def build_handler(spec: str, options: dict[str, Any] | None = None, *, name: str | None = None) -> Handler:
-    """Resolve ``spec`` and build it with ``options`` into a :class:`Handler`."""
+FACTORY_MARK = "__s3stream_handler_factory__"
+
+
+def handler_factory(func: F) -> F:
+    """Mark an ``async def factory(options) -> handler`` as a factory, not a handler: without the mark
+    an ``async def`` is taken for the handler itself. The consumer awaits it once, at start."""
+    setattr(func, FACTORY_MARK, True)
+    return func
+
+
+def _built(spec: str, options: dict[str, Any] | None) -> Any:
+    """What ``spec``'s target gives: the handler, or what its factory returned (maybe an awaitable)."""
     target = resolve(spec)
     options = dict(options or {})
-    if inspect.iscoroutinefunction(target):
+    marked = getattr(target, FACTORY_MARK, False)
+    if inspect.iscoroutinefunction(target) and not marked:
         if options:
-            raise HandlerError(f"handler {spec!r} is a function and takes no options: {sorted(options)}")
-        built: Any = target
-    elif callable(target):
-        if takes_a_message(target):
-            raise HandlerError(
-                f"handler {spec!r} is a plain function taking a message; s3stream expects an async "
-                "function (async def handler(message)) or a factory, called once with the handler's "
-                "options, that returns one")
+            raise HandlerError(f"handler {spec!r} is a function and takes no options: {sorted(options)} "
+                               "(an async factory is marked with @s3stream.handler_factory)")
+        return target
+    if not callable(target):
+        raise HandlerError(f"handler {spec!r} is not callable")
+    if takes_a_message(target):
+        raise HandlerError(
+            f"handler {spec!r} is a plain function taking a message; s3stream expects an async "
+            "function (async def handler(message)) or a factory, called once with the handler's "
+            "options, that returns one")
+    try:
+        built = target(options)
+    except HandlerError:
+        raise
+    except Exception as exc:
+        raise HandlerError(f"handler {spec!r} could not be built: {exc}") from None
+    if built is None and inspect.isfunction(target):
+        raise HandlerError(
+            f"handler {spec!r} is a plain function that returned None when called with its options; "
+            "s3stream expects an async callable (async def handler(message)) or a factory that "
+            "returns one")
+    return built
+
+
+def build_handler(spec: str, options: dict[str, Any] | None = None, *, name: str | None = None) -> Handler:
+    """Resolve ``spec`` and build it with ``options`` into a :class:`Handler` (a synchronous factory
+    only: see :func:`open_handler`)."""
+    built = _built(spec, options)
+    if inspect.isawaitable(built):
+        if inspect.iscoroutine(built):
+            built.close()
+        raise HandlerError(f"handler {spec!r} has an async factory: open it with `await open_handler()`")
+    return as_handler(built, name or spec)
+
+
+async def open_handler(spec: str, options: dict[str, Any] | None = None, *,
+                       name: str | None = None) -> Handler:
+    """Resolve ``spec`` and build it with ``options`` into a :class:`Handler`, awaiting an async
+    factory (once). A factory that raises is a HandlerError naming the spec."""
+    built = _built(spec, options)
+    if inspect.isawaitable(built):
         try:
-            built = target(options)
+            built = await built
         except HandlerError:
             raise
         except Exception as exc:
-            raise HandlerError(f"handler {spec!r} could not be built: {exc}") from None
-        if built is None and inspect.isfunction(target):
-            raise HandlerError(
-                f"handler {spec!r} is a plain function that returned None when called with its options; "
-                "s3stream expects an async callable (async def handler(message)) or a factory that "
-                "returns one")
-    else:
-        raise HandlerError(f"handler {spec!r} is not callable")
+            raise HandlerError(f"handler {spec!r} could not be opened: {exc}") from None
     return as_handler(built, name or spec)
+
+
+async def check_handler(spec: str, options: dict[str, Any] | None = None) -> None:
+    """Open the handler ``spec`` names and close it again: what ``config check`` does."""
+    handler = await open_handler(spec, options)
+    await handler.close()
 
 
 def takes_a_message(target: Any) -> bool:

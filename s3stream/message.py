@@ -38,8 +38,9 @@ class Message:
     ``deleted=True``, its own ``version_id`` and an empty body. In the log layout objects are not
     versioned (``version_id`` is ``"null"``); a message from a segment is ``(bucket, key, offset)``.
     A source with a codec (see :mod:`s3stream.codecs`) sets ``value`` to the decoded body; with framing
-    or compression, ``body`` is the message's own bytes (its line, decompressed). ``value`` is the last
-    field, so positional construction keeps working.
+    or compression, ``body`` is the message's own bytes (its line, decompressed). ``attempt`` is the
+    number of this call to the handler for this message: 1, then 2, 3… on the retries after failures.
+    ``value`` and ``attempt`` come last, so positional construction keeps working.
     """
 
     bucket: str
@@ -54,6 +55,7 @@ class Message:
     partition_key: str | None = None  # the producer's message key (log layout)
     offset: int | None = None  # the message's line in a segment or lines object
     value: Any = None  # the body decoded by the source's codec (None with codec raw, the default)
+    attempt: int = 1  # this handler call's number for this message (retries count up from 2)
 
     @property
     def text(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from typing import Any
@@ -10,11 +11,12 @@ import click
 import orjson
 
 from s3stream.cli import fail, main, run_async, s3_options
+from s3stream.codecs import Decoder
 from s3stream.commands import command_settings, iso, split_url
 from s3stream.config import Settings, build_settings, read_toml
 from s3stream.deadletter import DeadLetter, group_prefix, iter_dead_letters
 from s3stream.errors import ConfigError, ObjectUnreadable, S3StreamError
-from s3stream.handlers import build_handler
+from s3stream.handlers import check_handler, open_handler
 from s3stream.message import Message, ms_to_datetime
 from s3stream.routing import handler_names
 from s3stream.store import Store, open_store
@@ -42,7 +44,9 @@ def config_check(file: str) -> None:
         settings = _settings(file)
         for name in {name for src in settings.sources for name in handler_names(src)}:
             spec = settings.handlers.get(name)
-            build_handler(spec.use if spec else name, spec.options() if spec else None)
+            asyncio.run(check_handler(spec.use if spec else name, spec.options() if spec else None))
+        for codec in {settings.producer.codec, *(src.codec for src in settings.sources)}:
+            Decoder(codec)  # a codec plugin loads (its name was checked when the file was read)
     except S3StreamError as exc:
         fail(exc)
     click.echo(f"{file}: ok ({len(settings.sources)} source(s), {len(settings.handlers)} handler(s))")
@@ -163,7 +167,7 @@ def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config
     async def go() -> None:
         settings = command_settings(config, endpoint_url, sections=("s3", "handlers", "consumer"))
         named = settings.handlers.get(spec)
-        handler = build_handler(named.use, named.options(), name=spec) if named else build_handler(spec)
+        handler = await (open_handler(named.use, named.options(), name=spec) if named else open_handler(spec))
         bucket, _ = split_url(url)
         done = failed = 0
         async with open_store(settings.s3) as store:

@@ -22,6 +22,9 @@ log layout: where segments would be cut, an object of bare lines ``….jsonl`` r
 envelope, so keys are not kept); compression marks plain objects with ``Content-Encoding`` and, on
 log-layout names, ``.gz``/``.zst`` (a versions-layout key is yours and stays as given). Segments keep
 their own format: their compression is in their name.
+
+With ``[tracing] enabled``, the current span's trace context travels with each message (see
+:mod:`s3stream.tracing` for where it is stored in each layout).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from s3stream import codecs, metrics, segments
+from s3stream import codecs, metrics, segments, tracing
 from s3stream.config import Settings, parse_s3_url
 from s3stream.logwriter import LogWriter, put
 from s3stream.store import Store, open_store
@@ -67,6 +70,7 @@ class _Segment:
     topic: Topic
     shard: int
     items: list[tuple[str | None, bytes, asyncio.Future[Published]]] = field(default_factory=list)
+    contexts: list[str | None] = field(default_factory=list)  # each message's traceparent (tracing on)
     size: int = 0
     timer: asyncio.Task[None] | None = None
 
@@ -89,6 +93,7 @@ class Producer:
         self.encoder = codecs.Encoder(p.codec, p.framing, p.compression)
         self._prepare = None if self.encoder.identity else self.encoder.prepare
         self._shaped = p.framing == "lines" or p.compression != "none"  # plain objects framed or compressed
+        self._traced = self.settings.tracing.enabled
 
     async def __aenter__(self) -> Producer:
         if self._store is None:
@@ -136,11 +141,12 @@ class Producer:
         else:
             data = self._prepare(body)
         topic = await self.topic(url)
+        parent = tracing.traceparent() if self._traced else None
         if topic.layout == "versions":
-            return await self._publish_version(topic, data, key, metadata)
+            return await self._publish_version(topic, data, key, tracing.traced_metadata(metadata, parent))
         if self.settings.producer.segment_max_messages > 1 and not metadata:
-            return await self._add_to_segment(topic, data, key)
-        return await self._publish_object(topic, data, key, metadata)
+            return await self._add_to_segment(topic, data, key, parent)
+        return await self._publish_object(topic, data, key, tracing.traced_metadata(metadata, parent))
 
     async def publish_many(self, url: str, messages: Iterable[tuple[str | None, Any]]) -> list[Published]:
         """Publish ``(key, body)`` pairs concurrently (bounded); results in input order. One key's
@@ -151,14 +157,15 @@ class Producer:
         memory stays bounded whatever the batch; segments holding keys one at a time per shard): no
         task or future per message."""
         topic = await self.topic(url)
+        parent = tracing.traceparent() if self._traced else None
         if self._prepare is not None:  # bodies through the codec; a refused one is named by position
             messages = _prepared(self._prepare, messages)
         if topic.layout == "versions" and self.encoder.framing == "lines":
-            return await self._publish_version_lines(topic, messages)
+            return await self._publish_version_lines(topic, messages, parent)
         if topic.layout == "versions" or self.settings.producer.segment_max_messages <= 1:
             return await self._publish_each(url, list(messages))
         try:
-            return await self._publish_segments(topic, messages)
+            return await self._publish_segments(topic, messages, parent)
         except ExceptionGroup as group:  # a value the codec refused, raised inside the writers' TaskGroup
             first = group.exceptions[0]
             if isinstance(first, codecs.EncodeError):
@@ -201,8 +208,8 @@ class Producer:
         _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
-    async def _publish_version_lines(self, topic: Topic,
-                                     messages: Iterable[tuple[str | None, bytes]]) -> list[Published]:
+    async def _publish_version_lines(self, topic: Topic, messages: Iterable[tuple[str | None, bytes]],
+                                     parent: str | None) -> list[Published]:
         """Framing ``lines``, versions layout: each key's (prepared) messages, in order, as one new
         version of the key (keyless ones share one randomly named object); a PUT per key, concurrently."""
         bodies: list[bytes] = []
@@ -217,7 +224,8 @@ class Producer:
             name = topic.shard_prefix(topic.shard_of(leaf)) + leaf
             etag, version = await self._put(
                 topic.bucket, name, self.encoder.body([bodies[i] for i in indexes]), create_only=False,
-                metadata=None, content_encoding=self.encoder.content_encoding,
+                metadata=tracing.traced_metadata(None, parent),
+                content_encoding=self.encoder.content_encoding,
             )
             for offset, index in enumerate(indexes):
                 results[index] = Published(name, etag, version, offset)
@@ -239,7 +247,8 @@ class Producer:
         _count(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
-    async def _add_to_segment(self, topic: Topic, data: bytes, key: str | None) -> Published:
+    async def _add_to_segment(self, topic: Topic, data: bytes, key: str | None,
+                              parent: str | None = None) -> Published:
         shard = self._shard(topic, key)
         ident = (topic.bucket, topic.name, shard)
         seg = self._segments.get(ident)
@@ -248,6 +257,7 @@ class Producer:
             seg.timer = asyncio.create_task(self._linger(ident, seg))
         future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
         seg.items.append((key, data, future))
+        seg.contexts.append(parent)
         seg.size += len(data) + 32
         settings = self.settings.producer
         if len(seg.items) >= settings.segment_max_messages or seg.size >= settings.segment_max_bytes:
@@ -255,8 +265,8 @@ class Producer:
             await self._write_segment(seg)
         return await future
 
-    async def _publish_segments(self, topic: Topic,
-                                messages: Iterable[tuple[str | None, bytes | str]]) -> list[Published]:
+    async def _publish_segments(self, topic: Topic, messages: Iterable[tuple[str | None, bytes | str]],
+                                parent: str | None = None) -> list[Published]:
         settings = self.settings.producer
         results: list[Published | None] = []
         open_: dict[int, _Batch] = {}
@@ -265,7 +275,9 @@ class Producer:
 
             async def write(batch: _Batch) -> None:
                 try:
-                    name, etag = await self._store_segment(topic, batch.shard, batch.items)
+                    contexts: list[str | None] | None = None if parent is None else [parent] * len(
+                        batch.items)
+                    name, etag = await self._store_segment(topic, batch.shard, batch.items, contexts)
                 finally:
                     window.release()
                 for offset, index in enumerate(batch.indexes):
@@ -291,28 +303,31 @@ class Producer:
                 tg.create_task(write(batch))
         return [r for r in results if r is not None]
 
-    async def _store_segment(self, topic: Topic, shard: int,
-                             items: list[tuple[str | None, bytes]]) -> tuple[str, str]:
+    async def _store_segment(self, topic: Topic, shard: int, items: list[tuple[str | None, bytes]],
+                             contexts: list[str | None] | None = None) -> tuple[str, str]:
         """Encode and write one segment (framing ``lines``: an object of bare lines instead); returns its
         object name and ETag. A segment holding keys takes the shard's segment lane, and the shard's
         such segments are written one at a time, in the order they were cut: the consumer handles them
         one after another, so each key's messages keep their order across segments."""
         if all(key is None for key, _ in items):
-            return await self._write_segment_object(topic, shard, items, "_")
+            return await self._write_segment_object(topic, shard, items, "_", contexts)
         lock = self._segment_locks.setdefault((topic.bucket, topic.name, shard), asyncio.Lock())
         async with lock:
-            return await self._write_segment_object(topic, shard, items, SEGMENTS_LANE)
+            return await self._write_segment_object(topic, shard, items, SEGMENTS_LANE, contexts)
 
     async def _write_segment_object(self, topic: Topic, shard: int, items: list[tuple[str | None, bytes]],
-                                    lane: str) -> tuple[str, str]:
+                                    lane: str, contexts: list[str | None] | None = None) -> tuple[str, str]:
         compression = self.settings.producer.compression
-        if self.encoder.framing == "lines":
+        meta = None
+        if self.encoder.framing == "lines":  # bare lines: a trace context only if all share one
             suffix = self.encoder.suffix
             body, encoding = self.encoder.body([b for _, b in items]), self.encoder.content_encoding
+            if contexts and len(set(contexts)) == 1:
+                meta = tracing.traced_metadata(None, contexts[0])
         else:
             suffix = segments.SUFFIXES[compression]
-            body, encoding = segments.encode(items, compression), None
-        name, etag, _ = await self._log.write(self.store, topic, shard, lane, suffix, body,
+            body, encoding = segments.encode(items, compression, contexts), None
+        name, etag, _ = await self._log.write(self.store, topic, shard, lane, suffix, body, metadata=meta,
                                               content_encoding=encoding)
         _count(topic, len(items), sum(len(b) for _, b in items))
         return name, etag
@@ -327,7 +342,9 @@ class Producer:
         if seg.timer is not None and seg.timer is not asyncio.current_task():
             seg.timer.cancel()
         try:
-            name, etag = await self._store_segment(seg.topic, seg.shard, [(k, b) for k, b, _ in seg.items])
+            contexts = seg.contexts if any(seg.contexts) else None
+            name, etag = await self._store_segment(seg.topic, seg.shard, [(k, b) for k, b, _ in seg.items],
+                                                   contexts)
         except BaseException as exc:
             for _, _, future in seg.items:
                 if not future.done():

@@ -14,14 +14,17 @@ a file that is half right is a corrupt batch output, not something to serve:
 * ``json``: one object, ``{"key": value, ...}``; values any JSON (``NaN`` and ``Infinity`` refused);
 * ``jsonl``: one ``{"key": "...", "value": ...}`` object per non-blank line, exactly those two fields.
 
-A plugin is named ``module:attr``. The mapping it returns is copied, so it cannot change under the
-follower afterwards, and checked: a mapping with string keys.
+A plugin (:class:`s3stream.plugins.SnapshotParser`) is registered in the ``s3stream.snapshot_parsers``
+entry-point group (its name is then a ``--parser`` value like the built-in ones) or named
+``module:attr``. An entry point may name the parser or a class whose instances are one. The mapping
+it returns is copied, so it cannot change under the follower afterwards, and checked: a mapping with
+string keys.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
+import inspect
 import io
 import json
 from collections.abc import Callable, Mapping
@@ -29,6 +32,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from s3stream.errors import ConfigError, S3StreamError
+from s3stream.plugins import PARSERS_GROUP, load
 
 Parser = Callable[[bytes], Mapping[str, Any]]
 
@@ -141,20 +145,18 @@ BUILTIN: dict[str, Parser] = {
 
 
 def resolve_parser(spec: str | Parser) -> tuple[str, Parser]:
-    """``(name, parser)`` for a built-in name, a ``module:attr`` plugin, or a callable."""
+    """``(name, parser)`` for a built-in name, an ``s3stream.snapshot_parsers`` entry point, a
+    ``module:attr`` plugin, or a callable."""
     if callable(spec):
         return getattr(spec, "__name__", type(spec).__name__), spec
     if spec in BUILTIN:
         return spec, BUILTIN[spec]
-    if ":" not in spec:
-        raise ConfigError(f"unknown parser {spec!r}; known: {', '.join(BUILTIN)}, or module:attr")
-    module_name, _, attr = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except Exception as exc:  # ImportError, and whatever the module raises while importing
-        raise ConfigError(f"parser {spec!r} cannot be loaded: {exc}") from None
+    target = load("parser", spec, PARSERS_GROUP, BUILTIN)
+    if inspect.isclass(target):
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigError(f"parser {spec!r} could not be built: {exc}") from None
     if not callable(target):
         raise ConfigError(f"parser {spec!r} is not callable (a {type(target).__name__})")
     return spec, target

@@ -25,17 +25,19 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from urllib.parse import unquote
 
 import structlog
 from prometheus_client.metrics import Counter, Histogram
 
-from s3stream import codecs, metrics, segments
+from s3stream import codecs, metrics, segments, tracing
 from s3stream.budget import ByteBudget
 from s3stream.deadletter import DeadLetters
 from s3stream.errors import (
     BodyTooLarge,
+    DeadLetterNow,
     HandlerFailed,
     NotFound,
     ObjectUnreadable,
@@ -61,7 +63,7 @@ class WorkerPool:
                  handler_retry_time: float = 60.0, handler_timeout: float | None = None,
                  dead_letters: DeadLetters | None = None, on_idle: Callable[[], None] = lambda: None,
                  on_output_closed: Callable[[], None] = lambda: None, max_body_mb: int = 256,
-                 max_inflight_mb: int = 1024) -> None:
+                 max_inflight_mb: int = 1024, tracer: tracing.MessageTracer | None = None) -> None:
         self.store = store
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=queue_size)
         self._slots = asyncio.Semaphore(queue_size)
@@ -81,6 +83,7 @@ class WorkerPool:
         self._max_body_mb = max_body_mb
         self._max_body = max_body_mb << 20
         self._bodies = ByteBudget(max_inflight_mb << 20)
+        self._tracer = tracer
 
     @property
     def pending(self) -> int:
@@ -180,6 +183,8 @@ class WorkerPool:
         shard, entry = item.shard, item.entry
         bound = log.bind(shard=shard.name, key=entry.key, version_id=entry.version_id)
         async with self._bodies.hold(0 if entry.deleted else entry.size):
+            if self._tracer is not None:
+                self._tracer.fetching()
             messages = await self._read(item, bound)
             await self._deliver(shard, messages, watch, bound)
         shard.cursor.complete(entry.ident)
@@ -232,6 +237,8 @@ class WorkerPool:
         while True:
             try:
                 obj = await self.store.get_object(shard.bucket, entry.key, version, max_bytes=self._max_body)
+                if self._tracer is not None:
+                    self._tracer.fetched()
                 break
             except NotFound:
                 bound.warning("object vanished before it was fetched; skipping")
@@ -249,10 +256,16 @@ class WorkerPool:
             raise
 
     async def _deliver(self, shard: Shard, messages: list[Message], watch: _Watch,
-                       bound: structlog.typing.FilteringBoundLogger) -> None:
+                       bound: structlog.typing.FilteringBoundLogger, traced: bool = False) -> None:
         """Hand each message to the handler in order. The loop is the hot path of a segment (a
         thousand messages an object): one call, one clock read and one histogram sample each; a failure
-        leaves it for :meth:`_retry`."""
+        leaves it for :meth:`_retry`. With tracing on, each message is delivered inside its span."""
+        if self._tracer is not None and not traced:
+            self._tracer.decoded()
+            for message in messages:
+                with self._tracer.message(shard, message):
+                    await self._deliver(shard, [message], watch, bound, traced=True)
+            return
         handler, tenure = shard.handler, shard.tenure
         handle, observe = handler.handle, _handler_seconds(handler.name)
         timeout = self._handler_timeout if self._handler_timeout is not None else float("inf")
@@ -294,7 +307,7 @@ class WorkerPool:
         attempts, last = 1, first
         _note_failure(handler.name, first, attempts, bound, self._with_traceback(attempts))
         failed_at = time.monotonic()
-        while attempts < backoff.attempts:
+        while attempts < backoff.attempts and not isinstance(last, DeadLetterNow):
             await self._pause(backoff.wait(attempts, time.monotonic() - failed_at))
             if not await _owned(shard):
                 raise _Lost
@@ -302,14 +315,14 @@ class WorkerPool:
             metrics.RETRIES.labels(what="handler").inc()
             try:
                 async with asyncio.timeout(self._handler_timeout):
-                    await handler.handle(message)
+                    await handler.handle(replace(message, attempt=attempts))
                 return True
             except OutputClosed:
                 raise
             except Exception as exc:
                 last = exc
                 _note_failure(handler.name, exc, attempts, bound, self._with_traceback(attempts))
-        error = "timed out" if isinstance(last, TimeoutError) else repr(last)
+        error = "timed out" if isinstance(last, TimeoutError) else _reason(last)
         if self._dead_letters is None:
             raise HandlerFailed(
                 f"handler {handler.name!r} failed {attempts} times on "
@@ -347,6 +360,7 @@ class WorkerPool:
                 bound.warning("dead letter write keeps failing; retrying", error=str(write_error))
                 await asyncio.sleep(self.store.retry.cap)
         metrics.DEAD_LETTERS.labels(**metrics.shard_labels(shard)).inc()
+        tracing.dead_lettered(error)
         bound.error("dead-lettered", attempts=attempts, error=error, dead_letter=where, exc_info=exc)
 
 
@@ -360,11 +374,13 @@ def _messages(shard: Shard, entry: Entry, obj: StoredObject, when: datetime) -> 
     if name is not None and name.is_segment:
         pairs = segments.decode(obj.body, name.suffix, shard.decoder.max_decompressed)
         if decoder.raw:
-            return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset)
-                    for offset, (pkey, body) in enumerate(pairs)]
-        values = decoder.decode_bodies([body for _, body in pairs])
-        return [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset, value)
-                for offset, ((pkey, body), value) in enumerate(zip(pairs, values, strict=True))]
+            out = [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset)
+                   for offset, (pkey, body) in enumerate(pairs)]
+        else:
+            values = decoder.decode_bodies([body for _, body in pairs])
+            out = [Message(bucket, key, vid, when, len(body), etag, body, False, meta, pkey, offset, value)
+                   for offset, ((pkey, body), value) in enumerate(zip(pairs, values, strict=True))]
+        return segments.with_contexts(out, pairs)
     quoted = meta.get(KEY_METADATA)
     pkey = unquote(quoted) if quoted is not None else None
     if decoder.passthrough(key, obj.content_encoding):
@@ -437,6 +453,11 @@ def _shard_counters(shard: Shard) -> tuple[Counter, Counter]:
         found = metrics.MESSAGES_CONSUMED.labels(**labels), metrics.BYTES_CONSUMED.labels(**labels)
         _counters[shard] = found
     return found
+
+
+def _reason(exc: BaseException) -> str:
+    """A dead letter's reason: what a handler said with DeadLetterNow, else the exception's repr."""
+    return f"DeadLetterNow: {exc}" if isinstance(exc, DeadLetterNow) else repr(exc)
 
 
 def _note_failure(handler: str, exc: BaseException, attempt: int,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
+from s3stream.handlers import handler_factory
 from s3stream.message import Message
 
 received: list[Message] = []
@@ -70,3 +73,55 @@ class Namespace:
 
 
 NOT_CALLABLE = 42
+
+
+# --- async factories (tests/test_plugins.py) ----------------------------------------------------------
+
+events: list[str] = []
+gate: asyncio.Event | None = None  # a message whose key is the option ``hold`` waits for it
+
+
+class Pool:
+    """A handler holding a "connection pool" opened by an async factory and closed at shutdown."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.messages: list[Message] = []
+        self.closed = False
+
+    async def handle(self, message: Message) -> None:
+        if message.key == self.options.get("hold") and gate is not None:
+            events.append(f"held {message.key}")
+            await gate.wait()
+            events.append(f"released {message.key}")
+        else:
+            events.append(f"handle {message.key}")
+        self.messages.append(message)
+
+    async def close(self) -> None:
+        events.append("close")
+        self.closed = True
+
+
+pools: list[Pool] = []
+
+
+@handler_factory
+async def open_pool(options: dict[str, Any]) -> Pool:
+    """An ``async def`` factory marked as one: awaited once, at consumer start."""
+    await asyncio.sleep(0)
+    events.append("open")
+    pool = Pool(options)
+    pools.append(pool)
+    return pool
+
+
+def open_pool_later(options: dict[str, Any]) -> Coroutine[Any, Any, Pool]:
+    """A plain factory whose result is awaitable: awaited as an async factory's is."""
+    return open_pool(options)
+
+
+@handler_factory
+async def open_broken(options: dict[str, Any]) -> Pool:
+    """An async factory whose connection fails."""
+    raise ConnectionRefusedError("pool: connection refused")
