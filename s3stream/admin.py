@@ -134,9 +134,9 @@ async def _object_pages(store: Store, bucket: str, prefix: str) -> AsyncIterator
 
 
 async def decommission(settings: Settings, name: str, *, yes: bool,
-                       progress: ProgressCallback | None = None) -> None:
+                       progress: ProgressCallback | None = None) -> str:
     """Delete every version, delete marker and object of a bucket, then the bucket (``progress``: see
-    :func:`purge`)."""
+    :func:`purge`). Returns what was done, as one line."""
     if not yes:
         raise ConfigError(f"decommission deletes every object, version and delete marker in bucket {name!r} "
                           "and then the bucket, for good; add --yes to confirm")
@@ -146,7 +146,7 @@ async def decommission(settings: Settings, name: str, *, yes: bool,
         deleted = await purge(store, name, "", versions=versions, progress=progress)
         await store.delete_bucket(name)
     what = "versions and delete markers" if versions else "objects"
-    click.echo(f"deleted {deleted} {what} and bucket {name}")
+    return f"deleted {deleted} {what} and bucket {name}"
 
 
 async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout) -> None:
@@ -170,9 +170,9 @@ async def topic_list(settings: Settings, url: str) -> list[Topic]:
 
 
 async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool,
-                       progress: ProgressCallback | None = None) -> None:
+                       progress: ProgressCallback | None = None) -> str:
     """Delete a topic's metadata; with ``data`` also its shards' objects and its groups' checkpoints
-    (``progress``: see :func:`purge`, counting over all shards)."""
+    (``progress``: see :func:`purge`, counting over all shards). Returns what was done, as one line."""
     bucket, path = split_url(url)
     name = validate_topic_name(path)
     if data and not yes:
@@ -197,7 +197,7 @@ async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool,
         if not topic.plain:
             await delete_key(store, bucket, topic.metadata_key, versions=versions)
     extra = f" and {removed} objects or versions" if data else ""
-    click.echo(f"deleted topic s3://{bucket}/{topic.name}{extra}")
+    return f"deleted topic s3://{bucket}/{topic.name}{extra}"
 
 
 async def delete_key(store: Store, bucket: str, key: str, *, versions: bool) -> None:

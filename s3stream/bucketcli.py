@@ -65,6 +65,8 @@ def bucket_decommission(name: str, yes: bool, endpoint_url: str | None, config: 
 
     async def go() -> None:
         with reporter(f"decommissioning {name}", unit="deleted") as progress:
-            await admin.decommission(command_settings(config, endpoint_url), name, yes=yes, progress=progress)
+            done = await admin.decommission(command_settings(config, endpoint_url), name, yes=yes,
+                                            progress=progress)
+        click.echo(done)
 
     run_async(go)

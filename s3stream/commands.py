@@ -105,11 +105,12 @@ def published_json(published: Published) -> dict[str, Any]:
 
 
 async def publish(settings: Settings, url: str, *, key: str | None, body: bytes | None, lines: bool,
-                  as_json: bool = False, progress: ProgressCallback | None = None) -> None:
+                  as_json: bool = False, progress: ProgressCallback | None = None) -> dict[str, Any] | None:
     """Publish ``body`` (stdin when None) as one message, or with ``lines`` one message per non-empty
     line, concurrently in batches (one at a time when they share a key in the versions layout, so that
     the key's versions keep the input's order). With ``[producer] framing = "lines"`` on a versions topic,
-    each batch is one object (per key) holding its lines. ``progress(count, None)`` follows each batch."""
+    each batch is one object (per key) holding its lines. ``progress(count, None)`` follows each batch.
+    Returns the summary of ``lines``: ``{"topic", "published", "seconds", "rate_per_s"}``."""
     async with Producer(settings) as producer:
         versions = (await producer.topic(url)).layout == "versions"
         lines_objects = versions and settings.producer.framing == "lines"  # a batch per object and key
@@ -126,7 +127,7 @@ async def publish(settings: Settings, url: str, *, key: str | None, body: bytes 
                 emit(published_json(published))
             else:
                 click.echo(published_line(published))
-            return
+            return None
         source = sys.stdin.buffer if body is None else io.BytesIO(body)
         started = time.monotonic()
         count = 0
@@ -138,9 +139,7 @@ async def publish(settings: Settings, url: str, *, key: str | None, body: bytes 
                 progress(count, None)
     elapsed = time.monotonic() - started
     rate = count / elapsed if elapsed > 0 else 0.0
-    if as_json:
-        emit({"topic": url, "published": count, "seconds": round(elapsed, 3), "rate_per_s": round(rate, 1)})
-    click.echo(f"published {count} messages in {elapsed:.2f}s ({rate:.0f} msg/s)", err=True)
+    return {"topic": url, "published": count, "seconds": round(elapsed, 3), "rate_per_s": round(rate, 1)}
 
 
 def _batches(source: Iterable[bytes], size: int) -> Iterator[list[bytes]]:

@@ -7,6 +7,7 @@ import click
 from s3stream import commands
 from s3stream.cli import main, run_async, s3_options
 from s3stream.commands import command_settings
+from s3stream.jsonout import emit
 from s3stream.progress import reporter
 
 
@@ -31,8 +32,14 @@ def publish(url: str, key: str | None, body: str | None, lines: bool, as_json: b
             await commands.publish(settings, url, key=key, body=data, lines=False, as_json=as_json)
             return
         with reporter(f"publishing to {url}", unit="messages") as progress:
-            await commands.publish(settings, url, key=key, body=data, lines=True, as_json=as_json,
-                                   progress=progress)
+            summary = await commands.publish(settings, url, key=key, body=data, lines=True, as_json=as_json,
+                                             progress=progress)
+        if summary is None:
+            return
+        if as_json:
+            emit(summary)
+        click.echo(f"published {summary['published']} messages in {summary['seconds']:.2f}s "
+                   f"({summary['rate_per_s']:.0f} msg/s)", err=True)
 
     run_async(go)
 

@@ -8,8 +8,8 @@ and how many there are (``None`` while unknown); they never print. The command l
 * stderr is a terminal: click's progress bar with the count, the rate, and with a known total the
   percentage and the ETA;
 * otherwise (a pipe, a file, a service's log): one line every ``S3STREAM_PROGRESS_INTERVAL`` seconds
-  (5 by default; 0 writes a line at every update), ``LABEL: DONE[/TOTAL] UNIT (PCT), RATE/s[, ETA]``,
-  and a last line when the work ends.
+  (5 by default; 0 writes a line at every update), ``progress: LABEL: DONE[/TOTAL] UNIT (PCT), RATE/s[,
+  ETA]``. The command prints its own summary when the work ends.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ class Progress:
         self.total: int | None = None
         self.started = time.monotonic()
         self._last_line = self.started
-        self._lines = 0
         self._bar: Any = None
 
     def __enter__(self) -> Progress:
@@ -75,8 +74,6 @@ class Progress:
         if self._bar is not None:
             self._bar.render_finish()
             self._bar = None
-        elif not self.interactive and kind is None and (self._lines or self.done):
-            self._line(final=True)
 
     def __call__(self, done: int, total: int | None = None) -> None:
         self.done = done
@@ -95,22 +92,19 @@ class Progress:
         elapsed = time.monotonic() - self.started
         return self.done / elapsed if elapsed > 0 else 0.0
 
-    def text(self, *, final: bool = False) -> str:
-        """``LABEL: DONE[/TOTAL] UNIT (PCT), RATE/s[, ETA Ns]`` (or ``…, done in Ns`` at the end)."""
+    def text(self) -> str:
+        """``LABEL: DONE[/TOTAL] UNIT (PCT), RATE/s[, ETA Ns]``."""
         count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         parts = [f"{self.label}: {count} {self.unit}"]
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.0f}%)"
         parts.append(f"{self.rate:.0f}/s")
-        if final:
-            parts.append(f"done in {_duration(time.monotonic() - self.started)}")
-        elif self.total is not None and self.rate > 0:
+        if self.total is not None and self.rate > 0:
             parts.append(f"ETA {_duration(max(0, self.total - self.done) / self.rate)}")
         return ", ".join(parts)
 
-    def _line(self, *, final: bool = False) -> None:
-        self._lines += 1
-        click.echo(f"progress: {self.text(final=final)}", file=self.file)
+    def _line(self) -> None:
+        click.echo(f"progress: {self.text()}", file=self.file)
 
     def _render_bar(self) -> None:
         if self._bar is None:

@@ -90,7 +90,9 @@ def topic_delete(url: str, data: bool, yes: bool, endpoint_url: str | None, conf
 
     async def go() -> None:
         with reporter(f"deleting {url}", unit="versions") as progress:
-            await admin.topic_delete(command_settings(config, endpoint_url, sections=("s3", "consumer")),
-                                     url, data=data, yes=yes, progress=progress)
+            done = await admin.topic_delete(
+                command_settings(config, endpoint_url, sections=("s3", "consumer")), url, data=data, yes=yes,
+                progress=progress)
+        click.echo(done)
 
     run_async(go)
