@@ -70,3 +70,8 @@ class Namespace:
 
 
 NOT_CALLABLE = 42
+
+
+async def always_fails(message: Message) -> None:
+    """A handler that raises on every message (to exercise retries and dead letters)."""
+    raise RuntimeError(f"cannot handle {message.key}")
