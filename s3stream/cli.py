@@ -182,7 +182,7 @@ def consume(url: str, config: str | None, **opts: Any) -> None:
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
-@click.option("--endpoint-url", help="S3 endpoint (falls back to [s3] endpoint_url, then AWS_ENDPOINT_URL).")
+@click.option("--endpoint-url", help="S3 endpoint (overrides [s3] endpoint_url; else AWS_ENDPOINT_URL).")
 @handler_options
 @lease_options
 def run(config: str, metrics_port: int | None, endpoint_url: str | None, **opts: Any) -> None:

@@ -10,6 +10,7 @@ line and exit 2; the handler retry flags override the config file.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pty
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from s3stream.config import S3Settings
+from s3stream.progress import Progress
 from s3stream.sqs import open_sqs
 from s3stream.store import Store
 from s3stream.topics import create_topic
@@ -392,3 +394,25 @@ async def test_missing_topic_is_one_line_and_exit_2(store: Store, moto_endpoint:
         result = await cli(moto_endpoint, *command, f"s3://{bucket}/nope", *extra)
         assert_one_line_error(result, f"topic s3://{bucket}/nope does not exist")
         assert result.stdout == b""
+
+
+# --- the reporter itself (no server) -----------------------------------------------------------------
+
+
+def test_progress_lines_follow_the_interval_and_show_eta_with_a_total() -> None:
+    """Without a terminal the reporter writes a line per update at interval 0 (count, percentage, rate,
+    ETA once there is a rate), none within a long interval, and nothing at the end: the command prints
+    its own summary."""
+    out = io.StringIO()
+    with Progress("copying", unit="objects", file=out, interactive=False, interval=0) as progress:
+        progress(0, 4)
+        progress(2, None)  # the total, once known, is kept
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("progress: copying: 0/4 objects (0%), 0/s"), lines
+    assert re.fullmatch(r"progress: copying: 2/4 objects \(50%\), \d+/s, ETA \d+s", lines[1]), lines
+    assert len(lines) == 2
+    quiet = io.StringIO()
+    with Progress("copying", file=quiet, interactive=False, interval=3600) as progress:
+        for done in range(100):
+            progress(done, None)
+    assert quiet.getvalue() == ""
