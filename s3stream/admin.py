@@ -1,13 +1,12 @@
-"""``s3stream bucket …`` and ``s3stream topic …`` (but ``describe``): create and remove buckets and
-topics, and find the consumer groups' checkpoints of a topic."""
+"""What ``s3stream bucket …`` and ``s3stream topic …`` (but ``describe``) do: create and remove buckets and
+topics, and find the consumer groups' checkpoints of a topic. Nothing here prints: the functions return
+what they did, as a line for the command to print, and report long deletes to a ``progress`` callback."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import click
 
 from s3stream.checkpoint import decode, shard_name
 from s3stream.commands import key_versions, split_url
@@ -53,9 +52,11 @@ async def create_bucket(settings: Settings, name: str, *, versioning: bool) -> s
             raise ConfigError(f"bucket {name!r} is an S3 Express directory bucket: directory buckets "
                               "have no versioning (drop --versioning; use log-layout topics)")
         if await _bucket_exists(store, name):
-            if versioning:
-                await store.put_versioning(name, "Enabled")
-            return f"bucket {name} already exists (owned by you)" + ("; versioning enabled" * versioning)
+            said = f"bucket {name} already exists (owned by you)"
+            if not versioning:
+                return said
+            await store.put_versioning(name, "Enabled")
+            return f"{said}; versioning enabled"
         if is_directory_bucket(name):
             await store.create_directory_bucket(name, directory_zone(name))
             return f"created directory bucket {name} in zone {directory_zone(name)}"
@@ -149,8 +150,9 @@ async def decommission(settings: Settings, name: str, *, yes: bool,
     return f"deleted {deleted} {what} and bucket {name}"
 
 
-async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout) -> None:
-    """Write a topic's metadata; a versions-layout topic needs a versioned bucket."""
+async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout) -> str:
+    """Write a topic's metadata; a versions-layout topic needs a versioned bucket. Returns what was
+    done, as one line."""
     bucket, name = split_url(url)
     async with open_store(settings.s3, max_connections=2) as store:
         await store.check_bucket(bucket)
@@ -158,7 +160,7 @@ async def topic_create(settings: Settings, url: str, *, shards: int, layout: Lay
             await store.require_versioning(bucket)
         topic = await create_topic(store, bucket, name, shards=shards, layout=layout)
     span = topic.prefixes[0] if shards == 1 else f"{topic.prefixes[0]} … {topic.prefixes[-1]}"
-    click.echo(f"created topic s3://{bucket}/{topic.name} ({layout} layout, {shards} shard(s): {span})")
+    return f"created topic s3://{bucket}/{topic.name} ({layout} layout, {shards} shard(s): {span})"
 
 
 async def topic_list(settings: Settings, url: str) -> list[Topic]:

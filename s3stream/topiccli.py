@@ -28,8 +28,12 @@ def topic() -> None:
 def topic_create(url: str, shards: int, layout: str, endpoint_url: str | None, config: str | None) -> None:
     """Create the topic s3://BUCKET/TOPIC (creating it twice is an error)."""
     chosen: Layout = "log" if layout == "log" else "versions"
-    run_async(lambda: admin.topic_create(command_settings(config, endpoint_url), url, shards=shards,
-                                         layout=chosen))
+
+    async def go() -> None:
+        click.echo(await admin.topic_create(command_settings(config, endpoint_url), url, shards=shards,
+                                            layout=chosen))
+
+    run_async(go)
 
 
 def topic_json(topic: Topic) -> dict[str, object]:
