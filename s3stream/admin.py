@@ -1,5 +1,6 @@
-"""``s3stream bucket …`` and ``s3stream topic …`` (but ``describe``): create and remove buckets and
-topics, and find the consumer groups' checkpoints of a topic."""
+"""What ``s3stream bucket …`` and ``s3stream topic …`` (but ``describe``) do: create and remove buckets and
+topics, and find the consumer groups' checkpoints of a topic. Nothing here prints: the functions return
+what they did, as a line for the command to print, and report long deletes to a ``progress`` callback."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import click
-
 from s3stream.checkpoint import decode, shard_name
-from s3stream.commands import iso, key_versions, split_url
+from s3stream.commands import key_versions, split_url
 from s3stream.config import Settings
 from s3stream.cursor import Checkpoint
-from s3stream.errors import ConfigError, NotFound, PermanentError
+from s3stream.errors import (
+    AccessDenied,
+    BucketNotFound,
+    BucketOwnedElsewhere,
+    ConfigError,
+    NotFound,
+    PermanentError,
+)
 from s3stream.group import GROUPS_PREFIX, group_prefix, lease_key
 from s3stream.logcursor import LogCheckpoint
+from s3stream.progress import ProgressCallback
 from s3stream.store import Store, open_store
 from s3stream.topics import (
     Layout,
@@ -35,18 +42,54 @@ def directory_zone(bucket: str) -> str:
     return bucket.rsplit("--", 2)[1]
 
 
-async def create_bucket(settings: Settings, name: str, *, versioning: bool) -> None:
-    """Create a bucket; a directory bucket (``NAME--AZID--x-s3``) in its zone, without versioning."""
+async def create_bucket(settings: Settings, name: str, *, versioning: bool) -> str:
+    """Create a bucket; a directory bucket (``NAME--AZID--x-s3``) in its zone, without versioning.
+    Returns what happened, as one line. A bucket that exists and answers to these credentials is left
+    as it is (``versioning`` still turns versioning on); one that belongs to another account is a
+    :class:`~s3stream.errors.BucketOwnedElsewhere`."""
     async with open_store(settings.s3, max_connections=2) as store:
+        if is_directory_bucket(name) and versioning:
+            raise ConfigError(f"bucket {name!r} is an S3 Express directory bucket: directory buckets "
+                              "have no versioning (drop --versioning; use log-layout topics)")
+        if await _bucket_exists(store, name):
+            said = f"bucket {name} already exists (owned by you)"
+            if not versioning:
+                return said
+            await store.put_versioning(name, "Enabled")
+            return f"{said}; versioning enabled"
         if is_directory_bucket(name):
-            if versioning:
-                raise ConfigError(f"bucket {name!r} is an S3 Express directory bucket: directory buckets "
-                                  "have no versioning (drop --versioning; use log-layout topics)")
             await store.create_directory_bucket(name, directory_zone(name))
-            click.echo(f"created directory bucket {name} in zone {directory_zone(name)}")
-            return
+            return f"created directory bucket {name} in zone {directory_zone(name)}"
         await store.create_bucket(name, versioning=versioning, region=settings.s3.region)
-    click.echo(f"created bucket {name} (versioning {'enabled' if versioning else 'off'})")
+    return f"created bucket {name} (versioning {'enabled' if versioning else 'off'})"
+
+
+async def _bucket_exists(store: Store, name: str) -> bool:
+    """True when the bucket exists and answers to these credentials; False when there is none; a
+    bucket that refuses them belongs to someone else."""
+    try:
+        await store.check_bucket(name)
+    except BucketNotFound:
+        return False
+    except AccessDenied:
+        raise BucketOwnedElsewhere(f"bucket {name!r} already exists and is not yours: HeadBucket was "
+                                   "denied (another account owns it, or these credentials may not "
+                                   "read it; bucket names are global)") from None
+    return True
+
+
+async def versioning(settings: Settings, name: str, *, change: str | None) -> str:
+    """Bucket ``name``'s versioning status (``Enabled``, ``Suspended`` or ``Off``), after setting it to
+    ``change`` (``Enabled`` or ``Suspended``) when given."""
+    async with open_store(settings.s3, max_connections=2) as store:
+        await store.check_bucket(name)
+        if is_directory_bucket(name):
+            if change is not None:
+                raise ConfigError(f"bucket {name!r} is an S3 Express directory bucket: it has no versioning")
+            return "Off"
+        if change is not None:
+            await store.put_versioning(name, change)
+        return await store.versioning_status(name) or "Off"
 
 
 async def is_versioned(store: Store, bucket: str) -> bool:
@@ -54,9 +97,11 @@ async def is_versioned(store: Store, bucket: str) -> bool:
     return not is_directory_bucket(bucket) and await store.versioning_status(bucket) != ""
 
 
-async def purge(store: Store, bucket: str, prefix: str, *, versions: bool) -> int:
+async def purge(store: Store, bucket: str, prefix: str, *, versions: bool,
+                progress: ProgressCallback | None = None, done_before: int = 0) -> int:
     """Delete everything under ``prefix``: every version and delete marker (``versions``), else every
-    object; one DeleteObjects request per listed page (at most 1,000). Returns how many went."""
+    object; one DeleteObjects request per listed page (at most 1,000). Returns how many went.
+    ``progress(done, None)`` is called after each page, ``done`` counting from ``done_before``."""
     pages = _version_pages(store, bucket, prefix) if versions else _object_pages(store, bucket, prefix)
     deleted = 0
     previous: Idents = []
@@ -66,6 +111,8 @@ async def purge(store: Store, bucket: str, prefix: str, *, versions: bool) -> in
         await store.delete_versions(bucket, idents)
         deleted += len(idents)
         previous = idents
+        if progress is not None:
+            progress(done_before + deleted, None)
     return deleted
 
 
@@ -87,22 +134,25 @@ async def _object_pages(store: Store, bucket: str, prefix: str) -> AsyncIterator
         yield [(e.key, None) for e in page.entries]
 
 
-async def decommission(settings: Settings, name: str, *, yes: bool) -> None:
-    """Delete every version, delete marker and object of a bucket, then the bucket."""
+async def decommission(settings: Settings, name: str, *, yes: bool,
+                       progress: ProgressCallback | None = None) -> str:
+    """Delete every version, delete marker and object of a bucket, then the bucket (``progress``: see
+    :func:`purge`). Returns what was done, as one line."""
     if not yes:
         raise ConfigError(f"decommission deletes every object, version and delete marker in bucket {name!r} "
                           "and then the bucket, for good; add --yes to confirm")
     async with open_store(settings.s3, max_connections=4) as store:
         await store.check_bucket(name)
         versions = await is_versioned(store, name)
-        deleted = await purge(store, name, "", versions=versions)
+        deleted = await purge(store, name, "", versions=versions, progress=progress)
         await store.delete_bucket(name)
     what = "versions and delete markers" if versions else "objects"
-    click.echo(f"deleted {deleted} {what} and bucket {name}")
+    return f"deleted {deleted} {what} and bucket {name}"
 
 
-async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout) -> None:
-    """Write a topic's metadata; a versions-layout topic needs a versioned bucket."""
+async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout) -> str:
+    """Write a topic's metadata; a versions-layout topic needs a versioned bucket. Returns what was
+    done, as one line."""
     bucket, name = split_url(url)
     async with open_store(settings.s3, max_connections=2) as store:
         await store.check_bucket(bucket)
@@ -110,22 +160,21 @@ async def topic_create(settings: Settings, url: str, *, shards: int, layout: Lay
             await store.require_versioning(bucket)
         topic = await create_topic(store, bucket, name, shards=shards, layout=layout)
     span = topic.prefixes[0] if shards == 1 else f"{topic.prefixes[0]} … {topic.prefixes[-1]}"
-    click.echo(f"created topic s3://{bucket}/{topic.name} ({layout} layout, {shards} shard(s): {span})")
+    return f"created topic s3://{bucket}/{topic.name} ({layout} layout, {shards} shard(s): {span})"
 
 
-async def topic_list(settings: Settings, url: str) -> None:
-    """One line per topic with metadata in the bucket: name, layout, shards, creation time."""
+async def topic_list(settings: Settings, url: str) -> list[Topic]:
+    """Every topic with metadata in the bucket of ``url``, by name."""
     bucket, _ = split_url(url)
     async with open_store(settings.s3, max_connections=8) as store:
-        topics = await list_topics(store, bucket)
-    if not topics:
-        click.echo(f"no topics in bucket {bucket}", err=True)
-    for topic in topics:
-        click.echo(f"{topic.name}\t{topic.layout}\t{topic.shards} shard(s)\tcreated {iso(topic.created_ms)}")
+        await store.check_bucket(bucket)
+        return await list_topics(store, bucket)
 
 
-async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool) -> None:
-    """Delete a topic's metadata; with ``data`` also its shards' objects and its groups' checkpoints."""
+async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool,
+                       progress: ProgressCallback | None = None) -> str:
+    """Delete a topic's metadata; with ``data`` also its shards' objects and its groups' checkpoints
+    (``progress``: see :func:`purge`, counting over all shards). Returns what was done, as one line."""
     bucket, path = split_url(url)
     name = validate_topic_name(path)
     if data and not yes:
@@ -141,7 +190,8 @@ async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool) -
         removed = 0
         if data:
             for prefix in topic.prefixes:
-                removed += await purge(store, bucket, prefix, versions=versions)
+                removed += await purge(store, bucket, prefix, versions=versions, progress=progress,
+                                      done_before=removed)
             for found in await find_checkpoints(store, topic, settings.consumer.checkpoint.prefix):
                 await delete_key(store, bucket, found.key, versions=versions)
             for key in await find_leases(store, topic):
@@ -149,7 +199,7 @@ async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool) -
         if not topic.plain:
             await delete_key(store, bucket, topic.metadata_key, versions=versions)
     extra = f" and {removed} objects or versions" if data else ""
-    click.echo(f"deleted topic s3://{bucket}/{topic.name}{extra}")
+    return f"deleted topic s3://{bucket}/{topic.name}{extra}"
 
 
 async def delete_key(store: Store, bucket: str, key: str, *, versions: bool) -> None:

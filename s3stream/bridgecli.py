@@ -27,6 +27,7 @@ from s3stream.errors import ConfigError, S3StreamError
 from s3stream.logcursor import LogCursor
 from s3stream.logpoller import MAX_DIRS_PER_PASS
 from s3stream.message import Message
+from s3stream.progress import ProgressCallback, reporter
 from s3stream.shard import Shard
 from s3stream.sqs import open_sqs
 
@@ -113,10 +114,12 @@ def shard_namer(consumer: Consumer) -> Callable[[Message], str]:
 
 
 async def run_bridge(settings: Settings, options: dict[str, Any], *, once: bool,
-                     runner: Callable[[Consumer], Awaitable[None]] | None = None) -> int:
+                     runner: Callable[[Consumer], Awaitable[None]] | None = None,
+                     progress: ProgressCallback | None = None) -> int:
     """Bridge ``settings``' source into the queue of ``options``; returns how many messages were sent.
     The queue is checked first, so a wrong URL fails at once with one line. ``runner`` runs the
-    consumer (the CLI's signal-handling ``serve``; ``Consumer.run`` by default)."""
+    consumer (the CLI's signal-handling ``serve``; ``Consumer.run`` by default); ``progress(sent,
+    None)`` is called as messages are sent (at most every 0.1 s)."""
     queue_url = str(options["queue_url"])
     sqs_settings = settings.s3
     region = queue_region(queue_url)
@@ -133,12 +136,26 @@ async def run_bridge(settings: Settings, options: dict[str, Any], *, once: bool,
         )
         consumer.register_handler(HANDLER, bridge)
         watcher = asyncio.create_task(stop_when_idle(consumer)) if once else None
+        counter = asyncio.create_task(_count(bridge, progress)) if progress is not None else None
         try:
             await (runner or Consumer.run)(consumer)
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in (watcher, counter):
+                if task is not None:
+                    task.cancel()
+    if progress is not None:
+        progress(bridge.sent, None)
     return bridge.sent
+
+
+async def _count(bridge: SqsBridge, progress: ProgressCallback) -> None:
+    """Report ``bridge.sent`` to ``progress`` whenever it changed, every 0.1 s."""
+    reported = 0
+    while True:
+        await asyncio.sleep(0.1)
+        if bridge.sent != reported:
+            reported = bridge.sent
+            progress(reported, None)
 
 
 @main.group()
@@ -160,7 +177,8 @@ def bridge() -> None:
 def bridge_sqs(url: str, once: bool, endpoint_url: str | None, config: str | None, **opts: Any) -> None:
     """Send one SQS message per object (version) under s3://BUCKET/PREFIX, in batches of up to 10.
 
-    Without --once it keeps streaming until SIGTERM or SIGINT. --endpoint-url (or AWS_ENDPOINT_URL)
+    With --once, progress goes to stderr (a bar on a terminal, else a line every 5 s). Without --once
+    it keeps streaming until SIGTERM or SIGINT. --endpoint-url (or AWS_ENDPOINT_URL)
     applies to S3 and SQS; AWS_ENDPOINT_URL_SQS or AWS_ENDPOINT_URL_S3 overrides it for one service.
     """
     if once:
@@ -171,7 +189,11 @@ def bridge_sqs(url: str, once: bool, endpoint_url: str | None, config: str | Non
         fail(exc)
 
     async def go() -> None:
-        sent = await run_bridge(settings, options, once=once, runner=serve)
+        if once:
+            with reporter(f"sending {url}", unit="messages") as progress:
+                sent = await run_bridge(settings, options, once=True, runner=serve, progress=progress)
+        else:
+            sent = await run_bridge(settings, options, once=False, runner=serve)
         click.echo(f"sent {sent} message(s) to {options['queue_url']}", err=True)
 
     run_async(go)

@@ -12,12 +12,13 @@ from typing import Any, Literal, TypeVar
 
 import click
 
-from s3stream import admin, cliopts, commands, describe, live, logs, preflight
+from s3stream import cliopts, live, logs, preflight
 from s3stream.commands import command_settings
 from s3stream.config import Settings, build_settings, read_toml
 from s3stream.consumer import Consumer
 from s3stream.errors import ConfigError, EndpointUnreachable, HandlerError, S3StreamError, StoreError
-from s3stream.topics import Layout, TopicExists
+from s3stream.runopts import apply_handler_options, handler_options, serve_with_status
+from s3stream.topics import TopicExists
 
 _USAGE_ERRORS = (ConfigError, HandlerError, StoreError, TopicExists)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,6 +121,7 @@ def consume_settings(url: str, *, config: str | None, **opts: Any) -> Settings:
     if opts.get("metrics_port") is not None:
         cli.setdefault("metrics", {})["port"] = opts["metrics_port"]
     apply_lease_options(cli, opts)
+    apply_handler_options(cli, opts)
     data["sources"] = [{"url": url, "handler": opts.get("handler") or "stdout"}]
     return build_settings(data, cli=cli)
 
@@ -165,34 +167,44 @@ def quiet_logs() -> None:
 @click.option("--concurrency", type=int, help="Workers fetching and handling in parallel.")
 @click.option("--checkpoint-dir", help="Keep checkpoints in this local folder instead of S3.")
 @click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
+@handler_options
 @lease_options
 @s3_options
 def consume(url: str, config: str | None, **opts: Any) -> None:
-    """Stream every version under s3://BUCKET/PREFIX to a handler until SIGTERM/SIGINT."""
+    """Stream every version under s3://BUCKET/PREFIX to a handler until SIGTERM/SIGINT.
+
+    On a terminal, a status line goes to stderr every 10 s (S3STREAM_STATUS_INTERVAL)."""
     try:
         settings = consume_settings(url, config=config, **opts)
         consumer = Consumer(settings)
         preflight.check_consumer(settings)
     except S3StreamError as exc:
         fail(exc)
-    run_async(lambda: serve(consumer))
+    run_async(lambda: serve_with_status(consumer, serve))
 
 
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
+@click.option("--endpoint-url", help="S3 endpoint (overrides [s3] endpoint_url; else AWS_ENDPOINT_URL).")
+@handler_options
 @lease_options
-def run(config: str, metrics_port: int | None, **opts: Any) -> None:
-    """Run the consumer described by a config file (several sources and handlers)."""
+def run(config: str, metrics_port: int | None, endpoint_url: str | None, **opts: Any) -> None:
+    """Run the consumer described by a config file (several sources and handlers).
+
+    On a terminal, a status line goes to stderr every 10 s (S3STREAM_STATUS_INTERVAL)."""
     try:
         data = read_toml(config)
         cli: dict[str, Any] = {"metrics": {"port": metrics_port}} if metrics_port is not None else {}
+        if endpoint_url is not None:
+            cli["s3"] = {"endpoint_url": endpoint_url}
         apply_lease_options(cli, opts)
+        apply_handler_options(cli, opts)
         consumer = Consumer(build_settings(data, cli=cli))
         preflight.check_consumer(consumer.settings)
     except S3StreamError as exc:
         fail(exc)
-    run_async(lambda: serve(consumer))
+    run_async(lambda: serve_with_status(consumer, serve))
 
 
 @main.command("dev-server")
@@ -230,116 +242,7 @@ def demo() -> None:
     run_async(run_demo)
 
 
-# --- buckets and topics ------------------------------------------------------------------------------
-
-
-@main.group()
-def bucket() -> None:
-    """Create and decommission buckets."""
-
-
-@bucket.command("create")
-@click.argument("name")
-@click.option("--versioning", is_flag=True, help="Turn on versioning (versions-layout topics need it).")
-@s3_options
-def bucket_create(name: str, versioning: bool, endpoint_url: str | None, config: str | None) -> None:
-    """Create bucket NAME (a directory bucket for NAME--AZID--x-s3)."""
-    run_async(lambda: admin.create_bucket(command_settings(config, endpoint_url), name,
-                                          versioning=versioning))
-
-
-@bucket.command("decommission")
-@click.argument("name")
-@click.option("--yes", is_flag=True, help="Confirm: everything in the bucket is deleted for good.")
-@s3_options
-def bucket_decommission(name: str, yes: bool, endpoint_url: str | None, config: str | None) -> None:
-    """Delete every version, delete marker and object in bucket NAME, then the bucket."""
-    run_async(lambda: admin.decommission(command_settings(config, endpoint_url), name, yes=yes))
-
-
-@main.group()
-def topic() -> None:
-    """Create, list, describe and delete topics."""
-
-
-@topic.command("create")
-@click.argument("url")
-@click.option("--shards", type=int, default=1, show_default=True, help="Shards (prefixes) to spread load.")
-@click.option("--layout", type=click.Choice(["versions", "log"]), default="versions", show_default=True,
-              help="versions: a PUT per key, each a version; log: a new object per message.")
-@s3_options
-def topic_create(url: str, shards: int, layout: str, endpoint_url: str | None, config: str | None) -> None:
-    """Create the topic s3://BUCKET/TOPIC (creating it twice is an error)."""
-    chosen: Layout = "log" if layout == "log" else "versions"
-    run_async(lambda: admin.topic_create(command_settings(config, endpoint_url), url, shards=shards,
-                                         layout=chosen))
-
-
-@topic.command("list")
-@click.argument("url")
-@s3_options
-def topic_list(url: str, endpoint_url: str | None, config: str | None) -> None:
-    """List the topics of s3://BUCKET: name, layout, shards, creation time."""
-    run_async(lambda: admin.topic_list(command_settings(config, endpoint_url), url))
-
-
-@topic.command("describe")
-@click.argument("url")
-@s3_options
-def topic_describe(url: str, endpoint_url: str | None, config: str | None) -> None:
-    """Layout, shards, what each shard holds, and each consumer group's position and lag."""
-    run_async(lambda: describe.describe(
-        command_settings(config, endpoint_url, sections=("s3", "consumer")), url))
-
-
-@topic.command("delete")
-@click.argument("url")
-@click.option("--data", is_flag=True, help="Also delete the shards' messages and the groups' checkpoints.")
-@click.option("--yes", is_flag=True, help="Confirm --data.")
-@s3_options
-def topic_delete(url: str, data: bool, yes: bool, endpoint_url: str | None, config: str | None) -> None:
-    """Delete the topic's metadata (with --data --yes, its messages too)."""
-    run_async(lambda: admin.topic_delete(
-        command_settings(config, endpoint_url, sections=("s3", "consumer")), url, data=data, yes=yes))
-
-
-# --- messages -------------------------------------------------------------------------------------
-
-
-@main.command()
-@click.argument("url")
-@click.option("--key", help="Message key (versions layout: the object's name in its shard).")
-@click.option("--body", help="The message body. [default: standard input]")
-@click.option("--lines", is_flag=True, help="One message per non-empty line, published concurrently.")
-@s3_options
-def publish(url: str, key: str | None, body: str | None, lines: bool, endpoint_url: str | None,
-            config: str | None) -> None:
-    """Publish to s3://BUCKET/TOPIC; prints the stored key and version id (--lines: a summary)."""
-    data = body.encode("utf-8") if body is not None else None
-    run_async(lambda: commands.publish(command_settings(config, endpoint_url, sections=("s3", "producer")),
-                                       url, key=key, body=data, lines=lines))
-
-
-@main.command()
-@click.argument("url")
-@click.option("--version-id", help="This version instead of the latest.")
-@click.option("--key", help="Read URL as s3://BUCKET/TOPIC and address this message key in it.")
-@s3_options
-def get(url: str, version_id: str | None, key: str | None, endpoint_url: str | None,
-        config: str | None) -> None:
-    """Print the latest (or given) version of s3://BUCKET/KEY, byte for byte."""
-    run_async(lambda: commands.get(command_settings(config, endpoint_url), url, version_id=version_id,
-                                   key=key))
-
-
-@main.command()
-@click.argument("url")
-@click.option("--json", "as_json", is_flag=True, help="s3stream's JSON lines instead of text lines.")
-@click.option("--key", help="Read URL as s3://BUCKET/TOPIC and address this message key in it.")
-@s3_options
-def history(url: str, as_json: bool, key: str | None, endpoint_url: str | None, config: str | None) -> None:
-    """Every version and delete marker of s3://BUCKET/KEY, oldest first: TIME  VERSION_ID  BODY."""
-    run_async(lambda: commands.history(command_settings(config, endpoint_url), url, key=key, as_json=as_json))
+# --- live commands ---------------------------------------------------------------------------------
 
 
 @main.command()
@@ -397,9 +300,12 @@ def bench(bucket: str, region: str | None, messages: int, scenarios: tuple[str, 
 
 
 from s3stream import bridgecli as _bridgecli  # noqa: E402, F401  (registers `bridge` on `main`)
+from s3stream import bucketcli as _bucketcli  # noqa: E402, F401  (registers `bucket` on `main`)
 from s3stream import groupcli as _groupcli  # noqa: E402, F401  (registers `group` on `main`)
+from s3stream import messagecli as _messagecli  # noqa: E402, F401  (`publish`, `get`, `history`)
 from s3stream import notifycli as _notifycli  # noqa: E402, F401  (registers `notifications` on `main`)
 from s3stream import opscli as _opscli  # noqa: E402  (registers `config` and `dlq` on `main`)
 from s3stream import snapshotcli as _snapshotcli  # noqa: E402, F401  (`snapshot`, `bucket lifecycle`)
+from s3stream import topiccli as _topiccli  # noqa: E402, F401  (registers `topic` on `main`)
 
 __all__ = ["_opscli", "main"]

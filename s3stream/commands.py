@@ -20,8 +20,10 @@ import click
 from s3stream.config import Settings, build_settings, parse_s3_url, read_toml
 from s3stream.errors import ConfigError, NotFound
 from s3stream.handlers import message_json
+from s3stream.jsonout import emit
 from s3stream.message import Entry, Message, ms_to_datetime
 from s3stream.producer import Producer, Published
+from s3stream.progress import ProgressCallback
 from s3stream.store import Store, StoredObject, open_store
 from s3stream.topics import resolve_topic
 
@@ -97,11 +99,18 @@ def published_line(published: Published) -> str:
     return " ".join(parts)
 
 
-async def publish(settings: Settings, url: str, *, key: str | None, body: bytes | None, lines: bool) -> None:
+def published_json(published: Published) -> dict[str, Any]:
+    """A published message as JSON: ``{"key", "version_id", "offset"}``."""
+    return {"key": published.key, "version_id": published.version_id, "offset": published.offset}
+
+
+async def publish(settings: Settings, url: str, *, key: str | None, body: bytes | None, lines: bool,
+                  as_json: bool = False, progress: ProgressCallback | None = None) -> dict[str, Any] | None:
     """Publish ``body`` (stdin when None) as one message, or with ``lines`` one message per non-empty
     line, concurrently in batches (one at a time when they share a key in the versions layout, so that
     the key's versions keep the input's order). With ``[producer] framing = "lines"`` on a versions topic,
-    each batch is one object (per key) holding its lines."""
+    each batch is one object (per key) holding its lines. ``progress(count, None)`` follows each batch.
+    Returns the summary of ``lines``: ``{"topic", "published", "seconds", "rate_per_s"}``."""
     async with Producer(settings) as producer:
         versions = (await producer.topic(url)).layout == "versions"
         lines_objects = versions and settings.producer.framing == "lines"  # a batch per object and key
@@ -113,8 +122,12 @@ async def publish(settings: Settings, url: str, *, key: str | None, body: bytes 
 
         if not lines:
             data = sys.stdin.buffer.read() if body is None else body
-            click.echo(published_line(await producer.publish(url, data, key=key_of())))
-            return
+            published = await producer.publish(url, data, key=key_of())
+            if as_json:
+                emit(published_json(published))
+            else:
+                click.echo(published_line(published))
+            return None
         source = sys.stdin.buffer if body is None else io.BytesIO(body)
         started = time.monotonic()
         count = 0
@@ -122,9 +135,11 @@ async def publish(settings: Settings, url: str, *, key: str | None, body: bytes 
         for batch in _batches(source, 1 if one_by_one else PUBLISH_BATCH):
             await producer.publish_many(url, [(key_of(), line) for line in batch])
             count += len(batch)
+            if progress is not None:
+                progress(count, None)
     elapsed = time.monotonic() - started
     rate = count / elapsed if elapsed > 0 else 0.0
-    click.echo(f"published {count} messages in {elapsed:.2f}s ({rate:.0f} msg/s)", err=True)
+    return {"topic": url, "published": count, "seconds": round(elapsed, 3), "rate_per_s": round(rate, 1)}
 
 
 def _batches(source: Iterable[bytes], size: int) -> Iterator[list[bytes]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import click
 
@@ -18,6 +19,7 @@ from s3stream.admin import GroupCheckpoint, find_checkpoints
 from s3stream.commands import iso, split_url
 from s3stream.config import Settings
 from s3stream.cursor import Checkpoint, VersionCursor
+from s3stream.errors import NotFound
 from s3stream.logcursor import LogCheckpoint, LogCursor
 from s3stream.message import Entry
 from s3stream.store import Store, open_store
@@ -52,8 +54,18 @@ class ShardStats:
         return max(0, self.newest_ms - pos.oldest_unconsumed_ms)
 
 
-async def describe(settings: Settings, url: str) -> None:
-    """Print the topic's description (see the module docstring)."""
+@dataclass
+class TopicView:
+    """Everything ``topic describe`` shows."""
+
+    topic: Topic
+    stats: list[ShardStats]
+    groups: list[str]
+
+
+async def read_topic(settings: Settings, url: str) -> TopicView:
+    """Read the topic's metadata and checkpoints and scan its shards. A prefix with neither topic
+    metadata nor objects is a :class:`~s3stream.errors.NotFound` ("topic … does not exist")."""
     bucket, name = split_url(url)
     async with open_store(settings.s3, max_connections=16) as store:
         await store.check_bucket(bucket)
@@ -61,8 +73,44 @@ async def describe(settings: Settings, url: str) -> None:
         found = await find_checkpoints(store, topic, settings.consumer.checkpoint.prefix)
         groups = sorted({cp.group for cp in found})
         stats = await shard_stats(store, topic, found, groups)
-    for line in render(topic, stats, groups):
+    if topic.plain and not groups and not any(s.versions for s in stats):
+        raise NotFound(f"topic s3://{bucket}/{topic.name} does not exist (no topic metadata, no objects)",
+                       operation="ListObjectVersions")
+    return TopicView(topic, stats, groups)
+
+
+async def describe(settings: Settings, url: str) -> None:
+    """Print the topic's description (see the module docstring)."""
+    view = await read_topic(settings, url)
+    for line in render(view.topic, view.stats, view.groups):
         click.echo(line)
+
+
+def to_json(view: TopicView) -> dict[str, Any]:
+    """The description as one JSON document (times ISO 8601 UTC, lag in seconds)."""
+    topic, stats = view.topic, view.stats
+    newest = max((s.newest_ms for s in stats if s.newest_ms), default=None)
+    groups = []
+    for group in view.groups:
+        positions = [s.groups[group] for s in stats]
+        committed = [p.checkpoint for p in positions if p.checkpoint is not None]
+        groups.append({
+            "group": group, "checkpoints": len(committed),
+            "watermark": iso(min(cp.watermark_ms for cp in committed)) if committed else None,
+            "unconsumed": sum(p.unconsumed for p in positions),
+            "lag_s": max((s.lag_ms(group) for s in stats), default=0) / 1000,
+        })
+    return {
+        "topic": f"s3://{topic.bucket}/{topic.name}", "bucket": topic.bucket, "name": topic.name,
+        "layout": topic.layout, "shards": topic.shards, "plain": topic.plain,
+        "created": None if topic.plain else iso(topic.created_ms),
+        "newest_message": iso(newest) if newest else None,
+        "shard_stats": [{
+            "index": s.index, "prefix": s.prefix, "objects": s.objects, "versions": s.versions,
+            "newest_message": iso(s.newest_ms) if s.newest_ms else None,
+        } for s in stats],
+        "groups": groups,
+    }
 
 
 async def shard_stats(store: Store, topic: Topic, found: list[GroupCheckpoint],

@@ -106,6 +106,10 @@ class BucketNotFound(PermanentError):
     """The bucket does not exist."""
 
 
+class BucketOwnedElsewhere(PermanentError):
+    """A bucket name that another account already uses (bucket names are global)."""
+
+
 class AccessDenied(PermanentError):
     """Credentials are missing, invalid or not allowed to do this."""
 

@@ -85,7 +85,10 @@ def group_cli() -> None:
 @s3_options
 def group_describe(url: str, group: str | None, as_json: bool, endpoint_url: str | None,
                    config: str | None) -> None:
-    """Members, shard leases (owner, generation) and per-shard lag of a group on s3://BUCKET/TOPIC."""
+    """Members, shard leases (owner, generation) and per-shard lag of a group on s3://BUCKET/TOPIC.
+
+    A topic that does not exist (neither metadata nor objects) is an error, exit 2; a group that has
+    no members, leases or checkpoints yet is described as it would start: everything unconsumed."""
     extra: dict[str, Any] = {"consumer": {"group": group}} if group else {}
     run_async(lambda: describe_group(
         command_settings(config, endpoint_url, sections=("s3", "consumer"), **extra), url, as_json=as_json))
@@ -114,6 +117,9 @@ async def read_group(settings: Settings, url: str) -> GroupView:
         leases, now_ms = await read_leases(store, topic, group, durations, default_duration)
         found = await find_checkpoints(store, topic, settings.consumer.checkpoint.prefix, [group])
         stats = await shard_stats(store, topic, found, [group])
+    if topic.plain and not found and not any(s.versions for s in stats):
+        raise NotFound(f"topic s3://{bucket}/{topic.name} does not exist (no topic metadata, no objects)",
+                       operation="ListObjectVersions")
     return GroupView(group, topic, now_ms, members, leases, stats)
 
 

@@ -15,12 +15,14 @@ from s3stream.codecs import Decoder
 from s3stream.commands import command_settings, iso, split_url
 from s3stream.config import Settings, build_settings, read_toml
 from s3stream.deadletter import DeadLetter, group_prefix, iter_dead_letters
-from s3stream.errors import ConfigError, ObjectUnreadable, S3StreamError
+from s3stream.errors import ConfigError, NotFound, ObjectUnreadable, S3StreamError
 from s3stream.handlers import check_handler, open_handler
+from s3stream.jsonout import emit
 from s3stream.message import Message, ms_to_datetime
+from s3stream.progress import reporter
 from s3stream.routing import handler_names
 from s3stream.store import Store, open_store
-from s3stream.topics import CONTROL_PREFIX
+from s3stream.topics import CONTROL_PREFIX, load_topic
 
 MASK = "**********"
 _SECRET_NAME = re.compile(r"(?i)passw(or)?d|pass(phrase)?$|pwd$|secret|token|credential|(^|[_-])key$|apikey")
@@ -97,19 +99,41 @@ def _dlq_options(func: Any) -> Any:
 
 
 async def _matching(settings: Settings, url: str, group: str) -> list[DeadLetter]:
+    """The group's dead letters of messages under the URL's prefix. None there, and a prefix that is
+    neither a topic nor holds any object: :class:`NotFound` ("topic … does not exist")."""
     bucket, prefix = split_url(url)
     async with open_store(settings.s3) as store:
-        return [dl async for dl in iter_dead_letters(store, bucket, CONTROL_PREFIX, group)
-                if dl.original_key.startswith(prefix)]
+        await store.check_bucket(bucket)
+        found = [dl async for dl in iter_dead_letters(store, bucket, CONTROL_PREFIX, group)
+                 if dl.original_key.startswith(prefix)]
+        if (not found and prefix.strip("/") and await load_topic(store, bucket, prefix) is None
+                and not (await store.list_objects(bucket, prefix, max_keys=1)).entries):
+            raise NotFound(f"topic s3://{bucket}/{prefix.strip('/')} does not exist "
+                           "(no topic metadata, no objects, no dead letters)", operation="ListObjectsV2")
+        return found
+
+
+def dead_letter_json(dl: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON (its time ISO 8601 UTC; ``dead_letter`` is where it is stored)."""
+    return {"time": iso(dl.time_ms), "bucket": dl.original_bucket, "key": dl.original_key,
+            "version_id": dl.version_id, "offset": dl.offset, "deleted": dl.deleted, "attempts": dl.attempts,
+            "error": dl.error, "traceback": dl.traceback, "dead_letter": dl.key}
 
 
 @dlq.command("list")
 @_dlq_options
-def dlq_list(url: str, group: str, endpoint_url: str | None, config: str | None) -> None:
-    """One line per dead letter under s3://BUCKET/PREFIX: time, key, version, attempts, error."""
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of dead letters (times ISO 8601 UTC).")
+def dlq_list(url: str, group: str, as_json: bool, endpoint_url: str | None, config: str | None) -> None:
+    """One line per dead letter under s3://BUCKET/PREFIX: time, key, version, attempts, error.
+
+    A prefix that is neither a topic nor holds objects or dead letters does not exist: exit 2."""
 
     async def go() -> None:
-        for dl in await _matching(command_settings(config, endpoint_url), url, group):
+        found = await _matching(command_settings(config, endpoint_url), url, group)
+        if as_json:
+            emit([dead_letter_json(dl) for dl in found])
+            return
+        for dl in found:
             where = dl.original_key + (f"#{dl.offset}" if dl.offset is not None else "")
             click.echo(f"{iso(dl.time_ms)}  {where}  {dl.version_id}  attempts={dl.attempts}  {dl.error}")
 
@@ -130,8 +154,10 @@ def dlq_purge(url: str, group: str, yes: bool, endpoint_url: str | None, config:
         bucket, _ = split_url(url)
         async with open_store(settings.s3) as store:
             idents = await _all_versions(store, bucket, group_prefix(CONTROL_PREFIX, group), found)
-            for start in range(0, len(idents), 1000):
-                await store.delete_versions(bucket, idents[start:start + 1000])
+            with reporter(f"purging dead letters of {url}", unit="versions") as progress:
+                for start in range(0, len(idents), 1000):
+                    await store.delete_versions(bucket, idents[start:start + 1000])
+                    progress(min(start + 1000, len(idents)), len(idents))
         click.echo(f"purged {len(found)} dead letter(s)", err=True)
 
     run_async(go)
@@ -170,26 +196,40 @@ def dlq_replay(url: str, group: str, spec: str, endpoint_url: str | None, config
         handler = await (open_handler(named.use, named.options(), name=spec) if named else open_handler(spec))
         bucket, _ = split_url(url)
         done = failed = 0
+        found = await _matching(settings, url, group)
         async with open_store(settings.s3) as store:
-            for dl in await _matching(settings, url, group):
-                try:
-                    message = await _replayed(store, dl, settings.consumer.max_body_mb << 20)
-                except ObjectUnreadable as exc:
-                    failed += 1
-                    click.echo(f"still failing: {dl.original_key}: {exc}", err=True)
-                    continue
-                try:
-                    await handler.handle(message)
-                except Exception as exc:
-                    failed += 1
-                    click.echo(f"still failing: {dl.original_key}: {exc!r}", err=True)
-                    continue
-                await store.delete_object(bucket, dl.key)
-                done += 1
+            with reporter(f"replaying dead letters of {url}", unit="dead letters") as progress:
+                for dl in found:
+                    progress(done + failed, len(found))
+                    try:
+                        await _replay_one(store, handler, dl, settings.consumer.max_body_mb << 20)
+                    except _StillFailing as exc:
+                        failed += 1
+                        click.echo(f"still failing: {dl.original_key}: {exc}", err=True)
+                        continue
+                    await store.delete_object(bucket, dl.key)
+                    done += 1
+                progress(done + failed, len(found))
         await handler.close()
         click.echo(f"replayed {done}, still failing {failed}", err=True)
 
     run_async(go)
+
+
+class _StillFailing(Exception):
+    """A dead letter that could not be replayed (its message unreadable, or the handler raised)."""
+
+
+async def _replay_one(store: Store, handler: Any, dl: DeadLetter, max_bytes: int) -> None:
+    """Hand one dead letter's message to ``handler``; :class:`_StillFailing` when that fails."""
+    try:
+        message = await _replayed(store, dl, max_bytes)
+    except ObjectUnreadable as exc:
+        raise _StillFailing(str(exc)) from None
+    try:
+        await handler.handle(message)
+    except Exception as exc:
+        raise _StillFailing(repr(exc)) from None
 
 
 async def _replayed(store: Store, dl: DeadLetter, max_bytes: int) -> Message:

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from s3stream import snapshotmetrics
 from s3stream.admin import is_versioned
-from s3stream.cli import bucket, fail, main, run_async, s3_options, stop_on_signals
+from s3stream.bucketcli import bucket
+from s3stream.cli import fail, main, run_async, s3_options, stop_on_signals
 from s3stream.commands import command_settings, key_versions, split_url
 from s3stream.config import Settings
 from s3stream.errors import ConfigError, NotFound, S3StreamError, VersioningNotEnabled

@@ -289,6 +289,11 @@ class Store:
         resp = await self._call("GetBucketVersioning", self.client.get_bucket_versioning, Bucket=bucket)
         return str(resp.get("Status") or "")
 
+    async def put_versioning(self, bucket: str, status: str) -> None:
+        """Set the bucket's versioning to ``Enabled`` or ``Suspended``."""
+        await self._call("PutBucketVersioning", self.client.put_bucket_versioning, Bucket=bucket,
+                         VersioningConfiguration={"Status": status})
+
     async def get_bucket_notification(self, bucket: str) -> dict[str, Any]:
         """The bucket's notification configuration (``QueueConfigurations``, ``TopicConfigurations``…)."""
         resp = await self._call("GetBucketNotificationConfiguration",
@@ -592,6 +597,9 @@ def classify(code: str, status: int, message: str | None, operation: str,
     kw = {"code": code, "operation": operation}
     if code == "NoSuchBucket" or (operation == "HeadBucket" and status == 404):
         return errors.BucketNotFound(f"bucket {bucket!r} does not exist", **kw)
+    if code == "BucketAlreadyExists":
+        return errors.BucketOwnedElsewhere(f"bucket {bucket!r} already exists and is owned by another "
+                                           "account (bucket names are global: choose another name)", **kw)
     if operation == "GetObject" and _unreadable_object(code, status, message or ""):
         return errors.ObjectUnreadable(f"GetObject: the object cannot be read ({code or status}: {detail})",
                                        **kw)

@@ -125,3 +125,8 @@ def open_pool_later(options: dict[str, Any]) -> Coroutine[Any, Any, Pool]:
 async def open_broken(options: dict[str, Any]) -> Pool:
     """An async factory whose connection fails."""
     raise ConnectionRefusedError("pool: connection refused")
+
+
+async def always_fails(message: Message) -> None:
+    """A handler that raises on every message (to exercise retries and dead letters)."""
+    raise RuntimeError(f"cannot handle {message.key}")
