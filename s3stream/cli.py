@@ -391,6 +391,7 @@ def bench(bucket: str, region: str | None, messages: int, scenarios: tuple[str, 
 
 
 from s3stream import bridgecli as _bridgecli  # noqa: E402, F401  (registers `bridge` on `main`)
+from s3stream import doctorcli as _doctorcli  # noqa: E402, F401  (registers `doctor` on `main`)
 from s3stream import groupcli as _groupcli  # noqa: E402, F401  (registers `group` on `main`)
 from s3stream import notifycli as _notifycli  # noqa: E402, F401  (registers `notifications` on `main`)
 from s3stream import opscli as _opscli  # noqa: E402  (registers `config` and `dlq` on `main`)
