@@ -90,7 +90,16 @@ class Transform:
     rewrite: Callable[[web.Request, Relayed], Relayed]
 
 
-Action = S3Error | Delay | Drop | Transform
+@dataclass(frozen=True, slots=True)
+class StripHeaders:
+    """Forward the request without the named headers (case-insensitive), as a proxy or an S3-compatible
+    store that ignores them would: ``StripHeaders(("If-Match", "If-None-Match"))`` turns conditional
+    writes into plain ones. The signature is not recomputed (moto does not check it)."""
+
+    names: tuple[str, ...]
+
+
+Action = S3Error | Delay | Drop | Transform | StripHeaders
 
 
 @dataclass(slots=True)
@@ -225,8 +234,9 @@ class S3Proxy:
         if isinstance(action, Delay) and not action.after:
             await asyncio.sleep(action.seconds)
         hold = action.seconds if isinstance(action, Delay) and action.after else 0.0
+        strip = frozenset(n.lower() for n in (action.names if isinstance(action, StripHeaders) else ()))
         return await self._forward(request, action.rewrite if isinstance(action, Transform) else None,
-                                   hold=hold)
+                                   hold=hold, strip=strip)
 
     def _drop(self, request: web.Request, *, reset: bool) -> NoReturn:
         if (transport := request.transport) is not None:
@@ -237,10 +247,11 @@ class S3Proxy:
 
     async def _forward(
         self, request: web.Request, rewrite: Callable[[web.Request, Relayed], Relayed] | None = None,
-        *, hold: float = 0.0,
+        *, hold: float = 0.0, strip: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in _SKIP_HEADERS and k.lower() not in strip}
         body = await request.read()
         async with self._session.request(
             request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers,
