@@ -234,9 +234,12 @@ class S3Proxy:
         if isinstance(action, Delay) and not action.after:
             await asyncio.sleep(action.seconds)
         hold = action.seconds if isinstance(action, Delay) and action.after else 0.0
-        strip = frozenset(n.lower() for n in (action.names if isinstance(action, StripHeaders) else ()))
+        if isinstance(action, StripHeaders):
+            dropped = {n.lower() for n in action.names}
+            request = request.clone(headers={k: v for k, v in request.headers.items()
+                                             if k.lower() not in dropped})
         return await self._forward(request, action.rewrite if isinstance(action, Transform) else None,
-                                   hold=hold, strip=strip)
+                                   hold=hold)
 
     def _drop(self, request: web.Request, *, reset: bool) -> NoReturn:
         if (transport := request.transport) is not None:
@@ -247,11 +250,10 @@ class S3Proxy:
 
     async def _forward(
         self, request: web.Request, rewrite: Callable[[web.Request, Relayed], Relayed] | None = None,
-        *, hold: float = 0.0, strip: frozenset[str] = frozenset(),
+        *, hold: float = 0.0,
     ) -> web.StreamResponse:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in _SKIP_HEADERS and k.lower() not in strip}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS}
         body = await request.read()
         async with self._session.request(
             request.method, self.upstream + request.rel_url.raw_path_qs, headers=headers,
