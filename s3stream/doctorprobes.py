@@ -11,6 +11,7 @@ run ``s3stream doctor``, to probe a store again after it changed.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Iterable
@@ -62,6 +63,16 @@ async def _guarded(feature: str, probe: Awaitable[Result]) -> Result:
         return Result(feature, "error", str(exc))
 
 
+async def _guarded_pair(probe: Awaitable[tuple[Result, Result]]) -> tuple[Result, Result]:
+    """:func:`_guarded` for the two version-listing rows, probed together."""
+    try:
+        return await probe
+    except _SETUP_ERRORS:
+        raise
+    except errors.StoreError as exc:
+        return Result(VERSION_PAGING, "error", str(exc)), Result(DELETE_MARKERS, "error", str(exc))
+
+
 async def run_probes(store: Store, bucket: str) -> list[Result]:
     """Every probe, in table order, under a fresh scratch prefix that is removed afterwards."""
     base = scratch_prefix()
@@ -72,7 +83,7 @@ async def run_probes(store: Store, bucket: str) -> list[Result]:
         versioning = await _guarded(VERSIONING, probe_versioning(store, bucket, directory))
         status = versioning.detail if versioning.outcome in ("yes", "no") else ""
         if versioning.outcome == "yes":
-            paging, markers = await probe_versions(store, bucket, base)
+            paging, markers = await _guarded_pair(probe_versions(store, bucket, base))
         else:
             why = "versioning is not enabled" if versioning.outcome == "no" else "versioning unknown"
             paging = Result(VERSION_PAGING, "n.a.", why)
@@ -121,13 +132,7 @@ async def probe_versions(store: Store, bucket: str, base: str) -> tuple[Result, 
         written[key] = [str((await store.put_object(bucket, key, f"{name}{i}".encode()))[1])
                         for i in range(3)]
     marker = await store.delete_object(bucket, prefix + "a")
-    try:
-        entries, pages = await list_one_by_one(store, bucket, prefix)
-    except errors.StoreError as exc:
-        if isinstance(exc, _SETUP_ERRORS):
-            raise
-        failed = Result(VERSION_PAGING, "error", str(exc))
-        return failed, Result(DELETE_MARKERS, "error", "the version listing failed")
+    entries, pages = await list_one_by_one(store, bucket, prefix)
     return (check_paging(entries, written, pages),
             check_markers(entries, prefix + "a", str(marker), written[prefix + "a"]))
 
@@ -277,24 +282,29 @@ async def probe_directory(store: Store, bucket: str, order: Result) -> Result:
 async def cleanup(store: Store, bucket: str, base: str, *, versioned: bool) -> None:
     """Delete every object, version and delete marker under ``base`` (best effort: a failure here
     must not hide the probes' results; what is left lies under ``_s3stream/doctor/``)."""
-    try:
-        idents: list[tuple[str, str | None]] = []
-        if versioned:
-            key_marker: str | None = None
-            version_marker: str | None = None
-            while True:
-                page = await store.list_versions(bucket, base, key_marker=key_marker,
-                                                 version_id_marker=version_marker)
-                idents += [(e.key, e.version_id) for e in page.entries]
-                if not page.truncated:
-                    break
-                key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
-        else:
-            idents += [(e.key, None) for e in (await store.list_all_objects(bucket, base))[0]]
+    with contextlib.suppress(errors.StoreError):
+        idents = await _scratch_versions(store, bucket, base) if versioned else None
+        if idents is None:
+            idents = [(e.key, None) for e in (await store.list_all_objects(bucket, base))[0]]
         for start in range(0, len(idents), 1000):
             await store.delete_versions(bucket, idents[start:start + 1000])
+
+
+async def _scratch_versions(store: Store, bucket: str, base: str) -> list[tuple[str, str | None]] | None:
+    """Every version and delete marker under ``base``; None when they cannot be listed."""
+    idents: list[tuple[str, str | None]] = []
+    key_marker: str | None = None
+    version_marker: str | None = None
+    try:
+        while True:
+            page = await store.list_versions(bucket, base, key_marker=key_marker,
+                                             version_id_marker=version_marker)
+            idents += [(e.key, e.version_id) for e in page.entries]
+            if not page.truncated:
+                return idents
+            key_marker, version_marker = page.next_key_marker, page.next_version_id_marker
     except errors.StoreError:
-        pass
+        return None
 
 
 # --- the consumer's check at start ---------------------------------------------------------------
@@ -308,8 +318,7 @@ async def probe_conditional(store: Store, bucket: str) -> Result:
         results = [await _guarded(IF_NONE_MATCH, probe_if_none_match(store, bucket, base)),
                    await _guarded(IF_MATCH, probe_if_match(store, bucket, base))]
     finally:
-        versioned = not directory and await store.versioning_status(bucket) != ""
-        await cleanup(store, bucket, base, versioned=versioned)
+        await cleanup(store, bucket, base, versioned=not directory)
     return conditional_writes(results)
 
 
