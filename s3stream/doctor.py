@@ -128,7 +128,7 @@ def conditional_writes(results: list[Result]) -> Result:
     return Result("conditional-writes", "yes", "If-None-Match and If-Match are enforced")
 
 
-def render(results: list[Result], setup: Setup, verdict_: Verdict) -> list[str]:
+def render(results: list[Result], setup: Setup) -> list[str]:
     """The table as text lines: feature, result, detail, and what relies on it."""
     width = max(len(f.name) for f in FEATURES)
     needed = needs(setup)

@@ -90,7 +90,7 @@ async def diagnose(settings: Settings, url: str, *, layout: Layout | None, lease
     if as_json:
         click.echo(orjson.dumps(to_json(bucket, results, setup, judged), option=orjson.OPT_INDENT_2).decode())
     else:
-        for line in render(results, setup, judged):
+        for line in render(results, setup):
             click.echo(line)
     if judged.exit_code == 0:
         if not as_json:
