@@ -9,6 +9,7 @@ a store that ignores conditional writes is a proxy in front of moto that strips 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -43,10 +44,12 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "backends.md"
 MEASURED = {"moto": "moto", "seaweedfs": "SeaweedFS"}  # fixture param -> the doc's column
 
 
-def doctor(endpoint: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def doctor(endpoint: str, url: str, *args: str, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
     """Run ``s3stream doctor URL`` as a process against ``endpoint``."""
     return subprocess.run(cli_command("doctor", url, "--endpoint-url", endpoint, *args),
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, **(env or {})})
 
 
 def outcomes(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -186,14 +189,18 @@ async def test_text_table_and_a_missing_feature(store: Store, moto_endpoint: str
     assert detected.stdout.splitlines()[-1].startswith("ok: ")
 
 
-def test_setup_errors_are_one_line_and_exit_2(moto_endpoint: str) -> None:
-    """A bad URL, a missing bucket and an endpoint that refuses connections each exit 2 with one line."""
+def test_setup_errors_are_one_line_and_exit_2(moto_endpoint: str, seaweedfs_url: str) -> None:
+    """A bad URL, a missing bucket, credentials the store refuses (SeaweedFS checks them) and an
+    endpoint that refuses connections each exit 2 with one line."""
     bad = doctor(moto_endpoint, "http://bucket/prefix")
     assert bad.returncode == 2
     assert_one_line(bad.stderr, "expected s3://BUCKET/PREFIX")
     missing = doctor(moto_endpoint, "s3://no-such-bucket-here/t")
     assert missing.returncode == 2
     assert_one_line(missing.stderr, "'no-such-bucket-here' does not exist")
+    denied = doctor(seaweedfs_url, "s3://any-bucket/t", env={"AWS_SECRET_ACCESS_KEY": "wrong"})
+    assert denied.returncode == 2
+    assert_one_line(denied.stderr, "was denied", "credentials")
     unreachable = doctor("http://127.0.0.1:9", "s3://bucket/t")
     assert unreachable.returncode == 2
     assert_one_line(unreachable.stderr, "cannot reach the S3 endpoint")
