@@ -77,11 +77,9 @@ async def run_probes(store: Store, bucket: str) -> list[Result]:
     """Every probe, in table order, under a fresh scratch prefix that is removed afterwards."""
     base = scratch_prefix()
     directory = is_directory_bucket(bucket)
-    status = ""
     try:
         clock = await _guarded(CLOCK_SKEW, probe_clock(store, bucket, base))
         versioning = await _guarded(VERSIONING, probe_versioning(store, bucket, directory))
-        status = versioning.detail if versioning.outcome in ("yes", "no") else ""
         if versioning.outcome == "yes":
             paging, markers = await _guarded_pair(probe_versions(store, bucket, base))
         else:
@@ -93,7 +91,7 @@ async def run_probes(store: Store, bucket: str) -> list[Result]:
         order = await _guarded(LIST_ORDER, probe_list_order(store, bucket, base))
         express = await _guarded(DIRECTORY_BUCKET, probe_directory(store, bucket, order))
     finally:
-        await cleanup(store, bucket, base, versioned=not directory and status in ("Enabled", "Suspended"))
+        await cleanup(store, bucket, base, versioned=not directory)
     return [versioning, paging, markers, absent, cas, order, express, clock]
 
 
@@ -280,8 +278,10 @@ async def probe_directory(store: Store, bucket: str, order: Result) -> Result:
 
 
 async def cleanup(store: Store, bucket: str, base: str, *, versioned: bool) -> None:
-    """Delete every object, version and delete marker under ``base`` (best effort: a failure here
-    must not hide the probes' results; what is left lies under ``_s3stream/doctor/``)."""
+    """Delete every object, version and delete marker under ``base``: listed with ListObjectVersions
+    unless ``versioned`` is false (directory buckets have none) or it fails, else with ListObjectsV2.
+    Best effort: a failure here must not hide the probes' results; what is left lies under
+    ``_s3stream/doctor/``."""
     with contextlib.suppress(errors.StoreError):
         idents = await _scratch_versions(store, bucket, base) if versioned else None
         if idents is None:
