@@ -301,6 +301,7 @@ def bench(bucket: str, region: str | None, messages: int, scenarios: tuple[str, 
 
 from s3stream import bridgecli as _bridgecli  # noqa: E402, F401  (registers `bridge` on `main`)
 from s3stream import bucketcli as _bucketcli  # noqa: E402, F401  (registers `bucket` on `main`)
+from s3stream import doctorcli as _doctorcli  # noqa: E402, F401  (registers `doctor` on `main`)
 from s3stream import groupcli as _groupcli  # noqa: E402, F401  (registers `group` on `main`)
 from s3stream import messagecli as _messagecli  # noqa: E402, F401  (`publish`, `get`, `history`)
 from s3stream import notifycli as _notifycli  # noqa: E402, F401  (registers `notifications` on `main`)

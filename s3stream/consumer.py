@@ -23,6 +23,7 @@ from s3stream.codecs import Decoder
 from s3stream.config import ConsumerSettings, Settings, SourceSettings
 from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.deadletter import DeadLetters
+from s3stream.doctorprobes import require_conditional_writes
 from s3stream.errors import CheckpointConflict, ConfigError, RetriableError
 from s3stream.group import Candidate, Membership, default_member_id
 from s3stream.handlers import Handler, as_handler, open_handler
@@ -94,6 +95,8 @@ class Consumer:
                         self._candidates += await self._candidates_of(store, src)
                     else:
                         self.shards += await self._open_shards(store, src)
+                if consumer.leases.enabled:  # leases are only exclusive where conditions are enforced
+                    await require_conditional_writes(control, (src.bucket for src in self.settings.sources))
                 await self._pipeline(store)
         finally:
             if health is not None:

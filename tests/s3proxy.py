@@ -90,7 +90,16 @@ class Transform:
     rewrite: Callable[[web.Request, Relayed], Relayed]
 
 
-Action = S3Error | Delay | Drop | Transform
+@dataclass(frozen=True, slots=True)
+class StripHeaders:
+    """Forward the request without the named headers (case-insensitive), as a proxy or an S3-compatible
+    store that ignores them would: ``StripHeaders(("If-Match", "If-None-Match"))`` turns conditional
+    writes into plain ones. The signature is not recomputed (moto does not check it)."""
+
+    names: tuple[str, ...]
+
+
+Action = S3Error | Delay | Drop | Transform | StripHeaders
 
 
 @dataclass(slots=True)
@@ -225,6 +234,10 @@ class S3Proxy:
         if isinstance(action, Delay) and not action.after:
             await asyncio.sleep(action.seconds)
         hold = action.seconds if isinstance(action, Delay) and action.after else 0.0
+        if isinstance(action, StripHeaders):
+            dropped = {n.lower() for n in action.names}
+            request = request.clone(headers={k: v for k, v in request.headers.items()
+                                             if k.lower() not in dropped})
         return await self._forward(request, action.rewrite if isinstance(action, Transform) else None,
                                    hold=hold)
 
