@@ -7,8 +7,9 @@ and written with ``If-Match`` on the ETag that was read (``If-None-Match: *`` wh
 Fences keep working: the new checkpoint names the same lease generation as the one it replaces, so a
 member taking the shard later fences it as usual and resumes from the new position; a member that
 holds the shard now (only with ``--force``) keeps its own position in memory, and its next commit
-fails on the changed ETag: it logs that the shard was fenced, forfeits it, and after the lease expires
-the shard is taken again under a new generation, from the new position. The seek is never overwritten.
+fails on the changed ETag: it logs that the shard was fenced and forfeits it, and the shard is taken
+again (by that member at its next round, or by another once the lease expires) under a new generation,
+from the new position. The seek is never overwritten.
 A consumer run without leases stops at its next commit with a checkpoint conflict instead.
 """
 

@@ -38,8 +38,8 @@ def _settings(config: str | None, endpoint_url: str | None, group: str | None) -
 @click.option("--dry-run", is_flag=True, help="Show each shard's move and counts; write nothing.")
 @click.option("--force", is_flag=True,
               help="Seek even while members hold shards: each holder keeps its own position until its next "
-                   "commit, which fails on the seek's fence; it gives the shard up and, once the lease "
-                   "expires, the shard resumes from the new position.")
+                   "commit, which fails on the seek's fence; it gives the shard up, and the shard is taken "
+                   "again under a new lease generation and resumes from the new position.")
 @click.option("--save", type=click.Path(dir_okay=False),
               help="First save the current positions to this file (a later --to FILE goes back).")
 @click.option("--checkpoint-dir", help="The group keeps checkpoints in this local folder (consume "
@@ -94,8 +94,8 @@ async def seek(settings: Settings, url: str, target: Target, *, dry_run: bool, f
             await write_positions(plan, force=force)
     if plan.owners and not dry_run:
         click.echo(f"s3stream: warning: seek forced while {_owners(plan)} held shards: each keeps its own "
-                   "position until its next commit, which the seek fences; the shard then resumes from the "
-                   "new position once its lease expires", err=True)
+                   "position until its next commit, which the seek fences; the shard is then taken again and "
+                   "resumes from the new position", err=True)
     if as_json:
         click.echo(orjson.dumps(to_json(plan, dry_run), option=orjson.OPT_INDENT_2).decode())
     else:
