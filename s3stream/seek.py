@@ -199,7 +199,7 @@ async def listing(store: Store, topic: Topic, prefix: str) -> list[Entry]:
 
 
 def new_position(plan: SeekPlan, shard: ShardSeek, target: Target, listed: list[Entry],
-                 loaded: list[Position | None] | None) -> Position | None:
+                 loaded: list[Position | None] | None, settle_ms: int) -> Position | None:
     """The position ``target`` means in ``shard``."""
     log = plan.topic.layout == "log"
     if target.kind == "file":
@@ -207,21 +207,22 @@ def new_position(plan: SeekPlan, shard: ShardSeek, target: Target, listed: list[
         return loaded[shard.index]
     if target.kind == "earliest":
         if log:
-            return log_position(shard.prefix, earliest_log_ms(shard.prefix, listed, plan.now_ms))
+            return log_position(shard.prefix, earliest_log_ms(shard.prefix, listed, plan.now_ms - settle_ms))
         return Checkpoint(watermark_ms=0)
     at_ms, latest = (plan.now_ms, True) if target.kind == "latest" else (target.at_ms, False)
     if log:
-        return log_position(shard.prefix, at_ms, listed, latest=latest)
-    return versions_position(at_ms, listed, latest=latest)
+        return log_position(shard.prefix, at_ms, listed, settle_ms=settle_ms, latest=latest)
+    return versions_position(at_ms, listed, settle_ms=settle_ms, latest=latest)
 
 
-async def plan_seek(store: Store, plan: SeekPlan, target: Target) -> None:
-    """Fill in each shard's new position and what the move replays and skips (lists every shard)."""
+async def plan_seek(store: Store, plan: SeekPlan, target: Target, *, settle_window: float) -> None:
+    """Fill in each shard's new position and what the move replays and skips (lists every shard);
+    ``settle_window`` is the group's (``[consumer] settle_window``)."""
     plan.target = target
     loaded = load_positions(target.path, plan.topic) if target.path is not None else None
     for shard in plan.shards:
         listed = await listing(store, plan.topic, shard.prefix)
-        shard.new = new_position(plan, shard, target, listed, loaded)
+        shard.new = new_position(plan, shard, target, listed, loaded, round(settle_window * 1000))
         if shard.new is not None:
             shard.change = compare(shard.prefix, plan.topic.layout, shard.current, shard.new, listed)
         else:  # back to no checkpoint: counted as a group that has handled nothing

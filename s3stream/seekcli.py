@@ -87,7 +87,7 @@ async def seek(settings: Settings, url: str, target: Target, *, dry_run: bool, f
         if plan.owners and not (force or dry_run):
             raise ConfigError(f"group {plan.group!r} has members holding shards of {_url(plan)}: "
                               f"{_owners(plan)}; stop them, or pass --force")
-        await plan_seek(store, plan, target)
+        await plan_seek(store, plan, target, settle_window=settings.consumer.settle_window)
         if not dry_run:
             if save is not None:
                 write_file(save, orjson.dumps(export_document(plan), option=orjson.OPT_INDENT_2))

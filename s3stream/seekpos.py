@@ -1,23 +1,24 @@
 """Where ``group seek`` puts a group in one shard: the checkpoint to write, computed without I/O.
 
 A position is a checkpoint the cursor resumes from, so "seek to time T" is whatever checkpoint makes
-the cursor deliver exactly the messages whose time is at or after T:
+the cursor deliver the messages whose time is at or after T and skip those the seek saw before T:
 
-* **versions layout**: a message's time is its ``LastModified``, which listings give in whole seconds
-  (a version written at 12:00:00.700 lists as 12:00:00). The checkpoint is a watermark at T rounded
-  down to its second, with an empty done set: the cursor counts every version stamped before the
-  watermark handled and delivers every other one. A version written at or after T is stamped at or
-  after that second, so it is never skipped; versions stamped in T's own second but written before T
-  are delivered again (at least once, never lost).
+* **versions layout**: a message's time is its ``LastModified`` (when its write began, by the server's
+  clock), which listings give in whole seconds; T counts from the start of its second, so a version
+  written at or after T is never skipped and one written earlier in T's second may be delivered again.
 * **log layout**: a message's time is the time in its object name (``<minute>/<ms>-…``, the server's
-  time when the producer stamped it). The checkpoint seals every minute directory before T's and,
-  in T's directory, marks as handled the objects named before T. Objects other tools wrote there
-  (names s3stream did not make) go by their ``LastModified``.
+  time when the producer named it). Objects other tools wrote (names s3stream did not make) go by
+  their ``LastModified``.
 
-``latest`` is a seek to the server's time at the listing with everything listed at or after it marked
-handled too, so nothing stored now is delivered again while anything written after the seek is.
-``earliest`` is a watermark of 0 (versions) or the oldest minute directory (log): everything still
-stored is delivered again.
+The watermark (versions) or the sealed boundary (log) is put one settle window (and, for versions,
+one second) before T, as a consumer's own listing pass would put it, and what the seek's listing saw
+between there and T is marked handled. So a version that becomes visible only after the seek, within
+the settle window, is delivered rather than lost, exactly as the cursor would have treated it.
+
+``latest`` is a seek to the server's time at the seek with everything listed marked handled: nothing
+stored now is delivered again, anything written after the seek is (a new group started with
+``--from latest`` is placed the same way). ``earliest`` is a watermark of 0 (versions) or the oldest
+minute directory (log): everything still stored is delivered again.
 """
 
 from __future__ import annotations
@@ -82,21 +83,25 @@ def message_ms(entry: Entry) -> int:
     return name.ms if name is not None else entry.last_modified_ms
 
 
-def versions_position(at_ms: int, listed: Iterable[Entry] = (), *, latest: bool = False) -> Checkpoint:
-    """The versions checkpoint that delivers every version stamped in ``at_ms``'s second or later
-    (``latest``: except those in ``listed``, which are counted handled)."""
-    watermark = at_ms - at_ms % 1000
+def versions_position(at_ms: int, listed: Iterable[Entry] = (), *, settle_ms: int = 0,
+                      latest: bool = False) -> Checkpoint:
+    """The versions checkpoint that delivers every version stamped in ``at_ms``'s second or later and
+    those not in ``listed`` stamped up to a settle window (and a second) before it; ``listed`` versions
+    stamped before ``at_ms``'s second (``latest``: all of them) count as handled."""
+    second = at_ms - at_ms % 1000
+    watermark = max(0, second - 1000 - settle_ms)
     done = sorted({(e.key, e.version_id, e.last_modified_ms) for e in listed
-                   if latest and e.last_modified_ms >= watermark})
+                   if e.last_modified_ms >= watermark and (latest or e.last_modified_ms < second)})
     return Checkpoint(watermark_ms=watermark, done=tuple(done))
 
 
-def log_position(prefix: str, at_ms: int, listed: Iterable[Entry] = (), *,
+def log_position(prefix: str, at_ms: int, listed: Iterable[Entry] = (), *, settle_ms: int = 0,
                  latest: bool = False) -> LogCheckpoint:
-    """The log checkpoint that delivers every object named at ``at_ms`` or later (``latest``: except
-    those in ``listed``): directories before ``at_ms``'s are sealed; in its own directory, what is named
-    earlier is handled."""
-    cursor = LogCursor(prefix, LogCheckpoint(sealed_ms=at_ms - at_ms % MINUTE_MS))
+    """The log checkpoint that delivers every object named at ``at_ms`` or later, and those not in
+    ``listed`` in the directories from a settle window before it: directories before that are sealed;
+    in the open ones, what ``listed`` holds named before ``at_ms`` (``latest``: all of it) is handled."""
+    start = max(0, at_ms - settle_ms)
+    cursor = LogCursor(prefix, LogCheckpoint(sealed_ms=start - start % MINUTE_MS))
     for entry in listed:
         dir_ms = cursor.dir_of(entry.key)
         if dir_ms is None or dir_ms < cursor.sealed_ms:

@@ -29,78 +29,85 @@ BASE_MS = 1_780_000_020_000  # a minute boundary
 SETTLE_MS = 2_000
 PREFIX = "t/00/"
 
-# a message: (real write time offset in ms, key number, visible at the first listing pass?)
+# a message: (write time offset in ms, key number, visible to the seek's listing if written before it?)
 messages_st = st.lists(st.tuples(st.integers(0, 300_000), st.integers(0, 5), st.booleans()),
                        min_size=1, max_size=40)
+offsets_st = st.integers(-5_000, 310_000)
 
 
-def versions(messages: list[tuple[int, int, bool]]) -> list[tuple[Entry, int, bool]]:
-    """Each message as a listed version (LastModified in whole seconds), its real time and visibility."""
+def versions(messages: list[tuple[int, int, bool]], seek_ms: int) -> list[tuple[Entry, int, bool]]:
+    """Each message as a version (LastModified: its write time in whole seconds), its write time and
+    whether the seek at ``seek_ms`` listed it: written before, and visible (a version stamped more than
+    the settle window and a second before a listing is always visible to it)."""
     out = []
     for i, (offset, key, visible) in enumerate(messages):
         real = BASE_MS + offset
-        out.append((Entry(f"{PREFIX}k{key}", f"v{i}", real - real % 1000), real, visible))
+        stamp = real - real % 1000
+        listed = real < seek_ms and (visible or stamp < seek_ms - 1000 - SETTLE_MS)
+        out.append((Entry(f"{PREFIX}k{key}", f"v{i}", stamp), real, listed))
     return out
 
 
-def resume_versions(cursor: VersionCursor, passes: list[tuple[int, list[Entry]]]) -> set[str]:
-    """Run listing passes (horizon, entries seen) through the cursor as the poller does; the version ids
-    handed out."""
+def resume_versions(cursor: VersionCursor, entries: list[Entry]) -> set[str]:
+    """A listing pass over ``entries``, after all of them were written, through the cursor as the poller
+    runs it; the version ids handed out."""
     delivered: set[str] = set()
-    for horizon, seen in passes:
-        cursor.begin_pass(horizon)
-        for entry in sorted(seen, key=lambda e: (e.key, e.last_modified_ms)):
-            if cursor.is_new(entry):
-                cursor.start(entry)
-                cursor.complete(entry.ident)
-                delivered.add(entry.version_id)
-            cursor.listed_through(entry.key, entry.last_modified_ms)
-        cursor.pass_complete(horizon)
+    horizon = BASE_MS + 400_000
+    cursor.begin_pass(horizon)
+    for entry in sorted(entries, key=lambda e: (e.key, e.last_modified_ms)):
+        if cursor.is_new(entry):
+            cursor.start(entry)
+            cursor.complete(entry.ident)
+            delivered.add(entry.version_id)
+        cursor.listed_through(entry.key, entry.last_modified_ms)
+    cursor.pass_complete(horizon)
     return delivered
 
 
 @settings(max_examples=300, deadline=None)
-@given(messages_st, st.integers(-5_000, 305_000))
+@given(messages_st, offsets_st, offsets_st)
 def test_versions_seek_redelivers_exactly_what_was_written_at_or_after_t(
-        messages: list[tuple[int, int, bool]], offset: int) -> None:
-    """For random write times and a seek time T, a cursor resumed from the seek's checkpoint hands out
-    every version written at or after T and none stamped before T's second; when T is a whole second,
-    exactly those stamped at or after T. Versions that become visible only at the second pass (within
-    the settle window of the first pass's start) are not lost."""
-    listed = versions(messages)
-    at_ms = BASE_MS + offset
-    now_ms = BASE_MS + 301_000
-    first_horizon = now_ms - 1000 - SETTLE_MS
-    listed = [(e, real, visible or e.last_modified_ms < first_horizon) for e, real, visible in listed]
-    cursor = VersionCursor(versions_position(at_ms))
-    delivered = resume_versions(cursor, [
-        (first_horizon, [e for e, _, visible in listed if visible]),
-        (now_ms + 10_000 - 1000 - SETTLE_MS, [e for e, _, _ in listed]),
-    ])
-    assert {e.version_id for e, real, _ in listed if real >= at_ms} <= delivered
+        messages: list[tuple[int, int, bool]], at_offset: int, seek_offset: int) -> None:
+    """For random write times, a seek to T made at a random server time S, and a cursor resumed from the
+    seek's checkpoint: every version written at or after T is delivered; of what the seek listed, exactly
+    the versions stamped in T's second or later; of what it did not list (written after it, or visible
+    late), every version stamped from a settle window and a second before T's second. With every version
+    listed and T a whole second, that is exactly the versions stamped at or after T."""
+    at_ms, seek_ms = BASE_MS + at_offset, BASE_MS + seek_offset
+    msgs = versions(messages, seek_ms)
+    seen = [e for e, _, listed in msgs if listed]
+    cursor = VersionCursor(versions_position(at_ms, seen, settle_ms=SETTLE_MS))
+    delivered = resume_versions(cursor, [e for e, _, _ in msgs])
+    assert {e.version_id for e, real, _ in msgs if real >= at_ms} <= delivered
     second = at_ms - at_ms % 1000
-    assert delivered == {e.version_id for e, _, _ in listed if e.last_modified_ms >= second}
-    if at_ms % 1000 == 0:
-        assert delivered == {e.version_id for e, _, _ in listed if e.last_modified_ms >= at_ms}
+    horizon = second - 1000 - SETTLE_MS
+    assert delivered == {e.version_id for e, _, listed in msgs if listed and e.last_modified_ms >= second} | {
+        e.version_id for e, _, listed in msgs if not listed and e.last_modified_ms >= horizon}
+    if at_ms % 1000 == 0 and all(listed for _, _, listed in msgs):
+        assert delivered == {e.version_id for e, _, _ in msgs if e.last_modified_ms >= at_ms}
 
 
 @settings(max_examples=200, deadline=None)
-@given(messages_st, st.integers(0, 300_000))
+@given(messages_st, offsets_st)
 def test_versions_latest_skips_everything_listed_and_delivers_what_comes_later(
-        messages: list[tuple[int, int, bool]], offset: int) -> None:
-    """``latest`` at server time S: nothing listed by the seek is delivered; every version the seek did
-    not list and stamped at or after S's second (written after the seek) is."""
-    listed = versions(messages)
-    now_ms = BASE_MS + offset
-    stored = [e for e, real, _ in listed if real < now_ms]
-    later = [e for e, real, _ in listed if real >= now_ms]
-    cursor = VersionCursor(versions_position(now_ms, stored, latest=True))
-    delivered = resume_versions(cursor, [(BASE_MS + 400_000, [e for e, _, _ in listed])])
-    assert delivered == {e.version_id for e in later}
+        messages: list[tuple[int, int, bool]], seek_offset: int) -> None:
+    """``latest`` at server time S: nothing the seek listed is delivered; everything written after the
+    seek is, and so is a version written before it that was not visible yet, if stamped within the
+    settle window (and a second) of S, as for a new group started at ``latest``."""
+    seek_ms = BASE_MS + seek_offset
+    msgs = versions(messages, seek_ms)
+    cursor = VersionCursor(versions_position(seek_ms, [e for e, _, listed in msgs if listed],
+                                             settle_ms=SETTLE_MS, latest=True))
+    delivered = resume_versions(cursor, [e for e, _, _ in msgs])
+    assert {e.version_id for e, real, _ in msgs if real >= seek_ms} <= delivered
+    horizon = seek_ms - seek_ms % 1000 - 1000 - SETTLE_MS
+    assert delivered == {e.version_id for e, _, listed in msgs
+                         if not listed and e.last_modified_ms >= horizon}
 
 
-def log_messages(messages: list[tuple[int, int, bool]]) -> list[tuple[Entry, int, bool]]:
-    """Each message as a log object named with its time, two producers numbering their own objects."""
+def log_messages(messages: list[tuple[int, int, bool]], seek_ms: int) -> list[tuple[Entry, int, bool]]:
+    """Each message as a log object named with its time (two producers numbering their own objects),
+    that time, and whether the seek at ``seek_ms`` listed it (as for versions)."""
     out = []
     seqs = {"p0": 0, "p1": 0}
     for offset, key, visible in sorted(messages):
@@ -108,45 +115,49 @@ def log_messages(messages: list[tuple[int, int, bool]]) -> list[tuple[Entry, int
         seqs[producer] += 1
         ms = BASE_MS + offset
         name = log_key(PREFIX, ms, producer, seqs[producer], "_")
-        out.append((Entry(name, "null", ms - ms % 1000 + 1000), ms, visible))
+        listed = ms < seek_ms and (visible or ms < seek_ms - SETTLE_MS)
+        out.append((Entry(name, "null", ms - ms % 1000 + 1000), ms, listed))
     return out
 
 
+def minute(ms: int) -> int:
+    return ms - ms % MINUTE_MS
+
+
 @settings(max_examples=300, deadline=None)
-@given(messages_st, st.integers(-5_000, 305_000))
+@given(messages_st, offsets_st, offsets_st)
 def test_log_seek_redelivers_exactly_what_was_named_at_or_after_t(
-        messages: list[tuple[int, int, bool]], offset: int) -> None:
-    """For random name times and a seek time T, a log cursor resumed from the seek's checkpoint (built
-    from what the seek listed) finds new exactly the objects named at or after T, plus only those named
-    earlier in T's own minute that the seek did not see."""
-    listed = log_messages(messages)
-    at_ms = BASE_MS + offset
-    seen = [e for e, _, visible in listed if visible]
-    cursor = LogCursor(PREFIX, log_position(PREFIX, at_ms, seen))
-    delivered = {e.key for e, _, _ in listed if cursor.is_new(e)}
-    expected = {e.key for e, ms, _ in listed if ms >= at_ms}
-    assert expected <= delivered
-    unseen_in_minute = {e.key for e, ms, visible in listed
-                        if not visible and ms - ms % MINUTE_MS == at_ms - at_ms % MINUTE_MS}
-    assert delivered - expected <= unseen_in_minute
-    if all(visible for _, _, visible in listed):
-        assert delivered == expected
+        messages: list[tuple[int, int, bool]], at_offset: int, seek_offset: int) -> None:
+    """For random name times and a seek to T made at server time S, a log cursor resumed from the seek's
+    checkpoint finds new every object named at or after T; of what the seek listed, exactly those; of
+    what it did not, every object in the minute directories from a settle window before T."""
+    at_ms, seek_ms = BASE_MS + at_offset, BASE_MS + seek_offset
+    msgs = log_messages(messages, seek_ms)
+    cursor = LogCursor(PREFIX, log_position(PREFIX, at_ms, [e for e, _, listed in msgs if listed],
+                                            settle_ms=SETTLE_MS))
+    delivered = {e.key for e, _, _ in msgs if cursor.is_new(e)}
+    assert {e.key for e, ms, _ in msgs if ms >= at_ms} <= delivered
+    assert delivered == {e.key for e, ms, listed in msgs if listed and ms >= at_ms} | {
+        e.key for e, ms, listed in msgs if not listed and minute(ms) >= minute(at_ms - SETTLE_MS)}
 
 
 @settings(max_examples=100, deadline=None)
-@given(messages_st, st.integers(0, 300_000))
-def test_log_latest_and_earliest(messages: list[tuple[int, int, bool]], offset: int) -> None:
-    """``latest`` at S delivers none of what it listed and every later object; ``earliest`` starts at
-    the oldest minute directory and delivers everything stored."""
-    listed = log_messages(messages)
-    now_ms = BASE_MS + offset
-    stored = [e for e, ms, _ in listed if ms < now_ms]
-    latest = LogCursor(PREFIX, log_position(PREFIX, now_ms, stored, latest=True))
-    assert {e.key for e, _, _ in listed if latest.is_new(e)} == {e.key for e, ms, _ in listed if ms >= now_ms}
-    all_entries = [e for e, _, _ in listed]
-    earliest = LogCursor(PREFIX, log_position(PREFIX, earliest_log_ms(PREFIX, all_entries, now_ms)))
-    assert all(earliest.is_new(e) for e in all_entries)
-    assert earliest.sealed_ms == min(ms - ms % MINUTE_MS for _, ms, _ in listed)
+@given(messages_st, offsets_st)
+def test_log_latest_and_earliest(messages: list[tuple[int, int, bool]], seek_offset: int) -> None:
+    """``latest`` at S delivers none of what the seek listed and every object written after it;
+    ``earliest`` starts at the oldest minute directory and delivers everything stored."""
+    seek_ms = BASE_MS + seek_offset
+    msgs = log_messages(messages, seek_ms)
+    latest = LogCursor(PREFIX, log_position(PREFIX, seek_ms, [e for e, _, listed in msgs if listed],
+                                            settle_ms=SETTLE_MS, latest=True))
+    delivered = {e.key for e, _, _ in msgs if latest.is_new(e)}
+    assert {e.key for e, ms, _ in msgs if ms >= seek_ms} <= delivered
+    assert delivered == {e.key for e, ms, listed in msgs
+                         if not listed and minute(ms) >= minute(seek_ms - SETTLE_MS)}
+    everything = [e for e, _, _ in msgs]
+    earliest = LogCursor(PREFIX, log_position(PREFIX, earliest_log_ms(PREFIX, everything, seek_ms)))
+    assert all(earliest.is_new(e) for e in everything)
+    assert earliest.sealed_ms == min(minute(ms) for _, ms, _ in msgs)
 
 
 def test_compare_counts_replays_and_skips() -> None:
