@@ -39,7 +39,7 @@ from s3stream.seekpos import (
     Position,
     Target,
     compare,
-    earliest_log_ms,
+    log_floor_ms,
     log_position,
     versions_position,
 )
@@ -207,11 +207,13 @@ def new_position(plan: SeekPlan, shard: ShardSeek, target: Target, listed: list[
         return loaded[shard.index]
     if target.kind == "earliest":
         if log:
-            return log_position(shard.prefix, earliest_log_ms(shard.prefix, listed, plan.now_ms - settle_ms))
+            return log_position(shard.prefix, log_floor_ms(shard.prefix, listed, plan.now_ms, settle_ms))
         return Checkpoint(watermark_ms=0)
     at_ms, latest = (plan.now_ms, True) if target.kind == "latest" else (target.at_ms, False)
     if log:
-        return log_position(shard.prefix, at_ms, listed, settle_ms=settle_ms, latest=latest)
+        floor = log_floor_ms(shard.prefix, listed, plan.now_ms, settle_ms)
+        return log_position(shard.prefix, at_ms, listed, settle_ms=settle_ms, latest=latest,
+                            not_before_ms=floor)
     return versions_position(at_ms, listed, settle_ms=settle_ms, latest=latest)
 
 

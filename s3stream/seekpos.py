@@ -96,11 +96,12 @@ def versions_position(at_ms: int, listed: Iterable[Entry] = (), *, settle_ms: in
 
 
 def log_position(prefix: str, at_ms: int, listed: Iterable[Entry] = (), *, settle_ms: int = 0,
-                 latest: bool = False) -> LogCheckpoint:
+                 latest: bool = False, not_before_ms: int = 0) -> LogCheckpoint:
     """The log checkpoint that delivers every object named at ``at_ms`` or later, and those not in
     ``listed`` in the directories from a settle window before it: directories before that are sealed;
-    in the open ones, what ``listed`` holds named before ``at_ms`` (``latest``: all of it) is handled."""
-    start = max(0, at_ms - settle_ms)
+    in the open ones, what ``listed`` holds named before ``at_ms`` (``latest``: all of it) is handled.
+    The boundary is never before ``not_before_ms`` (see :func:`log_floor_ms`)."""
+    start = max(0, at_ms - settle_ms, not_before_ms)
     cursor = LogCursor(prefix, LogCheckpoint(sealed_ms=start - start % MINUTE_MS))
     for entry in listed:
         dir_ms = cursor.dir_of(entry.key)
@@ -116,6 +117,15 @@ def earliest_log_ms(prefix: str, listed: Iterable[Entry], now_ms: int) -> int:
     probe = LogCursor(prefix)
     dirs = [d for e in listed if (d := probe.dir_of(e.key)) is not None]
     return min(dirs, default=now_ms - now_ms % MINUTE_MS)
+
+
+def log_floor_ms(prefix: str, listed: Iterable[Entry], now_ms: int, settle_ms: int) -> int:
+    """The earliest sealed boundary worth having: the oldest minute directory of the shard, or the one a
+    settle window before now if that is older. No object can appear before it (a producer names
+    objects with the server's time, at most a settle window late), and a cursor never lists the empty
+    minutes before it one by one."""
+    start = now_ms - settle_ms
+    return min(earliest_log_ms(prefix, listed, start), start - start % MINUTE_MS)
 
 
 def cursor_of(prefix: str, position: Position | None, layout: str) -> VersionCursor | LogCursor:

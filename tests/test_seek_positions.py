@@ -18,6 +18,7 @@ from s3stream.message import Entry
 from s3stream.seekpos import (
     compare,
     earliest_log_ms,
+    log_floor_ms,
     log_position,
     parse_target,
     position_text,
@@ -133,8 +134,10 @@ def test_log_seek_redelivers_exactly_what_was_named_at_or_after_t(
     what it did not, every object in the minute directories from a settle window before T."""
     at_ms, seek_ms = BASE_MS + at_offset, BASE_MS + seek_offset
     msgs = log_messages(messages, seek_ms)
-    cursor = LogCursor(PREFIX, log_position(PREFIX, at_ms, [e for e, _, listed in msgs if listed],
-                                            settle_ms=SETTLE_MS))
+    seen = [e for e, _, listed in msgs if listed]
+    floor = log_floor_ms(PREFIX, seen, seek_ms, SETTLE_MS)
+    cursor = LogCursor(PREFIX, log_position(PREFIX, at_ms, seen, settle_ms=SETTLE_MS, not_before_ms=floor))
+    assert cursor.sealed_ms >= floor  # a seek far back does not make the cursor list empty minutes
     delivered = {e.key for e, _, _ in msgs if cursor.is_new(e)}
     assert {e.key for e, ms, _ in msgs if ms >= at_ms} <= delivered
     assert delivered == {e.key for e, ms, listed in msgs if listed and ms >= at_ms} | {
@@ -148,16 +151,18 @@ def test_log_latest_and_earliest(messages: list[tuple[int, int, bool]], seek_off
     ``earliest`` starts at the oldest minute directory and delivers everything stored."""
     seek_ms = BASE_MS + seek_offset
     msgs = log_messages(messages, seek_ms)
-    latest = LogCursor(PREFIX, log_position(PREFIX, seek_ms, [e for e, _, listed in msgs if listed],
-                                            settle_ms=SETTLE_MS, latest=True))
+    seen = [e for e, _, listed in msgs if listed]
+    latest = LogCursor(PREFIX, log_position(PREFIX, seek_ms, seen, settle_ms=SETTLE_MS, latest=True,
+                                            not_before_ms=log_floor_ms(PREFIX, seen, seek_ms, SETTLE_MS)))
     delivered = {e.key for e, _, _ in msgs if latest.is_new(e)}
     assert {e.key for e, ms, _ in msgs if ms >= seek_ms} <= delivered
     assert delivered == {e.key for e, ms, listed in msgs
                          if not listed and minute(ms) >= minute(seek_ms - SETTLE_MS)}
     everything = [e for e, _, _ in msgs]
-    earliest = LogCursor(PREFIX, log_position(PREFIX, earliest_log_ms(PREFIX, everything, seek_ms)))
+    earliest = LogCursor(PREFIX, log_position(PREFIX, log_floor_ms(PREFIX, everything, seek_ms, SETTLE_MS)))
     assert all(earliest.is_new(e) for e in everything)
-    assert earliest.sealed_ms == min(minute(ms) for _, ms, _ in msgs)
+    assert earliest.sealed_ms == min(minute(seek_ms - SETTLE_MS), *(minute(ms) for _, ms, _ in msgs))
+    assert earliest_log_ms(PREFIX, everything, seek_ms) == min(minute(ms) for _, ms, _ in msgs)
 
 
 def test_compare_counts_replays_and_skips() -> None:
