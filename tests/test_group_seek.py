@@ -45,12 +45,12 @@ async def server_ms(store: Store, bucket: str) -> int:
     return (await store.list_objects(bucket, "t/", max_keys=1)).server_time_ms
 
 
-async def newest_ms(store: Store, bucket: str, log: bool) -> int:
-    """The newest message time under ``t/``: LastModified, or the time in a log object's name."""
+async def newest_ms(store: Store, bucket: str, log: bool, prefix: str = "t/") -> int:
+    """The newest message time under ``prefix``: LastModified, or the time in a log object's name."""
     if log:
-        page = await store.list_objects(bucket, "t/")
+        page = await store.list_objects(bucket, prefix)
         return max(name.ms for e in page.entries if (name := parse_log_key(e.key)) is not None)
-    return max(e.last_modified_ms for e in (await store.list_versions(bucket, "t/")).entries)
+    return max(e.last_modified_ms for e in (await store.list_versions(bucket, prefix)).entries)
 
 
 async def after_server_time(store: Store, bucket: str, moment_ms: int) -> None:
@@ -246,6 +246,25 @@ async def test_file_checkpoints_with_checkpoint_dir(moto_endpoint: str, store: S
     again = await consume(moto_endpoint, url, expect=4, cover_ms=cover, checkpoint=files)
     assert sorted(again) == sorted(stored)
     assert not await checkpoint_bodies(store, bucket)
+
+
+async def test_plain_prefix_without_topic_metadata(moto_endpoint: str, store: Store, bucket: str) -> None:
+    """A plain prefix (no topic metadata) consumed as ``s3://B/plain`` is one shard: the seek finds the
+    checkpoint the consumer wrote under that name, rewrites only it, and the group replays the prefix."""
+    written = set()
+    for i in range(3):
+        _, version_id = await store.put_object(bucket, f"plain/k{i}", b"x")
+        written.add((f"plain/k{i}", str(version_id)))
+    url = f"s3://{bucket}/plain"
+    cover = await newest_ms(store, bucket, False, "plain/") + 1000
+    assert set(await consume(moto_endpoint, url, expect=3, cover_ms=cover)) == written
+    before = await checkpoint_bodies(store, bucket)
+    moved = await ok(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest")
+    assert moved.text.splitlines()[-1] == "total: replay 3, skip 0, deliver 3", moved.text
+    after = await checkpoint_bodies(store, bucket)
+    assert len(after) == 1
+    assert after.keys() == before.keys()
+    assert sorted(await consume(moto_endpoint, url, expect=3, cover_ms=cover)) == sorted(written)
 
 
 async def test_unknown_topic_group_and_bad_times_are_one_line_errors(
