@@ -35,7 +35,8 @@ def _settings(config: str | None, endpoint_url: str | None, group: str | None) -
 @click.argument("url")
 @click.option("--group", help="The consumer group. [default: [consumer] group, else default]")
 @click.option("--to", "to", required=True, help=TO_HELP)
-@click.option("--dry-run", is_flag=True, help="Show each shard's move and counts; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Show each shard's move and counts; write nothing (not even --save).")
 @click.option("--force", is_flag=True,
               help="Seek even while members hold shards: each holder keeps its own position until its next "
                    "commit, which fails on the seek's fence; it gives the shard up, and the shard is taken "

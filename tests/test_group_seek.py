@@ -210,7 +210,7 @@ async def test_refused_while_a_member_holds_shards_and_forced_seek_is_not_overwr
         await recorder.wait_count(6)
         await wait_until(lambda: len(member.shards) == 2, what="m1 holding both shards")
         refused = await cli(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest")
-        assert_one_line_error(refused, "m1", "--force")  # type: ignore[arg-type]
+        assert_one_line_error(refused, "m1", "--force")
 
         forced = await ok(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest", "--force")
         assert "warning" in forced.stderr, forced.stderr
@@ -275,12 +275,12 @@ async def test_unknown_topic_group_and_bad_times_are_one_line_errors(
     url = f"s3://{bucket}/t"
     nothing = await cli(moto_endpoint, "group", "seek", f"s3://{bucket}/nope", "--group", "g",
                         "--to", "latest")
-    assert_one_line_error(nothing, "nope", "does not exist")  # type: ignore[arg-type]
+    assert_one_line_error(nothing, "nope", "does not exist")
     stranger = await cli(moto_endpoint, "group", "seek", url, "--group", "stranger", "--to", "latest")
-    assert_one_line_error(stranger, "stranger", "does not exist")  # type: ignore[arg-type]
+    assert_one_line_error(stranger, "stranger", "does not exist")
     missing = await cli(moto_endpoint, "group", "seek", f"s3://{new_bucket_name('gone')}/t", "--to", "latest")
-    assert_one_line_error(missing, "does not exist")  # type: ignore[arg-type]
+    assert_one_line_error(missing, "does not exist")
     naive = await cli(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "2026-01-31T12:00:00")
-    assert_one_line_error(naive, "--to", "timezone")  # type: ignore[arg-type]
+    assert_one_line_error(naive, "--to", "timezone")
     export = await cli(moto_endpoint, "group", "export", url, "--group", "stranger")
-    assert_one_line_error(export, "stranger", "does not exist")  # type: ignore[arg-type]
+    assert_one_line_error(export, "stranger", "does not exist")
