@@ -75,7 +75,7 @@ class GroupView:
 
 @main.group("group")
 def group_cli() -> None:
-    """Inspect consumer groups (members sharing a topic by leases)."""
+    """Inspect consumer groups (members sharing a topic by leases) and move their positions."""
 
 
 @group_cli.command("describe")
