@@ -97,6 +97,9 @@ async def seek(settings: Settings, url: str, target: Target, *, dry_run: bool, f
         click.echo(f"s3stream: warning: seek forced while {_owners(plan)} held shards: each keeps its own "
                    "position until its next commit, which the seek fences; the shard is then taken again and "
                    "resumes from the new position", err=True)
+    if plan.owners and dry_run:
+        click.echo(f"s3stream: note: {_owners(plan)} hold shards now: without --force the seek is refused",
+                   err=True)
     if as_json:
         click.echo(orjson.dumps(to_json(plan, dry_run), option=orjson.OPT_INDENT_2).decode())
     else:

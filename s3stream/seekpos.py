@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,7 @@ from s3stream.message import Entry
 from s3stream.topics import MINUTE_MS, parse_log_key
 
 Position = Checkpoint | LogCheckpoint
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ISO = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d{1,6})?)?(Z|[+-]\d\d:?\d\d)", re.IGNORECASE)
 
 
@@ -65,7 +66,7 @@ def parse_target(text: str) -> Target:
             moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
         except ValueError as exc:
             raise ConfigError(f"--to {text!r}: not a valid time ({exc})") from None
-        return Target("time", at_ms=round(moment.timestamp() * 1000))
+        return Target("time", at_ms=(moment - EPOCH) // timedelta(milliseconds=1))  # rounded down
     path = Path(value)
     if path.is_file():
         return Target("file", path=path)

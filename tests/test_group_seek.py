@@ -196,7 +196,8 @@ def member_settings(endpoint: str, url: str) -> Any:
 
 async def test_refused_while_a_member_holds_shards_and_forced_seek_is_not_overwritten(
         moto_endpoint: str, store: Store, bucket: str) -> None:
-    """While member m1 holds the shards, the seek exits 2 with one line naming m1. With ``--force`` it
+    """While member m1 holds the shards, the seek exits 2 with one line naming m1 (a dry run shows the
+    holder of each shard and that the seek would be refused). With ``--force`` it
     is written and a warning says what happens to m1: m1's next commit of each shard meets the seek's
     fence, m1 gives the shard up, and once it takes the shard again it resumes from the seek: every
     message is delivered again, so the running member did not overwrite the seek."""
@@ -211,6 +212,10 @@ async def test_refused_while_a_member_holds_shards_and_forced_seek_is_not_overwr
         await wait_until(lambda: len(member.shards) == 2, what="m1 holding both shards")
         refused = await cli(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest")
         assert_one_line_error(refused, "m1", "--force")
+        preview = await ok(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest",
+                           "--dry-run")
+        assert preview.text.count("held by m1") == 2, preview.text
+        assert "refused" in preview.stderr, preview.stderr
 
         forced = await ok(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest", "--force")
         assert "warning" in forced.stderr, forced.stderr

@@ -190,6 +190,7 @@ def test_compare_counts_replays_and_skips() -> None:
     ("2026-05-29T12:40:00+02:00", 1_780_051_200_000),
     ("2026-05-29T10:40:00.250z", 1_780_051_200_250),
     ("2026-05-29 10:40Z", 1_780_051_200_000),
+    ("2026-05-29T10:40:00.123999Z", 1_780_051_200_123),  # rounded down: a later message is never skipped
 ])
 def test_to_accepts_times_with_a_timezone(text: str, at_ms: int) -> None:
     """An ISO 8601 time with ``Z`` or an offset (seconds and fractions optional) is a time target."""
