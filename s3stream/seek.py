@@ -34,6 +34,7 @@ from s3stream.group import group_prefix
 from s3stream.groupcli import read_leases, read_members
 from s3stream.logcursor import LogCheckpoint
 from s3stream.message import Entry
+from s3stream.poller import list_page
 from s3stream.seekpos import (
     Change,
     Position,
@@ -192,10 +193,21 @@ async def _has_group_objects(store: Store, bucket: str, group: str) -> bool:
     return bool(page.entries)
 
 
-async def listing(store: Store, topic: Topic, prefix: str) -> list[Entry]:
-    """Every message (version or log object) stored under the shard now."""
+async def listing(store: Store, topic: Topic, prefix: str, *, objects: bool = False) -> list[Entry]:
+    """Every message (version or log object) stored under the shard now; with ``objects`` (a plain
+    prefix in a bucket without versioning), its current objects named as the consumer names them."""
     control = CONTROL_PREFIX + "/"
-    return [e async for e in shard_entries(store, topic, prefix) if not e.key.startswith(control)]
+    if not objects:
+        return [e async for e in shard_entries(store, topic, prefix) if not e.key.startswith(control)]
+    entries: list[Entry] = []
+    marker: str | None = None
+    while True:
+        page = await list_page(store, topic.bucket, prefix, objects=True, key_marker=marker,
+                               version_marker=None, max_keys=1000)
+        entries += [e for e in page.entries if not e.key.startswith(control)]
+        if not page.truncated:
+            return entries
+        marker = page.next_key_marker
 
 
 def new_position(plan: SeekPlan, shard: ShardSeek, target: Target, listed: list[Entry],
@@ -222,8 +234,11 @@ async def plan_seek(store: Store, plan: SeekPlan, target: Target, *, settle_wind
     ``settle_window`` is the group's (``[consumer] settle_window``)."""
     plan.target = target
     loaded = load_positions(target.path, plan.topic) if target.path is not None else None
+    topic = plan.topic
+    objects = (topic.layout == "versions" and topic.plain
+               and await store.versioning_status(topic.bucket) != "Enabled")
     for shard in plan.shards:
-        listed = await listing(store, plan.topic, shard.prefix)
+        listed = await listing(store, topic, shard.prefix, objects=objects)
         shard.new = new_position(plan, shard, target, listed, loaded, round(settle_window * 1000))
         if shard.new is not None:
             shard.change = compare(shard.prefix, plan.topic.layout, shard.current, shard.new, listed)

@@ -272,6 +272,25 @@ async def test_plain_prefix_without_topic_metadata(moto_endpoint: str, store: St
     assert sorted(await consume(moto_endpoint, url, expect=3, cover_ms=cover)) == sorted(written)
 
 
+async def test_latest_in_a_bucket_without_versioning(moto_endpoint: str, store: Store) -> None:
+    """In a bucket without versioning (current objects, an overwrite is a new message) ``--to latest``
+    counts every stored object as handled, as the consumer names them: the next run delivers only an
+    object written after the seek."""
+    bucket = new_bucket_name("plainobj")
+    await store.create_bucket(bucket, versioning=False)
+    for i in range(3):
+        await store.put_object(bucket, f"plain/k{i}", b"x")
+    url = f"s3://{bucket}/plain"
+    cover = await newest_ms(store, bucket, False, "plain/") + 1000
+    assert len(await consume(moto_endpoint, url, expect=3, cover_ms=cover)) == 3
+    await ok(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "earliest")
+    latest = await ok(moto_endpoint, "group", "seek", url, "--group", "g", "--to", "latest")
+    assert latest.text.splitlines()[-1] == "total: replay 0, skip 3, deliver 0", latest.text
+    await store.put_object(bucket, "plain/k1", b"again")
+    cover = await newest_ms(store, bucket, False, "plain/") + 1000
+    assert [key for key, _ in await consume(moto_endpoint, url, expect=1, cover_ms=cover)] == ["plain/k1"]
+
+
 async def test_unknown_topic_group_and_bad_times_are_one_line_errors(
         moto_endpoint: str, store: Store, bucket: str) -> None:
     """An empty prefix without topic metadata, a group with nothing in the bucket, a missing bucket, and
