@@ -75,7 +75,7 @@ class GroupView:
 
 @main.group("group")
 def group_cli() -> None:
-    """Inspect consumer groups (members sharing a topic by leases)."""
+    """Inspect consumer groups (members sharing a topic by leases) and move their positions."""
 
 
 @group_cli.command("describe")
@@ -266,3 +266,6 @@ def to_json(view: GroupView) -> dict[str, Any]:
         "unconsumed": sum(s.groups[view.group].unconsumed for s in view.stats),
         "lag_s": max((s.lag_ms(view.group) for s in view.stats), default=0) / 1000,
     }
+
+
+from s3stream import seekcli as _seekcli  # noqa: E402, F401  (registers `group seek` and `group export`)
