@@ -30,12 +30,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.metrics_core import Metric
 
+from s3stream._version import __version__
 from s3stream.errors import BodyTooLarge
 
 if TYPE_CHECKING:
     from s3stream.shard import Shard
 
-VERSION = "0.1.0"  # kept equal to s3stream.__version__ (a test checks)
+VERSION = __version__
 SHARD_LABELS = ("topic", "bucket", "shard", "group")
 _LATENCY = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 

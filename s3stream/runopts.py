@@ -79,7 +79,7 @@ class StatusLine:
         now, total = time.monotonic(), self._consumed()
         rate = (total - self.last_total) / max(now - self.last_time, 1e-9)
         self.last_total, self.last_time = total, now
-        backlog = int(sum(_samples(metrics.LAG_ITEMS)))
+        backlog = int(sum(_samples(metrics.LAG_MESSAGES)))
         lag = max(_samples(metrics.LAG_SECONDS), default=0.0)
         return (f"status: {rate:.1f} msg/s, {int(total - self.base)} handled, backlog {backlog}, "
                 f"lag {lag:.1f}s, dead letters {int(self._dead() - self.base_dead)}")
