@@ -236,7 +236,7 @@ def dev_server(port: int) -> None:
 
 @main.command()
 def demo() -> None:
-    """Seed 000 end to end on an embedded S3: publish, consume, update live, stop cleanly."""
+    """The AWS CLI walkthrough end to end on an embedded S3: publish, consume, update live, stop cleanly."""
     from s3stream.demo import run_demo
 
     run_async(run_demo)

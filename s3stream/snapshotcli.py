@@ -35,7 +35,7 @@ VERSION_HEADER = "X-S3Stream-Version-Id"
 
 @main.group("snapshot")
 def snapshot_group() -> None:
-    """Follow a key-value file in S3 (seed 002): serve its latest valid version, roll it back."""
+    """Follow a key-value file in S3: serve its latest valid version, roll it back."""
 
 
 @snapshot_group.command("serve")
@@ -221,7 +221,7 @@ async def rollback(settings: Settings, url: str, version_id: str, *, parser: str
 @s3_options
 def bucket_lifecycle(name: str, noncurrent_days: int, prefix: str, endpoint_url: str | None,
                      config: str | None) -> None:
-    """Expire noncurrent versions in bucket NAME after D days (seed 002's rule); other rules are kept."""
+    """Expire noncurrent versions in bucket NAME after D days; other rules are kept."""
     run_async(lambda: set_lifecycle(command_settings(config, endpoint_url), name, noncurrent_days, prefix))
 
 
