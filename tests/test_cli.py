@@ -29,6 +29,8 @@ def child_env() -> dict[str, str]:
     """The environment of a CLI child: test credentials, no inherited AWS or s3stream settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3STREAM_"))}
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    root = str(Path(__file__).resolve().parents[1])  # the tests' handler modules import as tests.*
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 
 

@@ -191,7 +191,7 @@ async def test_text_table_and_a_missing_feature(store: Store, moto_endpoint: str
 
 def test_setup_errors_are_one_line_and_exit_2(moto_endpoint: str, seaweedfs_url: str) -> None:
     """A bad URL, a missing bucket, credentials the store refuses (SeaweedFS checks them) and an
-    endpoint that refuses connections each exit 2 with one line."""
+    endpoint that refuses connections each give one line: exit 2, and 3 for the unreachable one."""
     bad = doctor(moto_endpoint, "http://bucket/prefix")
     assert bad.returncode == 2
     assert_one_line(bad.stderr, "expected s3://BUCKET/PREFIX")
@@ -202,7 +202,7 @@ def test_setup_errors_are_one_line_and_exit_2(moto_endpoint: str, seaweedfs_url:
     assert denied.returncode == 2
     assert_one_line(denied.stderr, "was denied", "credentials")
     unreachable = doctor("http://127.0.0.1:9", "s3://bucket/t")
-    assert unreachable.returncode == 2
+    assert unreachable.returncode == 3  # the exit status of an unreachable endpoint
     assert_one_line(unreachable.stderr, "cannot reach the S3 endpoint")
 
 
