@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import base64
 import errno
-import importlib
 import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
+from s3stream import plugins
 from s3stream.errors import HandlerError, OutputClosed
 from s3stream.message import Message
 
@@ -59,23 +58,7 @@ async def _nothing() -> None:
 
 def resolve(spec: str) -> Any:
     """The object a spec names: ``module:attr`` or an ``s3stream.handlers`` entry point."""
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            target: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                target = getattr(target, part)
-        except Exception as exc:  # ImportError, but also ValueError/TypeError/SyntaxError from the module
-            raise HandlerError(f"handler {spec!r} cannot be loaded: {exc}") from None
-        return target
-    found = entry_points(group="s3stream.handlers", name=spec)
-    if not found:
-        known = sorted(ep.name for ep in entry_points(group="s3stream.handlers"))
-        raise HandlerError(f"unknown handler {spec!r}; known: {', '.join(known)}, or use module:attr")
-    try:
-        return next(iter(found)).load()
-    except Exception as exc:
-        raise HandlerError(f"handler {spec!r} failed to load: {exc}") from None
+    return plugins.load("handler", spec, "s3stream.handlers", error=HandlerError)
 
 
 FACTORY_MARK = "__s3stream_handler_factory__"

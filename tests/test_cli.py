@@ -34,6 +34,15 @@ def child_env() -> dict[str, str]:
     return env
 
 
+async def sigterm_and_wait(proc: asyncio.subprocess.Process) -> int:
+    """Stop a CLI child with SIGTERM and return its exit code (a child that already exited: its code,
+    so the test's assertion on it shows the child's own failure)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(TIMEOUT):
+        return await proc.wait()
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``s3stream ARGS`` to completion, capturing its output as text."""
     return subprocess.run(cli_command(*args), env=child_env(), cwd=cwd, capture_output=True, text=True,
@@ -186,9 +195,7 @@ async def test_consume_jsonl_handler_delivers_and_stops_on_sigterm(
         await put("topic/b", "b2")
         await put("topic/c", "c1")
         await wait_until(lambda: len(read_jsonl(out)) >= 6, TIMEOUT, "live writes")
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(TIMEOUT):
-            code = await proc.wait()
+        code = await sigterm_and_wait(proc)
     finally:
         if proc.returncode is None:
             proc.kill()

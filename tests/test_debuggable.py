@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import logging
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from s3stream.deadletter import TRACEBACK_LIMIT, DeadLetter, format_traceback
 from s3stream.message import Message
 from s3stream.store import Store
 from tests.conftest import cli_command, make_settings, running, wait_until
-from tests.test_cli import child_env, run_cli, write_config
+from tests.test_cli import child_env, run_cli, sigterm_and_wait, write_config
 from tests.test_faults import dead_letters
 
 TIMEOUT = 30.0
@@ -63,9 +62,7 @@ async def test_failing_handler_dead_letter_and_log_lines_carry_the_traceback(
 
     try:
         await wait_until(lettered, TIMEOUT, "dead letter")
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(TIMEOUT):
-            code = await proc.wait()
+        code = await sigterm_and_wait(proc)
     finally:
         if proc.returncode is None:
             proc.kill()

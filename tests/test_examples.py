@@ -1,4 +1,4 @@
-"""``examples/seed-000.sh``: seed 000's walkthrough with s3stream commands, run for real.
+"""``examples/aws-cli-walkthrough.sh``: seed 000's walkthrough with s3stream commands, run for real.
 
 Against the session's moto server it must show the seed's states (the latest id-1 is value 002, its
 history 001 then 002, the interleaved updates consumed in per-key order, a resumed group sees only
@@ -26,7 +26,7 @@ from s3stream.store import Store
 from tests.conftest import new_bucket_name
 from tests.test_cli import child_env
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "seed-000.sh"
+SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "aws-cli-walkthrough.sh"
 TIMEOUT = 90.0
 
 

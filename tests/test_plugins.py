@@ -12,7 +12,6 @@ import asyncio
 import importlib.metadata
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from s3stream.store import Store
 from s3stream.topics import CONTROL_PREFIX, create_topic
 from tests import handler_plugins
 from tests.conftest import Recorder, cli_command, running, wait_until
+from tests.test_cli import sigterm_and_wait
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0
@@ -240,9 +240,7 @@ async def test_codec_plugin_through_the_cli(fake_plugin: Path, store: Store, buc
     try:
         await wait_until(lambda: (out.exists() and out.read_bytes().endswith(b"\n"))
                          or proc.returncode is not None, TIMEOUT, "the decoded line")
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(TIMEOUT):
-            code = await proc.wait()
+        code = await sigterm_and_wait(proc)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 000, "An Amazon S3 Bucket is a Message Broker", step by step with s3stream instead of the AWS CLI:
+# The AWS CLI walkthrough "An Amazon S3 Bucket is a Message Broker", step by step with s3stream instead of the AWS CLI:
 # create a versioned bucket and a topic, publish, read the history and the latest state of a key,
 # consume live while updates are written, resume from the group's checkpoint, decommission.
 #
@@ -28,7 +28,7 @@ trap 'exit 130' INT TERM
 
 s3s() { "$S3STREAM" "$@"; }  # (background jobs call "$S3STREAM" directly: $! must be its pid)
 step() { printf '\n## %s\n' "$*"; }
-fail() { echo "seed-000.sh: $*" >&2; exit 1; }
+fail() { echo "aws-cli-walkthrough.sh: $*" >&2; exit 1; }
 
 # wait_for FILE PID TEST...: until `TEST FILE` holds; fails after 30 s or if PID exits first.
 wait_for() {
