@@ -256,8 +256,8 @@ def plot(series: list[Series], path: Path, title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from s3stream import logs
-    from s3stream.devserver import start_moto
+    from s3stream.cli.devserver import start_moto
+    from s3stream.service import logs
 
     logs.configure("warning")  # s3stream's own logs: warnings and errors only, on stderr
     runner, loop_name = event_loop_runner()

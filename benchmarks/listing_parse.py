@@ -1,4 +1,4 @@
-"""What parsing one listed version costs: botocore's parser against s3stream's (``s3stream.s3xml``).
+"""What parsing one listed version costs: botocore's parser against s3stream's (``s3stream.s3.s3xml``).
 
 A pass lists every version under a shard, so at thousands of messages a second the listing parse
 is the next limit after the GET itself. This times, on the same 1,000-version ListVersionsResult
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import botocore.session
 from botocore.parsers import create_parser
 
-from s3stream.s3xml import parse_version_page
+from s3stream.s3.s3xml import parse_version_page
 
 VERSION = (
     "<Version><Key>orders/0a/customer-{i:06d}</Key><VersionId>3HL4kqtJlcpXroDTDmjVBH40Nrjfkd{i:06d}"
@@ -65,7 +65,7 @@ def main() -> None:
     opts = args.parse_args()
     body = document(opts.versions)
     parsers = {"botocore (aiobotocore path)": botocore_parse(),
-               "s3stream.s3xml (lean path)": lambda b: parse_version_page(b, 0)}
+               "s3stream.s3.s3xml (lean path)": lambda b: parse_version_page(b, 0)}
     times: dict[str, list[float]] = {name: [] for name in parsers}
     for _ in range(opts.runs):
         for name, parse in parsers.items():

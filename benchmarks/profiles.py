@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bucket as bench
+from benchmarks import scenarios as sc
 from benchmarks.suite import (
     EmuMeter,
     Suite,
@@ -27,9 +29,7 @@ from benchmarks.suite import (
     target_of,
     usage_extra,
 )
-from s3stream import bench
-from s3stream import benchscenarios as sc
-from s3stream.topics import Layout
+from s3stream.layouts.topics import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 DIRECTORY_BUCKET = "bench--use1-az4--x-s3"
@@ -195,7 +195,8 @@ def idle_once(suite: Suite, emu: Any, target: sc.Target) -> None:
 
 def rss_child(emu: Any, backlog: sc.Backlog, time_limit: float) -> tuple[float, dict[str, Any]]:
     """Consume ``backlog`` in a child process of its own; its peak RSS as it reports it (``VmHWM``)."""
-    argv = [sys.executable, "-m", "s3stream.bench", "rss", "--endpoint", emu.url, "--bucket", backlog.bucket,
+    argv = [sys.executable, "-m", "benchmarks.bucket", "rss", "--endpoint", emu.url, "--bucket",
+    backlog.bucket,
             "--topic", backlog.topic, "--layout", backlog.layout, "--messages", str(backlog.messages),
             "--objects", str(backlog.objects), "--time-limit", str(time_limit)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=time_limit + 120, cwd=ROOT,

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bucket import request_cost  # noqa: E402
 from benchmarks.figures import CONSUMERS, PROFILES, extras, med, ok, values  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
-from s3stream.bench import request_cost  # noqa: E402
 
 TIMES = "\u00d7"
 LAYOUT = {"zero": "versions", "express": "log, directory bucket", "standard": "versions"}
@@ -392,7 +392,7 @@ def cost_section(r: dict[str, Any]) -> str:
     return (
         "## S3 requests per million messages\n\nCounted by the emulator per operation during the produce "
         "and consume runs (checkpoints, listings and start-up included; the run with the median count), "
-        "scaled to 1,000,000 messages, priced at the public request prices in `s3stream/bench.py` "
+        "scaled to 1,000,000 messages, priced at the public request prices in `benchmarks/bucket.py` "
         "(S3 Standard: PUT/COPY/POST/LIST $0.005 and GET $0.0004 per 1,000; S3 Express One Zone: $0.00113 "
         "and $0.00003; us-east-1).\n\n"
         + table(
@@ -469,7 +469,7 @@ def rss_section(r: dict[str, Any]) -> str:
             )
     return (
         "## Peak memory while consuming a backlog\n\nThe consumer runs alone in a child process "
-        "(`python -m s3stream.bench rss`) with default settings; its peak RSS is the `VmHWM` of its "
+        "(`python -m benchmarks.bucket rss`) with default settings; its peak RSS is the `VmHWM` of its "
         "own address space (`ru_maxrss` is not used: Linux carries it over `exec`, so a child reports "
         "at least its parent's size).\n\n"
         + table(["backlog", "messages", "objects", "peak RSS", "msg/s"], rows)
@@ -519,7 +519,7 @@ def notes_section(r: dict[str, Any]) -> str:
     lines = [
         "## Notes",
         "",
-        "- **Emulator.** `s3stream.emulator`: an in-memory S3 in its own process, keep-alive HTTP on "
+        "- **Emulator.** `benchmarks.emulator`: an in-memory S3 in its own process, keep-alive HTTP on "
         "127.0.0.1. Profiles: `zero` (no added latency), `express` (about 5 ms per request; `*--x-s3` "
         "buckets have directory-bucket semantics: no versioning, unordered listings, CreateSession), "
         "`standard` (about 25 ms to first byte; per-prefix 3,500 PUT/s and 5,500 GET/s, 503 SlowDown "

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/run.py --quick         # smaller counts, about 3 minutes
     .venv/bin/python benchmarks/run.py --runs 5 --out /tmp/results --profile /tmp/bench_profile.txt
 
-For each emulator profile (zero, express, standard; see ``s3stream/emulator/``) it seeds backlogs and
+For each emulator profile (zero, express, standard; see ``benchmarks/emulator/``) it seeds backlogs and
 runs every scenario ``--runs`` times, alternating s3stream with the baselines on the same data, and
 records the emulator's CPU seconds during each measurement. It writes ``<out>/<YYYY-MM-DD>.md`` (tables
 of medians and min-max; comparisons as ratios of runs made side by side), ``<date>.png`` and
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from s3stream import logs
+    from s3stream.service import logs
 
     logs.configure("warning")
     suite = Suite(args, SIZES[args.sizes])

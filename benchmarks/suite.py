@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks import baselines
-from s3stream import benchscenarios as sc
-from s3stream.store import open_store
-from s3stream.topics import is_directory_bucket
+from benchmarks import scenarios as sc
+from s3stream.layouts.topics import is_directory_bucket
+from s3stream.s3.store import open_store
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def usage_extra(usage: sc.Usage, seconds: float) -> dict[str, Any]:
 
 
 def emulator(profile: str, **options: Any) -> AbstractContextManager[Any]:
-    from s3stream.emulator import run_emulator
+    from benchmarks.emulator import run_emulator
 
     return run_emulator(profile, **options)  # type: ignore[no-any-return]
 

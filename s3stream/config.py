@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from s3stream.codecs import Compression, Framing
 from s3stream.errors import ConfigError
+from s3stream.integrations.codecs import Compression, Framing
 from s3stream.plugins import check_codec
 
 
@@ -274,7 +274,7 @@ class SnapshotSettings(_Model):
 
 class TracingSettings(_Model):
     """``[tracing]``: OpenTelemetry spans per consumed message and trace context carried from producers
-    (see :mod:`s3stream.tracing`). Needs the ``otel`` extra; the application sets up the SDK."""
+    (see :mod:`s3stream.service.tracing`). Needs the ``otel`` extra; the application sets up the SDK."""
 
     enabled: bool = Field(default=False, description="Trace messages with the OpenTelemetry API.")
 
@@ -282,7 +282,7 @@ class TracingSettings(_Model):
     @classmethod
     def _api_installed(cls, value: bool) -> bool:
         if value:
-            from s3stream.tracing import require_api
+            from s3stream.service.tracing import require_api
 
             require_api()
         return value

@@ -1,6 +1,6 @@
 """Every error s3stream raises, in one place.
 
-botocore and aiohttp errors never leave :mod:`s3stream.store`; they are translated there into this
+botocore and aiohttp errors never leave :mod:`s3stream.s3.store`; they are translated there into this
 hierarchy, so the rest of the code (and users) catch s3stream's own types::
 
     S3StreamError

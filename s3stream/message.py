@@ -71,3 +71,9 @@ def ms_to_datetime(ms: int) -> datetime:
 def datetime_to_ms(value: datetime) -> int:
     """An aware datetime to epoch milliseconds."""
     return int(value.timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC (``2026-11-23T14:46:00Z``, milliseconds when there are some)."""
+    spec = "milliseconds" if ms % 1000 else "seconds"
+    return ms_to_datetime(ms).isoformat(timespec=spec).replace("+00:00", "Z")

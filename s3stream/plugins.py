@@ -98,7 +98,7 @@ def load(kind: str, spec: str, group: str, builtin: Iterable[str] = (),
 def load_codec(spec: str) -> Codec:
     """The :class:`Codec` a name that is not built in stands for (an instance; a class is instantiated
     without arguments), or ConfigError."""
-    from s3stream.codecs import BUILTIN_CODECS
+    from s3stream.integrations.codecs import BUILTIN_CODECS
 
     target = load("codec", spec, CODECS_GROUP, BUILTIN_CODECS)
     if inspect.isclass(target):
@@ -114,7 +114,7 @@ def load_codec(spec: str) -> Codec:
 
 def check_codec(name: str) -> str:
     """A setting's validator: ``name`` if it can name a codec (ValueError listing them otherwise)."""
-    from s3stream.codecs import BUILTIN_CODECS
+    from s3stream.integrations.codecs import BUILTIN_CODECS
 
     if not is_known(name, CODECS_GROUP, BUILTIN_CODECS):
         raise ValueError(unknown("codec", name, CODECS_GROUP, BUILTIN_CODECS))

@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
+from s3stream.cli.devserver import start_moto
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
-from s3stream.devserver import start_moto
 from s3stream.message import Message
-from s3stream.store import Store, open_store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store, open_store
 from tests.seaweed import start_seaweedfs
 
 os.environ.update(

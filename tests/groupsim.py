@@ -1,8 +1,9 @@
 """A simulated consumer group for the model-based tests: real memberships and fences over
 :mod:`tests.memstore`, on one event loop and a virtual clock.
 
-A :class:`Process` is one run of a member: a real :class:`~s3stream.group.Membership` and real
-:class:`~s3stream.checkpoint.S3CheckpointStore` fences, wired the way :mod:`s3stream.consumer` wires
+A :class:`Process` is one run of a member: a real :class:`~s3stream.groups.membership.Membership` and real
+:class:`~s3stream.pipeline.checkpoint.S3CheckpointStore` fences, wired the way
+:mod:`s3stream.pipeline.consumer` wires
 them (take = fence then open, give up = commit then close, lost = close, a commit's conflict forfeits),
 its requests going through a network that may delay them, lose their answers or time them out. A
 :class:`Cluster` holds the processes, the store and the clock, runs the loop until nothing can go on,
@@ -31,11 +32,11 @@ from typing import Any
 
 import orjson
 
-from s3stream.checkpoint import S3CheckpointStore
-from s3stream.cursor import Checkpoint
 from s3stream.errors import CheckpointConflict, EndpointUnreachable, RetriableError
-from s3stream.group import Candidate, Membership, lease_key
-from s3stream.lease import Tenure, fair_share
+from s3stream.groups.lease import Tenure, fair_share
+from s3stream.groups.membership import Candidate, Membership, lease_key
+from s3stream.layouts.cursor import Checkpoint
+from s3stream.pipeline.checkpoint import S3CheckpointStore
 from tests.memstore import MemStore, Request, Stored
 
 BUCKET, GROUP, CONTROL = "stream", "workers", "_s3stream/checkpoints"
@@ -74,7 +75,7 @@ class Parked:
 
 class Process:
     """One run of a member: a Membership over the shared store, the shards it opened (as
-    s3stream.consumer opens, gives up and drops them) and the TaskGroup its work runs in."""
+    s3stream.pipeline.consumer opens, gives up and drops them) and the TaskGroup its work runs in."""
 
     def __init__(self, model: Cluster, member: str, offset: float) -> None:
         self.model, self.member, self.offset = model, member, offset

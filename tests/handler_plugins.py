@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from s3stream.handlers import handler_factory
 from s3stream.message import Message
+from s3stream.pipeline.handlers import handler_factory
 
 received: list[Message] = []
 

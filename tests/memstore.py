@@ -1,6 +1,6 @@
 """An object store in memory with S3's conditional writes, for the model-based tests.
 
-:class:`MemStore` implements :class:`s3stream.checkpoint.ConditionalStore` the way S3 answers it:
+:class:`MemStore` implements :class:`s3stream.pipeline.checkpoint.ConditionalStore` the way S3 answers it:
 
 * the ETag of an object is the MD5 of its body, so two identical bodies have one ETag (what made a
   renewal that rewrote the same body indistinguishable from no renewal at all);
@@ -28,7 +28,7 @@ from typing import Any
 
 from s3stream.errors import NotFound, PreconditionFailed
 from s3stream.message import Entry
-from s3stream.store import StoredObject
+from s3stream.s3.store import StoredObject
 
 
 @dataclass(frozen=True, slots=True)

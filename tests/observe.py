@@ -17,11 +17,11 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
 from s3stream.message import Message
-from s3stream.producer import Producer
-from s3stream.store import Store
-from s3stream.topics import create_topic
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import wait_until
 from tests.s3proxy import Rule, S3Error, S3Proxy
 

@@ -22,7 +22,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks import baselines  # noqa: E402
-from s3stream.store import Store  # noqa: E402
+from s3stream.s3.store import Store  # noqa: E402
 from tests.conftest import put_versions  # noqa: E402
 
 PREFIX = "topic/"

@@ -1,7 +1,7 @@
-"""The benchmark suite (benchmarks/run.py), ``s3stream bench`` and the arithmetic they report.
+"""The benchmark suite (benchmarks/run.py), ``python -m benchmarks.bucket`` and the arithmetic they report.
 
 The suite test runs the real ``benchmarks/run.py`` with tiny counts against the S3 emulator in a temporary
-folder; the ``s3stream bench`` test runs the real command against the session's moto server.
+folder; the ``python -m benchmarks.bucket`` test runs the real command against the session's moto server.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from s3stream import bench, segments
-from s3stream import benchscenarios as sc
-from s3stream.cli import main as cli_main
-from s3stream.store import open_store
-from s3stream.topics import Topic, parse_log_key
+from benchmarks import bucket as bench
+from benchmarks import scenarios as sc
+from benchmarks.emulator import run_emulator
+from s3stream.layouts import segments
+from s3stream.layouts.topics import Topic, parse_log_key
+from s3stream.s3.store import open_store
 from tests.conftest import new_bucket_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,8 +76,8 @@ def test_percentile_and_table() -> None:
 
 
 def test_cli_choices_are_the_bench_scenarios() -> None:
-    """``s3stream bench --scenario`` offers exactly the scenarios s3stream.bench runs."""
-    command = cli_main.commands["bench"]
+    """``python -m benchmarks.bucket --scenario`` offers exactly the scenarios benchmarks.bucket runs."""
+    command = bench.bench_command
     option = next(p for p in command.params if p.name == "scenarios")
     assert tuple(option.type.choices) == bench.SCENARIOS  # type: ignore[attr-defined]
 
@@ -93,7 +94,8 @@ def _everything(s3: object, bucket: str) -> list[tuple[str, str]]:
 
 
 def test_bench_command_prints_the_table_and_cleans_up(moto_endpoint: str) -> None:
-    """``s3stream bench --bucket B --endpoint-url URL --messages 5`` runs produce, consume, segments and
+    """``python -m benchmarks.bucket --bucket B --endpoint-url URL --messages 5`` runs produce, consume,
+    segments and
     latency on a versioned bucket, prints one table row each, and afterwards the bucket holds exactly
     what it held before: every version, marker, topic and checkpoint it wrote is gone."""
     s3 = _boto3(moto_endpoint)
@@ -104,7 +106,7 @@ def test_bench_command_prints_the_table_and_cleans_up(moto_endpoint: str) -> Non
     s3.put_object(Bucket=bucket, Key="mine/keep.txt", Body=b"not the benchmark's")  # type: ignore[attr-defined]
     before = _everything(s3, bucket)
     done = subprocess.run(
-        [sys.executable, "-m", "s3stream", "bench", "--bucket", bucket, "--endpoint-url", moto_endpoint,
+        [sys.executable, "-m", "benchmarks.bucket", "--bucket", bucket, "--endpoint-url", moto_endpoint,
          "--messages", "5"],
         capture_output=True, text=True, timeout=240, cwd=ROOT, env={**os.environ, "AWS_ENDPOINT_URL": ""},
     )
@@ -133,12 +135,11 @@ def test_bench_command_on_a_directory_bucket_uses_the_log_layout() -> None:
     """On an S3 Express directory bucket (the emulator's express profile: no versioning, shuffled
     listings, CreateSession) every scenario runs on log-layout topics, costs are at S3 Express prices,
     and afterwards only the object that was there before is left."""
-    emulator = pytest.importorskip("s3stream.emulator", reason="the S3 emulator is not in this tree yet")
     bucket = "bench--use1-az4--x-s3"
-    with emulator.run_emulator("express") as emu:
+    with run_emulator("express") as emu:
         asyncio.run(_directory_bucket_with(emu.url, bucket, "mine/keep.txt"))
         done = subprocess.run(
-            [sys.executable, "-m", "s3stream", "bench", "--bucket", bucket, "--endpoint-url", emu.url,
+            [sys.executable, "-m", "benchmarks.bucket", "--bucket", bucket, "--endpoint-url", emu.url,
              "--messages", "5", "--scenario", "produce", "--scenario", "consume", "--scenario", "segments"],
             capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "AWS_ENDPOINT_URL": ""},
         )
@@ -153,7 +154,7 @@ def test_bench_command_on_a_directory_bucket_uses_the_log_layout() -> None:
 def test_bench_command_on_a_missing_bucket_is_one_line(moto_endpoint: str) -> None:
     """A bucket that does not exist is a setup error: one ``s3stream: error:`` line, exit code 2."""
     done = subprocess.run(
-        [sys.executable, "-m", "s3stream", "bench", "--bucket", new_bucket_name("none"),
+        [sys.executable, "-m", "benchmarks.bucket", "--bucket", new_bucket_name("none"),
          "--endpoint-url", moto_endpoint, "--messages", "1"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
@@ -165,7 +166,7 @@ def test_bench_command_on_a_missing_bucket_is_one_line(moto_endpoint: str) -> No
 def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     """``benchmarks/run.py`` with tiny counts runs every scenario against the emulator, each once, with no
     failed measurement, and writes <date>.md with every section, a PNG and the raw figures as JSON."""
-    pytest.importorskip("s3stream.emulator", reason="the S3 emulator is not in this tree yet")
+    pytest.importorskip("benchmarks.emulator", reason="the S3 emulator is not in this tree yet")
     pytest.importorskip("matplotlib")
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--sizes", "tiny", "--runs", "1",

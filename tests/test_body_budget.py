@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from s3stream.budget import ByteBudget
-from s3stream.consumer import Consumer
 from s3stream.message import Message
-from s3stream.store import Store
+from s3stream.pipeline.budget import ByteBudget
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import make_settings, running, wait_until
 
 MIB = 1 << 20

@@ -21,14 +21,15 @@ import orjson
 import pytest
 from aiohttp import web
 
-from s3stream.bridge import SqsBridge, dedup_id, sqs_handler
-from s3stream.bridgecli import bridge_settings, default_group, run_bridge
+from s3stream.cli.bridge import bridge_settings, default_group, run_bridge
 from s3stream.config import S3Settings, Settings, build_settings, load_settings
 from s3stream.errors import HandlerError, PermanentError
-from s3stream.handlers import build_handler
+from s3stream.integrations.bridge import SqsBridge, dedup_id, sqs_handler
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
 from s3stream.message import Message, ms_to_datetime
-from s3stream.producer import Producer
-from s3stream.sqs import (
+from s3stream.pipeline.handlers import build_handler
+from s3stream.s3.sqs import (
     BatchEntriesRefused,
     InMessage,
     OutMessage,
@@ -36,8 +37,7 @@ from s3stream.sqs import (
     QueueNotFound,
     open_sqs,
 )
-from s3stream.store import Store
-from s3stream.topics import create_topic
+from s3stream.s3.store import Store
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.s3proxy import Relayed, Rule, S3Proxy, Transform
 

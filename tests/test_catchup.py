@@ -7,10 +7,10 @@ DESIGN.md promises 4 (order), 5 (checkpoint size grows neither with history nor 
 
 from __future__ import annotations
 
-from s3stream.checkpoint import decode, encode
-from s3stream.cursor import Checkpoint, PassProgress, VersionCursor
+from s3stream.layouts.cursor import Checkpoint, PassProgress, VersionCursor
 from s3stream.message import Entry
-from s3stream.versionorder import KeyRun, ListingOrder, oldest_first
+from s3stream.pipeline.checkpoint import decode, encode
+from s3stream.s3.versionorder import KeyRun, ListingOrder, oldest_first
 
 SECOND = 1000
 HORIZON = 10**9

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import boto3
 
-from s3stream.store import Store
-from s3stream.topics import create_topic
+from s3stream.layouts.topics import create_topic
+from s3stream.s3.store import Store
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.s3proxy import Rule, S3Error, S3Proxy
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
+from s3stream.cli.progress import Progress
 from s3stream.config import S3Settings
-from s3stream.progress import Progress
-from s3stream.sqs import open_sqs
-from s3stream.store import Store
-from s3stream.topics import create_topic
+from s3stream.layouts.topics import create_topic
+from s3stream.s3.sqs import open_sqs
+from s3stream.s3.store import Store
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.s3proxy import Rule, S3Error, S3Proxy
 from tests.test_cli import assert_one_line_error, child_env

@@ -11,14 +11,14 @@ import orjson
 import pytest
 import zstandard
 
-from s3stream.codecs import DEFAULT_DECODER, DecodeError, Decoder, EncodeError, Encoder, detect
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
-from s3stream.deadletter import DeadLetter, iter_dead_letters
 from s3stream.errors import ConfigError
-from s3stream.producer import Producer
-from s3stream.store import Store, open_store
-from s3stream.topics import CONTROL_PREFIX, create_topic, parse_log_key
+from s3stream.integrations.codecs import DEFAULT_DECODER, DecodeError, Decoder, EncodeError, Encoder, detect
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import CONTROL_PREFIX, create_topic, parse_log_key
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store, open_store
+from s3stream.service.deadletter import DeadLetter, iter_dead_letters
 from tests.conftest import Recorder, running, wait_until
 
 VALUES: dict[str, list[Any]] = {

@@ -21,17 +21,18 @@ from typing import NamedTuple
 import aiohttp
 import pytest
 
-from s3stream.checkpoint import S3CheckpointStore
+from benchmarks.emulator import run_emulator
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.cursor import Checkpoint
-from s3stream.emulator import run_emulator
 from s3stream.errors import BucketNotFound, EndpointUnreachable
-from s3stream.group import lease_key, member_key
+from s3stream.groups.membership import lease_key, member_key
+from s3stream.layouts.cursor import Checkpoint
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic, load_topic
 from s3stream.message import Message
-from s3stream.producer import Producer
-from s3stream.store import Store, open_store, translate
-from s3stream.topics import create_topic, load_topic
+from s3stream.pipeline.checkpoint import S3CheckpointStore
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store, open_store
+from s3stream.s3.translate import translate
 from tests.conftest import cli_command, make_settings, new_bucket_name, running, wait_until
 from tests.test_cli import assert_one_line_error, child_env, run_cli
 

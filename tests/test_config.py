@@ -352,7 +352,7 @@ def test_service_endpoint_overrides_the_general_one(monkeypatch: pytest.MonkeyPa
 def test_command_line_beats_environment_beats_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A flag (``--metrics-port``, ``--lease-duration``) wins over an ``S3STREAM_…`` variable, which
     wins over the file; file settings the flags do not name are kept."""
-    from s3stream.cli import consume_settings
+    from s3stream.cli.consume import consume_settings
 
     cfg = tmp_path / "c.toml"
     cfg.write_text("[metrics]\nport = 1111\n[consumer]\nconcurrency = 3\n"

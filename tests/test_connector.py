@@ -14,9 +14,9 @@ import orjson
 from aiohttp import web
 
 from s3stream.config import build_settings, load_settings, read_toml
-from s3stream.consumer import Consumer
-from s3stream.producer import Producer
-from s3stream.store import Store, open_store
+from s3stream.layouts.producer import Producer
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store, open_store
 from tests.conftest import Recorder, cli_command, new_bucket_name, running
 from tests.s3proxy import Drop, Rule, S3Proxy
 from tests.test_cli import child_env

@@ -25,7 +25,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from s3stream.store import Store
+from s3stream.s3.store import Store
 from tests.conftest import cli_command, new_bucket_name, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from s3stream.store import Store
+from s3stream.s3.store import Store
 from tests.conftest import cli_command, put_versions, wait_until
 
 

@@ -11,11 +11,11 @@ import re
 import orjson
 import pytest
 
-from s3stream.checkpoint import decode, encode, shard_name
-from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.errors import ConfigError
+from s3stream.layouts.cursor import Checkpoint, VersionCursor
 from s3stream.message import Entry
-from s3stream.versionorder import oldest_first
+from s3stream.pipeline.checkpoint import decode, encode, shard_name
+from s3stream.s3.versionorder import oldest_first
 
 SECOND = 1000
 FAR_AHEAD = 10**13  # a horizon far beyond every LastModified used here

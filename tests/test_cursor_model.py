@@ -20,10 +20,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from s3stream.checkpoint import decode, encode
-from s3stream.cursor import Checkpoint, VersionCursor
+from s3stream.layouts.cursor import Checkpoint, VersionCursor
 from s3stream.message import Entry
-from s3stream.versionorder import oldest_first
+from s3stream.pipeline.checkpoint import decode, encode
+from s3stream.s3.versionorder import oldest_first
 
 SETTLE = 2_000
 KEYS = ["a", "b", "c", "d", "e"]

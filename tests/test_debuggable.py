@@ -19,10 +19,10 @@ import orjson
 import pytest
 import structlog
 
-from s3stream.consumer import Consumer
-from s3stream.deadletter import TRACEBACK_LIMIT, DeadLetter, format_traceback
 from s3stream.message import Message
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
+from s3stream.service.deadletter import TRACEBACK_LIMIT, DeadLetter, format_traceback
 from tests.conftest import cli_command, make_settings, running, wait_until
 from tests.test_cli import child_env, run_cli, sigterm_and_wait, write_config
 from tests.test_faults import dead_letters
@@ -204,7 +204,7 @@ async def test_without_structlog_configured_events_go_to_stdlib_logging(
     assert not structlog.is_configured()
     failed = [r for r in caplog.records if r.getMessage().startswith("handler failed")]
     assert failed, [r.getMessage() for r in caplog.records]
-    assert failed[0].name == "s3stream.workers"
+    assert failed[0].name == "s3stream.pipeline.workers"
     assert failed[0].levelno == logging.WARNING
     assert failed[0].exc_info is not None
     assert failed[0].exc_info[0] is ValueError

@@ -19,8 +19,8 @@ import yaml
 
 from s3stream.cli import main
 from s3stream.config import Settings, build_settings
-from s3stream.handlers import build_handler
-from s3stream.routing import handler_names
+from s3stream.integrations.routing import handler_names
+from s3stream.pipeline.handlers import build_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"

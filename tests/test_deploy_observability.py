@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from s3stream.store import Store
+from s3stream.s3.store import Store
 from tests.observe import run_and_scrape
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,9 +17,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from benchmarks.emulator import run_emulator
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.doctor import (
+from s3stream.message import Entry
+from s3stream.ops.doctor import (
     DELETE_MARKERS,
     FEATURES,
     IF_MATCH,
@@ -33,10 +34,9 @@ from s3stream.doctor import (
     needs,
     verdict,
 )
-from s3stream.doctorprobes import CACHE_KEY, check_markers, check_paging
-from s3stream.emulator import run_emulator
-from s3stream.message import Entry
-from s3stream.store import Store
+from s3stream.ops.doctorprobes import CACHE_KEY, check_markers, check_paging
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, cli_command, new_bucket_name, running
 from tests.s3proxy import Rule, S3Proxy, StripHeaders
 

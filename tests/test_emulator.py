@@ -1,4 +1,4 @@
-"""The in-memory S3 emulator (``s3stream.emulator``) driven over HTTP by real aiobotocore clients.
+"""The in-memory S3 emulator (``benchmarks.emulator``) driven over HTTP by real aiobotocore clients.
 
 Each profile runs as a subprocess started by ``run_emulator`` once per module. Most tests go through
 s3stream's own ``Store``; the zero and express emulators verify every request's SigV4 signature, so
@@ -28,11 +28,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from yarl import URL
 
+from benchmarks.emulator import EmulatorError, EmulatorProcess, run_emulator
+from benchmarks.emulator import _await_ready as await_ready
 from s3stream import errors
 from s3stream.config import build_settings
-from s3stream.emulator import EmulatorError, EmulatorProcess, run_emulator
-from s3stream.emulator import _await_ready as await_ready
-from s3stream.store import Store, open_store
+from s3stream.s3.store import Store, open_store
 from tests.conftest import new_bucket_name
 
 AWKWARD_KEYS = [

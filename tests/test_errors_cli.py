@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from s3stream.errors import HandlerError
-from s3stream.handlers import build_handler, jsonl_handler, stdout_handler, takes_a_message
-from s3stream.store import Store
+from s3stream.pipeline.handlers import build_handler, jsonl_handler, stdout_handler, takes_a_message
+from s3stream.s3.store import Store
 from tests import errors_plugins, handler_plugins
 from tests.conftest import cli_command, new_bucket_name
 from tests.test_cli import assert_one_line_error, child_env, free_port, write_config

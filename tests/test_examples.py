@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from s3stream.errors import BucketNotFound
-from s3stream.store import Store
+from s3stream.s3.store import Store
 from tests.conftest import new_bucket_name
 from tests.test_cli import child_env
 

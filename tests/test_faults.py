@@ -25,11 +25,11 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
 from s3stream.errors import NotFound
+from s3stream.layouts.topics import create_topic, log_key
 from s3stream.message import Message
-from s3stream.store import Store
-from s3stream.topics import create_topic, log_key
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests import conftest
 from tests.conftest import Recorder, cli_command, running, wait_until
 from tests.s3proxy import Delay, Drop, Relayed, Rule, S3Error, S3Proxy, Transform, error_body

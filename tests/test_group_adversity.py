@@ -16,18 +16,18 @@ from typing import Any
 import orjson
 import pytest
 
-from s3stream.checkpoint import S3CheckpointStore
-from s3stream.checkpointer import Checkpointer
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.errors import CheckpointConflict
-from s3stream.group import Candidate, Membership, default_member_id, lease_key, member_key
-from s3stream.handlers import as_handler
+from s3stream.groups.membership import Candidate, Membership, default_member_id, lease_key, member_key
+from s3stream.layouts.cursor import Checkpoint, VersionCursor
+from s3stream.layouts.topics import create_topic
 from s3stream.message import Entry, Message
-from s3stream.shard import Shard
-from s3stream.store import Store, open_store
-from s3stream.topics import create_topic
+from s3stream.pipeline.checkpoint import S3CheckpointStore
+from s3stream.pipeline.checkpointer import Checkpointer
+from s3stream.pipeline.consumer import Consumer
+from s3stream.pipeline.handlers import as_handler
+from s3stream.pipeline.shard import Shard
+from s3stream.s3.store import Store, open_store
 from tests.conftest import wait_until
 from tests.s3proxy import Delay, Rule, S3Proxy
 from tests.test_groups import publish

@@ -33,10 +33,10 @@ import pytest
 
 from s3stream.config import build_settings
 from s3stream.errors import NotFound
-from s3stream.group import group_prefix, member_key
-from s3stream.producer import Producer
-from s3stream.store import Store
-from s3stream.topics import create_topic
+from s3stream.groups.membership import group_prefix, member_key
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
+from s3stream.s3.store import Store
 from tests.chaos import (
     Ack,
     Call,

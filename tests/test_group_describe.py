@@ -1,8 +1,9 @@
 """``s3stream group describe``, run as a subprocess against the real moto server over HTTP.
 
-The group's member records and leases are written directly (as :mod:`s3stream.group` lays them out),
+The group's member records and leases are written directly (as :mod:`s3stream.groups.membership` lays them
+out),
 with moto's clock moved back for the ones that must look expired, and a checkpoint through
-:class:`~s3stream.checkpoint.S3CheckpointStore`; the command must show each member's liveness,
+:class:`~s3stream.pipeline.checkpoint.S3CheckpointStore`; the command must show each member's liveness,
 host, pid and shards, each shard's lease owner and generation, and the group's lag in each shard.
 """
 
@@ -19,11 +20,11 @@ from typing import Any
 import orjson
 import pytest
 
-from s3stream.checkpoint import S3CheckpointStore
-from s3stream.cursor import Checkpoint
-from s3stream.group import lease_key, member_key
-from s3stream.store import Store
-from s3stream.topics import Topic, create_topic
+from s3stream.groups.membership import lease_key, member_key
+from s3stream.layouts.cursor import Checkpoint
+from s3stream.layouts.topics import Topic, create_topic
+from s3stream.pipeline.checkpoint import S3CheckpointStore
+from s3stream.s3.store import Store
 from tests.conftest import new_bucket_name
 from tests.test_cli import assert_one_line_error
 from tests.test_commands import cli, ok

@@ -1,7 +1,8 @@
 """Model-based tests of consumer groups (Hypothesis stateful testing, pure, no server).
 
 :class:`GroupModel` drives the simulated group of :mod:`tests.groupsim` (real
-:class:`~s3stream.group.Membership` objects and :class:`~s3stream.checkpoint.S3CheckpointStore`
+:class:`~s3stream.groups.membership.Membership` objects and
+:class:`~s3stream.pipeline.checkpoint.S3CheckpointStore`
 fences over the in-memory store of :mod:`tests.memstore`, on a virtual clock): members renew,
 rebalance and commit; pause, crash, restart (under a new id or their own) and stop cleanly; time jumps
 to the edges of leases; a member's pass is slow while the others go on; its requests land late, are

@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 
-from s3stream.commands import iso
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.message import Message
-from s3stream.producer import Producer
-from s3stream.store import Store
-from s3stream.topics import create_topic, parse_log_key
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic, parse_log_key
+from s3stream.message import Message, iso
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, make_settings, new_bucket_name, running, wait_until
 from tests.test_cli import assert_one_line_error
 from tests.test_commands import cli, ok

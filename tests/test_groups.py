@@ -23,18 +23,18 @@ from typing import Any
 import orjson
 import pytest
 
-from s3stream.checkpoint import S3CheckpointStore
+from benchmarks.emulator import run_emulator
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.cursor import Checkpoint
-from s3stream.emulator import run_emulator
 from s3stream.errors import CheckpointConflict, ConfigError
-from s3stream.group import Candidate, Membership, group_prefix, lease_key
-from s3stream.lease import LeaseView, Tenure, fair_share, plan
-from s3stream.lease import clock as lease_clock
-from s3stream.producer import Producer
-from s3stream.store import Store, open_store
-from s3stream.topics import create_topic
+from s3stream.groups.lease import LeaseView, Tenure, fair_share, plan
+from s3stream.groups.lease import clock as lease_clock
+from s3stream.groups.membership import Candidate, Membership, group_prefix, lease_key
+from s3stream.layouts.cursor import Checkpoint
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
+from s3stream.pipeline.checkpoint import S3CheckpointStore
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store, open_store
 from tests.conftest import Recorder, cli_command, new_bucket_name, wait_until
 from tests.s3proxy import Delay, Rule, S3Proxy
 

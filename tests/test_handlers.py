@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from s3stream.errors import HandlerError, OutputClosed
-from s3stream.handlers import (
+from s3stream.message import Message, ms_to_datetime
+from s3stream.pipeline.handlers import (
     Handler,
     LineWriter,
     as_handler,
@@ -24,7 +25,6 @@ from s3stream.handlers import (
     resolve,
     stdout_handler,
 )
-from s3stream.message import Message, ms_to_datetime
 from tests import handler_plugins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -335,7 +335,7 @@ def test_stdout_line_is_flushed_before_close() -> None:
     without flushing anything (``os._exit``) still leaves the line on a piped stdout."""
     script = (
         "import asyncio, os\n"
-        "from s3stream.handlers import build_handler\n"
+        "from s3stream.pipeline.handlers import build_handler\n"
         "from s3stream.message import Message, ms_to_datetime\n"
         "m = Message(bucket='b', key='k', version_id='v9', last_modified=ms_to_datetime(0), size=2,\n"
         "            etag='', body=b'hi')\n"

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from benchmarks.emulator import EmulatorProcess, run_emulator
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.emulator import EmulatorProcess, run_emulator
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic, parse_log_key
 from s3stream.message import Message
-from s3stream.producer import Producer
-from s3stream.store import open_store
-from s3stream.topics import create_topic, parse_log_key
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import open_store
 from tests.conftest import Recorder, new_bucket_name, running, wait_until
 
 

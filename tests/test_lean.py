@@ -1,4 +1,4 @@
-"""The lean request path (``s3stream.lean``) against the emulator with signature checking on, and
+"""The lean request path (``s3stream.s3.lean``) against the emulator with signature checking on, and
 against aiobotocore's own answers for the same requests: same objects, same pages, same errors."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from benchmarks.emulator import EmulatorProcess, run_emulator
 from s3stream import errors
 from s3stream.config import build_settings
-from s3stream.emulator import EmulatorProcess, run_emulator
-from s3stream.store import Store, open_store
+from s3stream.s3.store import Store, open_store
 from tests.conftest import new_bucket_name
 
 KEYS = ["lean/sp ace", "lean/plus+sign", "lean/per%cent", "lean/uni-ćø∂é-日本", "lean/eq=als", "lean/a&b?c#d"]

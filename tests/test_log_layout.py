@@ -13,18 +13,18 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 
-from s3stream.checkpoint import MemoryCheckpointStore, decode
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.deadletter import DeadLetter, iter_dead_letters
-from s3stream.handlers import as_handler
-from s3stream.logcursor import LogCheckpoint, LogCursor
-from s3stream.logpoller import LogPoller
-from s3stream.producer import Producer
-from s3stream.shard import Shard
-from s3stream.store import Store, open_store
-from s3stream.topics import CONTROL_PREFIX, MINUTE_MS, create_topic, minute_dir, parse_log_key
-from s3stream.workers import WorkerPool
+from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
+from s3stream.layouts.logpoller import LogPoller
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import CONTROL_PREFIX, MINUTE_MS, create_topic, minute_dir, parse_log_key
+from s3stream.pipeline.checkpoint import MemoryCheckpointStore, decode
+from s3stream.pipeline.consumer import Consumer
+from s3stream.pipeline.handlers import as_handler
+from s3stream.pipeline.shard import Shard
+from s3stream.pipeline.workers import WorkerPool
+from s3stream.s3.store import Store, open_store
+from s3stream.service.deadletter import DeadLetter, iter_dead_letters
 from tests.conftest import Recorder, make_settings, running, wait_until
 from tests.s3proxy import Delay, Relayed, Rule, S3Error, S3Proxy, Transform, directory_bucket_rules
 

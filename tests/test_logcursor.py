@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from s3stream.logcursor import LogCheckpoint, LogCursor, RangeSet
+from s3stream.layouts.logcursor import LogCheckpoint, LogCursor, RangeSet
+from s3stream.layouts.topics import MINUTE_MS, log_key
 from s3stream.message import Entry
-from s3stream.topics import MINUTE_MS, log_key
 
 PREFIX = "t/00/"
 T0 = 1_795_000_020_000 - 1_795_000_020_000 % MINUTE_MS  # a minute boundary

@@ -1,6 +1,6 @@
 """A model-based test of the log-layout cursor (Hypothesis stateful testing, no server).
 
-The machine plays a shard against :class:`~s3stream.logcursor.LogCursor` as the log poller and the
+The machine plays a shard against :class:`~s3stream.layouts.logcursor.LogCursor` as the log poller and the
 workers use it: producers write messages whose objects become visible late (within the settle
 window), a write answered after the producer's deadline is made again under a new time (two copies of
 one message, the first possibly landing minutes late), listing passes hand new objects out in
@@ -25,10 +25,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from s3stream.logcursor import LogCheckpoint, LogCursor
-from s3stream.logpoller import delivery_order
+from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
+from s3stream.layouts.logpoller import delivery_order
+from s3stream.layouts.topics import MINUTE_MS, log_key, parse_log_key
 from s3stream.message import Entry
-from s3stream.topics import MINUTE_MS, log_key, parse_log_key
 
 PREFIX = "t/00/"
 T0 = 1_795_000_020_000 - 1_795_000_020_000 % MINUTE_MS

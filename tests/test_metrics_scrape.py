@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 import s3stream
-from s3stream import metrics
 from s3stream.config import build_settings
 from s3stream.errors import Throttled
-from s3stream.snapshot import Follower
-from s3stream.snapshotmetrics import FollowerCollector
-from s3stream.store import Store, open_store
+from s3stream.integrations.snapshot import Follower
+from s3stream.integrations.snapshotmetrics import FollowerCollector
+from s3stream.s3.store import Store, open_store
+from s3stream.service import metrics
 from tests.conftest import wait_until
 from tests.observe import (
     GROUP,
@@ -187,8 +187,8 @@ async def test_snapshot_serve_exposes_metrics(store: Store, bucket: str, moto_en
 def test_the_metrics_reference_lists_every_metric() -> None:
     """docs/metrics.md has one row per metric s3stream registers, with its type and label names, and
     no row for a metric that does not exist."""
-    import s3stream.snapshotcli
-    import s3stream.sqs  # noqa: F401
+    import s3stream.cli.snapshot
+    import s3stream.s3.sqs  # noqa: F401
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
     section = doc.split("## Dashboard and alerts")[0]

@@ -18,12 +18,12 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from s3stream.cli.notify import setup
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
 from s3stream.message import Message
-from s3stream.notifycli import setup
-from s3stream.sqs import OutMessage, Queue, open_sqs
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.sqs import OutMessage, Queue, open_sqs
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, new_bucket_name, running, wait_until
 from tests.test_cli import assert_one_line_error, run_cli
 

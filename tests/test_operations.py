@@ -26,9 +26,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
 from s3stream.message import Message
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, cli_command, wait_until
 from tests.s3proxy import Delay, Rule, S3Proxy
 

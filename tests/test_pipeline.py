@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from s3stream.checkpoint import S3CheckpointStore, decode
-from s3stream.consumer import Consumer
-from s3stream.cursor import Checkpoint
 from s3stream.errors import CheckpointConflict
+from s3stream.layouts.cursor import Checkpoint
 from s3stream.message import Message
-from s3stream.store import Store
+from s3stream.pipeline.checkpoint import S3CheckpointStore, decode
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, make_settings, put_versions, running, wait_until
 
 
@@ -219,7 +219,7 @@ async def test_a_checkpoint_deleted_under_its_writer_is_a_conflict(store: Store,
 
 
 def _shard_file(prefix: str) -> str:
-    from s3stream.checkpoint import shard_name
+    from s3stream.pipeline.checkpoint import shard_name
 
     return f"{shard_name(prefix)}.json"
 
@@ -231,7 +231,7 @@ async def test_checkpoint_write_cancelled_in_flight_does_not_block_the_next(
     next save (the final commit) recognises its own write and succeeds instead of reporting a
     conflict. A write by someone else is still a conflict."""
     from s3stream.config import build_settings
-    from s3stream.store import open_store
+    from s3stream.s3.store import open_store
     from tests.s3proxy import Delay, Rule, S3Proxy
 
     opts = {"bucket": bucket, "prefix": "c/", "control_prefix": "_s3stream/checkpoints", "group": "g"}

@@ -1,4 +1,4 @@
-"""Model-based tests of the pure lease plan (:func:`s3stream.lease.plan`, Hypothesis, no I/O).
+"""Model-based tests of the pure lease plan (:func:`s3stream.groups.lease.plan`, Hypothesis, no I/O).
 
 * :func:`test_plan_against_its_specification`: for any lease table, holding and shards being released,
   one pass never takes another member's live lease, nor a shard held or being released; releases only
@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from s3stream.lease import LeaseView, fair_share, plan
+from s3stream.groups.lease import LeaseView, fair_share, plan
 
 SHARDS = [f"topic/{i}/" for i in range(6)]
 MEMBERS = ["a", "b", "c", "d", "e", "f"]

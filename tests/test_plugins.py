@@ -22,18 +22,18 @@ import orjson
 import pytest
 
 from s3stream import DeadLetterNow, Message, handler_factory
-from s3stream.codecs import Decoder, Encoder
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
-from s3stream.deadletter import DeadLetter, iter_dead_letters
 from s3stream.errors import ConfigError, HandlerError
-from s3stream.handlers import build_handler, open_handler
+from s3stream.integrations.codecs import Decoder, Encoder
+from s3stream.integrations.snapshot import Follower
+from s3stream.integrations.snapshotparsers import resolve_parser
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import CONTROL_PREFIX, create_topic
+from s3stream.pipeline.consumer import Consumer
+from s3stream.pipeline.handlers import build_handler, open_handler
 from s3stream.plugins import CODECS_GROUP, Codec, available, load_codec
-from s3stream.producer import Producer
-from s3stream.snapshot import Follower
-from s3stream.snapshotparsers import resolve_parser
-from s3stream.store import Store
-from s3stream.topics import CONTROL_PREFIX, create_topic
+from s3stream.s3.store import Store
+from s3stream.service.deadletter import DeadLetter, iter_dead_letters
 from tests import handler_plugins
 from tests.conftest import Recorder, cli_command, running, wait_until
 from tests.test_cli import sigterm_and_wait

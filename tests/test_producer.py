@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from s3stream import segments
 from s3stream.config import Settings, build_settings
 from s3stream.errors import ConfigError
-from s3stream.producer import Producer
-from s3stream.store import Store, open_store
-from s3stream.topics import TopicExists, create_topic, parse_log_key
+from s3stream.layouts import segments
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import TopicExists, create_topic, parse_log_key
+from s3stream.s3.store import Store, open_store
 from tests.s3proxy import Relayed, Rule, S3Error, S3Proxy, Transform
 
 
@@ -154,7 +154,7 @@ async def test_consuming_a_sharded_versions_topic_runs_a_poller_per_shard(
 ) -> None:
     """`consume` on a 4-shard versions topic reads its metadata, opens one shard per prefix, and
     delivers every version published through the producer, each key in order."""
-    from s3stream.consumer import Consumer
+    from s3stream.pipeline.consumer import Consumer
     from tests.conftest import Recorder, make_settings, running
 
     topic = await create_topic(store, bucket, "sharded", shards=4, layout="versions")

@@ -17,10 +17,10 @@ from aiohttp import web
 from s3stream import __version__
 from s3stream.config import Settings, build_settings
 from s3stream.errors import AccessDenied, ConfigError
-from s3stream.producer import Producer
-from s3stream.requestopts import lean_user_agent
-from s3stream.store import Store, open_store
-from s3stream.topics import create_topic
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
+from s3stream.s3.requestopts import lean_user_agent
+from s3stream.s3.store import Store, open_store
 from tests.conftest import new_bucket_name
 from tests.s3proxy import Rule, S3Error, S3Proxy
 

@@ -7,19 +7,19 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from s3stream.config import build_settings
-from s3stream.errors import ConfigError
-from s3stream.handlers import as_handler
-from s3stream.message import Message, ms_to_datetime
-from s3stream.notifycli import (
+from s3stream.cli.notify import (
     configuration_id,
     merge_notifications,
     merge_policy,
     queue_configuration,
     queue_statement,
 )
-from s3stream.routing import source_handler
-from s3stream.s3events import NotAnS3Event, ObjectEvent, RecentSet, parse_message
+from s3stream.config import build_settings
+from s3stream.errors import ConfigError
+from s3stream.integrations.routing import source_handler
+from s3stream.integrations.s3events import NotAnS3Event, ObjectEvent, RecentSet, parse_message
+from s3stream.message import Message, ms_to_datetime
+from s3stream.pipeline.handlers import as_handler
 
 RECORD = {"eventVersion": "2.1", "eventSource": "aws:s3", "eventTime": "2026-11-23T00:00:00.000Z",
           "eventName": "ObjectCreated:Put",

@@ -1,7 +1,7 @@
 """The proxy's response transforms and its S3 Express One Zone directory-bucket emulation.
 
 Every test talks HTTP to the real moto server through :class:`tests.s3proxy.S3Proxy`, with s3stream's
-own :class:`~s3stream.store.Store` (and its aiobotocore client) or plain aiohttp for raw bytes.
+own :class:`~s3stream.s3.store.Store` (and its aiobotocore client) or plain aiohttp for raw bytes.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from prometheus_client import REGISTRY
 
 from s3stream import errors
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
-from s3stream.store import Store, open_store, translate
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store, open_store
+from s3stream.s3.translate import translate
 from tests.conftest import Recorder, make_settings, new_bucket_name, running, wait_until
 from tests.s3proxy import (
     UNALIGNED_PREFIX_MESSAGE,

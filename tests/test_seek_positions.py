@@ -11,11 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3stream.cursor import Checkpoint, VersionCursor
 from s3stream.errors import ConfigError
-from s3stream.logcursor import LogCheckpoint, LogCursor
-from s3stream.message import Entry
-from s3stream.seekpos import (
+from s3stream.groups.seekpos import (
     compare,
     earliest_log_ms,
     log_floor_ms,
@@ -24,7 +21,10 @@ from s3stream.seekpos import (
     position_text,
     versions_position,
 )
-from s3stream.topics import MINUTE_MS, log_key
+from s3stream.layouts.cursor import Checkpoint, VersionCursor
+from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
+from s3stream.layouts.topics import MINUTE_MS, log_key
+from s3stream.message import Entry
 
 BASE_MS = 1_780_000_020_000  # a minute boundary
 SETTLE_MS = 2_000

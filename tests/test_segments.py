@@ -7,7 +7,7 @@ import gzip
 import pytest
 import zstandard
 
-from s3stream import segments
+from s3stream.layouts import segments
 
 
 def test_a_multi_frame_zstd_segment_yields_every_frame() -> None:

@@ -23,11 +23,11 @@ import orjson
 import pytest
 
 from s3stream.config import ConsumerSettings, build_settings
-from s3stream.consumer import Consumer
 from s3stream.errors import ConfigError
 from s3stream.message import Message
-from s3stream.retry import HandlerBackoff
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.retry import HandlerBackoff
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, cli_command, running, wait_until
 from tests.test_cli import child_env
 from tests.test_faults import dead_letters, redelivered_on_restart, settings

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from s3stream.config import S3Settings, build_settings
 from s3stream.errors import BucketNotFound, ConfigError, NotFound
-from s3stream.snapshot import Follower, Snapshot
-from s3stream.snapshotparsers import (
+from s3stream.integrations.snapshot import Follower, Snapshot
+from s3stream.integrations.snapshotparsers import (
     InvalidSnapshot,
     parse_csv,
     parse_csv_header,
@@ -25,7 +25,7 @@ from s3stream.snapshotparsers import (
     parse_jsonl,
     resolve_parser,
 )
-from s3stream.store import Store
+from s3stream.s3.store import Store
 from tests.conftest import new_bucket_name, wait_until
 from tests.s3proxy import Drop, Relayed, Rule, S3Error, S3Proxy, Transform
 

@@ -16,7 +16,7 @@ import aiohttp
 import boto3
 
 from s3stream.config import load_settings
-from s3stream.store import Store
+from s3stream.s3.store import Store
 from tests.conftest import cli_command, new_bucket_name, wait_until
 from tests.test_cli import assert_one_line_error, child_env, run_cli, write_config
 

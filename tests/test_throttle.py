@@ -8,8 +8,8 @@ import pytest
 
 from s3stream.config import build_settings
 from s3stream.errors import ServerError, Throttled
-from s3stream.retry import Throttle
-from s3stream.store import Store, open_store
+from s3stream.s3.retry import Throttle
+from s3stream.s3.store import Store, open_store
 from tests.s3proxy import Rule, S3Error, S3Proxy
 
 

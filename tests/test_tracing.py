@@ -23,9 +23,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from s3stream import DeadLetterNow, Message
 from s3stream.config import Settings, build_settings
-from s3stream.consumer import Consumer
-from s3stream.producer import Producer
-from s3stream.store import Store
+from s3stream.layouts.producer import Producer
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, running, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ async def test_consumer_span_continues_the_producers_trace(spans: InMemorySpanEx
     metadata; the consumer's span for it is in the same trace, a child of that span, of kind CONSUMER,
     with the message's attributes, the ``fetched`` and ``decoded`` events in order and one
     ``handle rec`` child span. An object written without a context starts a trace of its own."""
-    from s3stream.topics import create_topic
+    from s3stream.layouts.topics import create_topic
 
     topic = await create_topic(store, bucket, "orders", shards=1, layout="versions")
     settings = settings_for(moto_endpoint, f"s3://{bucket}/orders")
@@ -97,7 +97,7 @@ async def test_consumer_span_continues_the_producers_trace(spans: InMemorySpanEx
     assert dict(traced.attributes or {}) == {
         "messaging.system": "s3stream", "s3stream.bucket": bucket, "s3stream.key": published.key,
         "s3stream.version_id": published.version_id, "s3stream.topic": "orders",
-        "s3stream.shard": published.key.rsplit("/", 1)[0] + "/", "s3stream.attempt": 1,
+        "s3stream.pipeline.shard": published.key.rsplit("/", 1)[0] + "/", "s3stream.attempt": 1,
     }
     assert traced.status.status_code is StatusCode.UNSET
     fetched, decoded = traced.events
@@ -121,7 +121,7 @@ async def test_segments_carry_a_context_per_message(spans: InMemorySpanExporter,
     """Messages gathered into one segment from publishes in different spans keep each its own trace
     context (the ``tp`` field of its line); a ``publish_many`` call's messages share the call's. Each
     consumer span is in its producer's trace and names its offset in the segment."""
-    from s3stream.topics import create_topic
+    from s3stream.layouts.topics import create_topic
 
     await create_topic(store, bucket, "seg", shards=1, layout="log")
     settings = settings_for(moto_endpoint, f"s3://{bucket}/seg", segment_max_messages=2, linger=5.0)
@@ -192,7 +192,7 @@ async def test_tracing_off_makes_no_spans_and_no_header(spans: InMemorySpanExpor
                                                         bucket: str, moto_endpoint: str) -> None:
     """With tracing off (the default), a publish inside an application span stores no ``traceparent``
     and the consumer makes no span: the application's own span is the only one."""
-    from s3stream.topics import create_topic
+    from s3stream.layouts.topics import create_topic
 
     await create_topic(store, bucket, "quiet", shards=1, layout="log")
     settings = settings_for(moto_endpoint, f"s3://{bucket}/quiet", tracing=False)
@@ -213,7 +213,7 @@ def test_tracing_without_the_api_is_one_line(tmp_path: Path) -> None:
     """s3stream imports no OpenTelemetry by default; with the API missing, ``[tracing] enabled = true``
     is one line naming the setting and the extra to install, exit 2."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    probe = ("import sys, s3stream.cli, s3stream.consumer, s3stream.producer; "
+    probe = ("import sys, s3stream.cli, s3stream.pipeline.consumer, s3stream.layouts.producer; "
              "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
     loaded = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                             timeout=TIMEOUT, check=True)

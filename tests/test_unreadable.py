@@ -22,9 +22,10 @@ import pytest
 from aiohttp import web
 
 from s3stream.config import build_settings
-from s3stream.consumer import Consumer
 from s3stream.errors import AccessDenied, BucketNotFound, ConfigError, ObjectUnreadable, PermanentError
-from s3stream.store import Store, classify
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
+from s3stream.s3.translate import classify
 from tests.conftest import Recorder, cli_command, running, wait_until
 from tests.s3proxy import Relayed, Rule, S3Error, S3Proxy, Transform
 from tests.test_cli import child_env

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from s3stream.consumer import Consumer
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, make_settings, new_bucket_name, running, wait_until
 
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from s3stream.consumer import Consumer
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, make_settings, put_key, put_versions, running, wait_until
 from tests.s3proxy import Relayed, Rule, S3Proxy, Transform
 

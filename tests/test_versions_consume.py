@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from s3stream.consumer import Consumer
-from s3stream.store import Store
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
 from tests.conftest import Recorder, make_settings, put_key, running, wait_until
 
 

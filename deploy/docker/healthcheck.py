@@ -34,8 +34,9 @@ def command_line(pid: int = 1) -> list[str]:
 
 def health_url(args: list[str]) -> str | None:
     """The ``/healthz`` URL of the command ``s3stream ARGS`` serves, or None if it serves none."""
-    from s3stream.cli import consume_settings, main
-    from s3stream.commands import command_settings
+    from s3stream.cli import main
+    from s3stream.cli.common import command_settings
+    from s3stream.cli.consume import consume_settings
     from s3stream.config import build_settings, read_toml
 
     args = list(args)
