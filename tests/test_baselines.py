@@ -111,7 +111,8 @@ def test_awscli_venv_failure_says_how_to_install(tmp_path: Path, monkeypatch: py
 @pytest.mark.parametrize("jq", [True, False], ids=["jq-if-installed", "no-jq"])
 async def test_awscli_loop_fetches_limit_versions(moto_endpoint: str, topic: str, jq: bool,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Seed 000's AWS CLI loop fetches exactly `limit` (3) versions, with jq and without (--output text)."""
+    """The AWS CLI walkthrough's loop fetches exactly `limit` (3) versions, with jq and without (--output
+    text)."""
     baselines.ensure_awscli()  # fails the test (no skip) when the CLI cannot be installed
     if not jq:
         monkeypatch.setattr(baselines, "_have_jq", lambda: False)

@@ -1,4 +1,4 @@
-"""The SQS bridge (seed 001) and the SQS boundary, against moto's S3 and SQS over HTTP.
+"""The S3-to-SQS bridge and the SQS boundary, against moto's S3 and SQS over HTTP.
 
 One SQS message per object version, batched by up to 10, FIFO deduplication and group ids, templates,
 ``bridge sqs --once`` run twice sending each object once, partial batch failures (injected by the
@@ -156,7 +156,7 @@ async def test_once_twice_sends_each_object_exactly_once(store: Store, bucket: s
 
 async def test_once_on_an_unversioned_bucket(store: Store, queue: Queue, moto_endpoint: str,
                                              tmp_path: Path) -> None:
-    """Seed 001's bucket has no versioning: ``--once`` sends every object (version id ``null``), a
+    """The S3-to-SQS bridge's bucket has no versioning: ``--once`` sends every object (version id ``null``), a
     second run sends nothing, and after an overwrite the third sends that object again, new ETag."""
     bucket = new_bucket_name("plain")
     await store.create_bucket(bucket, versioning=False)

@@ -1,4 +1,5 @@
-"""Codecs, framing and compression (seed 003): unit tests of :mod:`s3stream.codecs`, then consumers and
+"""Codecs, framing and compression (the JSON-lines connector): unit tests of :mod:`s3stream.codecs`, then
+consumers and
 producers against moto over HTTP (store settings and the connector config: ``test_connector.py``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Store settings and seed 003's connector: a MinIO-style store (endpoint, region, path style) against
+"""Store settings and the JSON-lines connector: a MinIO-style store (endpoint, region, path style) against
 moto, ``max_connections``, multipart threshold and part size, and ``config/connector.toml`` checked by
 the CLI and run through the seed's flow (write a JSON-lines file, read its documents back)."""
 
@@ -30,7 +30,8 @@ CONNECTOR = REPO / "config" / "connector.toml"
 
 
 async def test_minio_style_config_round_trips(moto_endpoint: str) -> None:
-    """Seed 003's MinIO setup (custom endpoint, path-style addressing, region eu-central-1): the bucket
+    """The JSON-lines connector's MinIO setup (custom endpoint, path-style addressing, region
+    eu-central-1): the bucket
     is created in that region, every request goes to ``/BUCKET/…`` and is signed for eu-central-1, and
     what the producer writes the consumer reads."""
     scopes: list[str] = []
@@ -95,11 +96,11 @@ async def test_multipart_threshold_and_part_size_are_honoured(store: Store, buck
     assert gzip.decompress(obj.body) == big
 
 
-# --- seed 003's connector config ----------------------------------------------------------------------
+# --- the JSON-lines connector's config ----------------------------------------------------------------------
 
 
 def test_connector_config_is_accepted_by_config_check() -> None:
-    """``s3stream config check config/connector.toml`` accepts seed 003's connector: a JSON-lines
+    """``s3stream config check config/connector.toml`` accepts the JSON-lines connector: a JSON-lines
     reader and writer on a MinIO-style store with the seed's multipart and connection settings."""
     result = subprocess.run(cli_command("config", "check", str(CONNECTOR)), env=child_env(),
                             capture_output=True, text=True, timeout=60, check=False)

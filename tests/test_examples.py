@@ -1,4 +1,4 @@
-"""``examples/aws-cli-walkthrough.sh``: seed 000's walkthrough with s3stream commands, run for real.
+"""``examples/aws-cli-walkthrough.sh``: the AWS CLI walkthrough with s3stream commands, run for real.
 
 Against the session's moto server it must show the seed's states (the latest id-1 is value 002, its
 history 001 then 002, the interleaved updates consumed in per-key order, a resumed group sees only
@@ -64,7 +64,7 @@ def values_by_key(bodies: list[str]) -> dict[str, list[str]]:
     return out
 
 
-async def test_seed_000_walkthrough_against_moto(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
+async def test_the_aws_cli_walkthrough_against_moto(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
     """The script exits 0 and its output shows the seed's expected states at each step, and the
     bucket is gone at the end."""
     bucket = new_bucket_name("seed")
@@ -133,7 +133,7 @@ def alive(proc: tuple[int, str]) -> bool:
     return fields is not None and fields[19] == proc[1] and fields[0] != "Z"
 
 
-def test_seed_000_starts_its_own_server_and_cleans_up_when_interrupted(tmp_path: Path) -> None:
+def test_the_aws_cli_walkthrough_starts_its_own_server_and_cleans_up_when_interrupted(tmp_path: Path) -> None:
     """Without AWS_ENDPOINT_URL the script starts ``s3stream dev-server`` itself and walks through the
     first steps on it; SIGTERM while its consumer and tail run in the background ends the script, and
     the processes it started (dev-server, consume, tail) are all gone."""

@@ -266,7 +266,7 @@ async def test_lost_notifications_and_deletes_come_from_the_reconciling_listing(
 
 
 async def test_routes_send_tenants_to_their_handlers(store: Store, sqs: Queue, moto_endpoint: str) -> None:
-    """Seed 004's tenant router on a whole bucket: ``tenant-1/raw/`` and ``tenant-2/raw/`` objects go
+    """The tenant router on a whole bucket: ``tenant-1/raw/`` and ``tenant-2/raw/`` objects go
     to their handlers, a glob route takes tenant 2's CSV files first, the rest goes to the default;
     s3stream's own control objects are ignored."""
     bucket = new_bucket_name("route")

@@ -1,4 +1,4 @@
-"""The snapshot follower (seed 002) against moto over HTTP, and its parsers.
+"""The snapshot follower against moto over HTTP, and its parsers.
 
 Faults moto cannot produce (S3 answering 503, connections dropped) and the count of bodies actually
 downloaded come from :class:`tests.s3proxy.S3Proxy` in front of moto. The command line tests (``snapshot

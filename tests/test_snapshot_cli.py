@@ -1,5 +1,6 @@
 """``s3stream snapshot serve|rollback`` and ``s3stream bucket lifecycle`` end to end, as subprocesses
-against moto over HTTP: the key-value service of seed 002, its rollback and its lifecycle rule."""
+against moto over HTTP: the key-value service of the snapshot follower, its rollback and its lifecycle
+rule."""
 
 from __future__ import annotations
 
@@ -244,7 +245,8 @@ async def test_bucket_lifecycle_sets_the_rule_and_keeps_others(store: Store, buc
 
 
 def test_kv_service_example_config_loads() -> None:
-    """``config/kv-service.toml`` (seed 002's service) is a valid config with a [snapshot] section."""
+    """``config/kv-service.toml`` (the snapshot follower's key-value service) is a valid config with a
+    [snapshot] section."""
     settings = load_settings(ROOT / "config" / "kv-service.toml")
     assert settings.snapshot.url is not None
     assert settings.snapshot.parser == "csv"

@@ -1,4 +1,5 @@
-"""A plain prefix in a bucket without versioning (seed 001's bucket), consumed by listing objects.
+"""A plain prefix in a bucket without versioning (as the S3-to-SQS bridge's bucket is), consumed by listing
+objects.
 
 ``ListObjectVersions`` is no use there (an overwrite replaces the ``null`` version in place), so the
 shard lists current objects with ``ListObjectsV2`` and identifies each by its ETag and LastModified:

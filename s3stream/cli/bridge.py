@@ -1,4 +1,4 @@
-"""``s3stream bridge sqs``: stream a prefix into an SQS queue (seed 001), once or continuously.
+"""``s3stream bridge sqs``: stream a prefix into an SQS queue (the S3-to-SQS bridge), once or continuously.
 
 The bridge is a :class:`~s3stream.pipeline.consumer.Consumer` whose handler is the ``sqs`` handler
 (:mod:`s3stream.integrations.bridge`), with a checkpoint per consumer group like any consumer: a second run

@@ -1,4 +1,4 @@
-"""``s3stream demo``: seed 000's walkthrough on an embedded S3, consumed live by s3stream."""
+"""``s3stream demo``: the AWS CLI walkthrough on an embedded S3, consumed live by s3stream."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Live commands: ``tail`` (print new messages as they arrive) and ``chat`` (seed 000's chat client).
+"""Live commands: ``tail`` (print new messages as they arrive) and ``chat`` (the AWS CLI walkthrough's chat
+client).
 
 Both run a :class:`~s3stream.pipeline.consumer.Consumer` whose checkpoints stay in memory and that writes no
 dead letters, so they leave nothing behind in the bucket. An output that goes away (``tail | head``)

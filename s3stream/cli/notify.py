@@ -1,4 +1,4 @@
-"""``s3stream notifications setup``: a bucket that notifies an SQS queue (seed 004's set-up).
+"""``s3stream notifications setup``: a bucket that notifies an SQS queue (the tenant router's set-up).
 
 Three steps, each idempotent, so running the command twice changes nothing:
 

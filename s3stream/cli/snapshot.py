@@ -1,4 +1,5 @@
-"""``s3stream snapshot serve|rollback`` and ``s3stream bucket lifecycle``: seed 002's key-value service.
+"""``s3stream snapshot serve|rollback`` and ``s3stream bucket lifecycle``: the key-value service of the
+snapshot follower.
 
 ``snapshot serve`` runs a :class:`~s3stream.integrations.snapshot.Follower` behind a small aiohttp server;
 ``snapshot rollback`` restores an older version of the file by copying it over the key (S3's way of

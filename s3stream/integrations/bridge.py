@@ -1,4 +1,4 @@
-"""The SQS bridge (seed 001): the ``sqs`` handler, one SQS message per consumed object.
+"""The S3-to-SQS bridge: the ``sqs`` handler, one SQS message per consumed object.
 
 Messages from the concurrent workers are gathered into ``SendMessageBatch`` calls of up to 10 (a
 batch leaves when it is full or ``batch_linger`` after its first message), and each ``handle()``

@@ -1,4 +1,4 @@
-"""Routing: one source's messages to several handlers by key prefix or glob pattern (seed 004's
+"""Routing: one source's messages to several handlers by key prefix or glob pattern (the tenant-router
 tenant router).
 
 ``[[sources.routes]]`` rules are tried in order; the first whose ``prefix`` starts the key, or whose

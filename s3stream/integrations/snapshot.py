@@ -1,4 +1,4 @@
-"""The snapshot follower (seed 002): the latest valid version of a key-value file in S3, in memory.
+"""The snapshot follower: the latest valid version of a key-value file in S3, in memory.
 
 A batch job writes its output, a key-value file, to a versioned bucket; services read it from memory.
 :class:`Follower` loads the latest version, then every ``interval`` seconds asks S3 whether it changed
