@@ -97,7 +97,7 @@ async def test_consumer_span_continues_the_producers_trace(spans: InMemorySpanEx
     assert dict(traced.attributes or {}) == {
         "messaging.system": "s3stream", "s3stream.bucket": bucket, "s3stream.key": published.key,
         "s3stream.version_id": published.version_id, "s3stream.topic": "orders",
-        "s3stream.pipeline.shard": published.key.rsplit("/", 1)[0] + "/", "s3stream.attempt": 1,
+        "s3stream.shard": published.key.rsplit("/", 1)[0] + "/", "s3stream.attempt": 1,
     }
     assert traced.status.status_code is StatusCode.UNSET
     fetched, decoded = traced.events

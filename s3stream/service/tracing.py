@@ -9,7 +9,7 @@ object's fetch to the end of its last handler call, with the events ``fetched`` 
 and ``decoded`` (the object split into messages), one child span ``handle <handler>`` per handler
 call (retries included), and these attributes: ``messaging.system`` (``s3stream``),
 ``s3stream.bucket``, ``s3stream.key``, ``s3stream.version_id``, ``s3stream.topic``,
-``s3stream.pipeline.shard`` (the shard's prefix), ``s3stream.offset`` (a message in a segment or a lines
+``s3stream.shard`` (the shard's prefix), ``s3stream.offset`` (a message in a segment or a lines
 object) and ``s3stream.attempt`` (the handler calls made). A message dead-lettered (or that stops a
 consumer without dead letters) has status ERROR with the reason; a failed call's child span has status
 ERROR and the exception. A message left in flight (shutdown, a lost lease) gets the event ``left in
@@ -115,7 +115,7 @@ class MessageTracer:
         attributes: dict[str, Any] = {
             "messaging.system": "s3stream", "s3stream.bucket": message.bucket, "s3stream.key": message.key,
             "s3stream.version_id": message.version_id, "s3stream.topic": topic,
-            "s3stream.pipeline.shard": shard.prefix, "s3stream.attempt": message.attempt,
+            "s3stream.shard": shard.prefix, "s3stream.attempt": message.attempt,
         }
         if message.offset is not None:
             attributes["s3stream.offset"] = message.offset
