@@ -21,7 +21,7 @@ from s3stream.plugins import check_codec
 
 
 class NotificationSettings(_Model):
-    """`notifications = {queue_url = …}` on a source: discover new versions from the bucket's S3 Event
+    """A source's `notifications = {queue_url = …}`: discover new versions from the bucket's S3 Event
     Notifications read from an SQS queue (`s3stream notifications setup`), reconciled with a listing
     every reconcile_interval."""
 
@@ -40,7 +40,7 @@ class NotificationSettings(_Model):
 
 
 class RouteSettings(_Model):
-    """`[[sources.routes]]`: rules tried in order; the first whose prefix starts the key (or whose glob
+    """Routes of a source, tried in order: the first whose prefix starts the key (or whose glob
     pattern matches it) names the handler, and the source's handler takes the rest."""
 
     prefix: str | None = Field(default=None, examples=["tenant-1/raw/"],
@@ -102,7 +102,7 @@ class SourceSettings(_Model):
 
 
 class HandlerSettings(_Model):
-    """`[handlers.NAME]`: a named handler with options. Every key but `use` is passed to the handler's
+    """A named handler with options. Every key but `use` is passed to the handler's
     factory as its options (the built-in jsonl takes `path`; sqs takes `queue_url`, `template`, …)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
