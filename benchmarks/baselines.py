@@ -6,7 +6,7 @@ the versions under a prefix (``ListObjectVersions``, every page) and fetches eac
 three return a :class:`BaselineResult` and raise (never hang) when they cannot finish within
 ``timeout`` seconds:
 
-* :func:`awscli_loop`: seed 000's consumer, a bash loop of ``aws s3api`` commands, one Python
+* :func:`awscli_loop`: the AWS CLI walkthrough's consumer, a bash loop of ``aws s3api`` commands, one Python
   interpreter per request. The AWS CLI (v1, from PyPI) lives in its own venv built on first use by
   :func:`ensure_awscli`, because it pins an exact botocore that conflicts with aiobotocore's.
   Because each ``aws`` call costs ~0.5-1 s, it fetches at most ``limit`` versions and marks the
@@ -57,7 +57,7 @@ Version = tuple[str, str]  # (key, version id)
 class BaselineResult:
     """One run of a baseline consumer."""
 
-    name: str  # e.g. "AWS CLI loop (seed 000)"
+    name: str  # e.g. "AWS CLI walkthrough loop"
     messages: int  # messages actually fetched
     seconds: float  # wall time
     cpu_seconds: float  # client CPU used (this process + children; see the module docstring)
@@ -507,7 +507,7 @@ def awscli_loop(endpoint: str, bucket: str, prefix: str, *, limit: int = 20,
     if fetched < expected:  # the seed's loop itself skipped versions: report it, rate from what it did
         how += f"; the loop delivered only {fetched} of the {expected} versions it listed"
     return BaselineResult(
-        name="AWS CLI loop (seed 000)", messages=fetched, seconds=run.seconds,
+        name="AWS CLI walkthrough loop", messages=fetched, seconds=run.seconds,
         cpu_seconds=run.cpu_seconds, requests=pages + fetched, extrapolated=total > limit,
         note=f"{version}; {fetched} of {total} versions, one aws process per request; {how}",
         body_bytes=len(run.stdout),

@@ -11,7 +11,7 @@ CONSUMERS = (
     ("s3stream", "s3stream Consumer"),
     ("aiobotocore", "aiobotocore queue, 64 workers"),
     ("boto3", "boto3 sequential"),
-    ("awscli", "AWS CLI loop (seed 000)"),
+    ("awscli", "AWS CLI walkthrough loop"),
 )
 
 

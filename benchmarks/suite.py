@@ -222,7 +222,7 @@ def baselines_once(suite: Suite, profile: str, emu: Any, bucket: str, prefix: st
         runs.append(
             (
                 "awscli",
-                "AWS CLI loop (seed 000)",
+                "AWS CLI walkthrough loop",
                 lambda: baselines.awscli_loop(
                     emu.url, bucket, prefix, limit=suite.sizes.awscli_limit, timeout=300
                 ),
