@@ -101,7 +101,7 @@ def bounds(field: FieldInfo) -> str:
             out.append("not empty")
         pattern = getattr(item, "pattern", None)
         if pattern:
-            out.append(f"matches {pattern}")
+            out.append(f"matches `{pattern}`")
     return ", ".join(out)
 
 

@@ -75,6 +75,8 @@ def command_markdown(cmd: click.Command, ctx: click.Context, depth: int) -> list
     lines += [f"| `{escape(names).replace(chr(92) + '|', '|')}` | {escape(help_text) or ' '} |"
               for names, help_text in records]
     lines.append("")
+    if cmd.epilog:
+        lines += [help_markdown(cmd.epilog), ""]
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):
             sub = cmd.get_command(ctx, name)
