@@ -97,8 +97,8 @@ step "Read the latest state of a message by key"
 s3s get "$TOPIC" --key id-1.json
 echo
 
-step "Consume and begin polling for new messages (group seed; tail shows only what is new)"
-"$S3STREAM" --log-level warning consume "$TOPIC" --group seed --config "$WORK/poll.toml" \
+step "Consume and begin polling for new messages (group walkthrough; tail shows only what is new)"
+"$S3STREAM" --log-level warning consume "$TOPIC" --group walkthrough --config "$WORK/poll.toml" \
   > "$WORK/consume-1" 2> "$WORK/consume-1.err" &
 consumer=$!
 PIDS+=("$consumer")
@@ -115,7 +115,7 @@ for value in 3 4; do
 done
 wait_for "$WORK/consume-1" "$consumer" lines_at_least 7
 wait_for "$WORK/tail" "$tailer" lines_at_least 4
-caught_up seed
+caught_up walkthrough
 stop "$consumer"
 stop "$tailer"
 echo "consume (JSON lines, each key in write order):"
@@ -132,7 +132,7 @@ for value in 3 4; do
     s3s publish "$TOPIC" --key "id-$id.json" --body "$(body "$id" "$value")" > /dev/null
   done
 done
-"$S3STREAM" --log-level warning consume "$TOPIC" --group seed --config "$WORK/poll.toml" \
+"$S3STREAM" --log-level warning consume "$TOPIC" --group walkthrough --config "$WORK/poll.toml" \
   > "$WORK/consume-2" 2> "$WORK/consume-2.err" &
 consumer=$!
 PIDS+=("$consumer")

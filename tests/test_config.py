@@ -249,13 +249,16 @@ def test_load_settings_bad_value_in_file_names_field(tmp_path: Path) -> None:
         load_settings(path)
 
 
-@pytest.mark.parametrize("name", ["minimal.toml", "full.toml", "minio.toml", "multi-source.toml"])
-def test_example_configs_load(name: str) -> None:
-    """Every example config shipped in config/ loads and validates, with at least one source."""
-    settings = load_settings(REPO / "config" / name)
-    assert settings.sources
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.toml")), ids=lambda path: path.name)
+def test_example_configs_load(path: Path) -> None:
+    """Every example config shipped in config/ loads and validates, with at least one source (or, for
+    the snapshot follower's service, the file it follows); every handler a source or route names is
+    defined in the file or built in."""
+    settings = load_settings(path)
+    assert settings.sources or settings.snapshot.url
     for src in settings.sources:
-        assert src.handler in settings.handlers or src.handler in ("stdout", "jsonl")
+        for name in (src.handler, *(route.handler for route in src.routes)):
+            assert name in settings.handlers or name in ("stdout", "jsonl", "sqs"), name
 
 
 # --- S3 URLs ------------------------------------------------------------------------------------------

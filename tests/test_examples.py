@@ -1,6 +1,6 @@
 """``examples/aws-cli-walkthrough.sh``: the AWS CLI walkthrough with s3stream commands, run for real.
 
-Against the session's moto server it must show the seed's states (the latest id-1 is value 002, its
+Against the session's moto server it must show the walkthrough's states (the latest id-1 is value 002, its
 history 001 then 002, the interleaved updates consumed in per-key order, a resumed group sees only
 what is new) and leave no bucket. Started without an endpoint it runs its own dev-server, and
 interrupting it stops every process it started.
@@ -64,10 +64,10 @@ def values_by_key(bodies: list[str]) -> dict[str, list[str]]:
     return out
 
 
-async def test_the_aws_cli_walkthrough_against_moto(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
-    """The script exits 0 and its output shows the seed's expected states at each step, and the
+async def test_walkthrough_against_moto(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
+    """The script exits 0 and its output shows the walkthrough's expected states at each step, and the
     bucket is gone at the end."""
-    bucket = new_bucket_name("seed")
+    bucket = new_bucket_name("walkthrough")
     env = script_env(AWS_ENDPOINT_URL=moto_endpoint, BUCKET=bucket)
     result = await asyncio.to_thread(subprocess.run, ["bash", str(SCRIPT)], env=env, cwd=tmp_path,
                                      capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -88,7 +88,7 @@ async def test_the_aws_cli_walkthrough_against_moto(store: Store, moto_endpoint:
                                                           "2": ["001", "003", "004"]}
     tailed = live[live.index("tail (bodies of the new messages):") + 1:]
     assert values_by_key(tailed) == {"1": ["003", "004"], "2": ["003", "004"]}
-    assert re.search(r"^group seed: checkpoints 1/1, .*unconsumed 0",
+    assert re.search(r"^group walkthrough: checkpoints 1/1, .*unconsumed 0",
                      "\n".join(section(parts, "The group's checkpoint")), re.M)
     resumed = [json.loads(line) for line in section(parts, "Resume consumption")]
     assert values_by_key([r["body"] for r in resumed]) == {"3": ["003", "004"], "4": ["003", "004"]}
@@ -133,7 +133,7 @@ def alive(proc: tuple[int, str]) -> bool:
     return fields is not None and fields[19] == proc[1] and fields[0] != "Z"
 
 
-def test_the_aws_cli_walkthrough_starts_its_own_server_and_cleans_up_when_interrupted(tmp_path: Path) -> None:
+def test_walkthrough_starts_its_own_server_and_cleans_up_when_interrupted(tmp_path: Path) -> None:
     """Without AWS_ENDPOINT_URL the script starts ``s3stream dev-server`` itself and walks through the
     first steps on it; SIGTERM while its consumer and tail run in the background ends the script, and
     the processes it started (dev-server, consume, tail) are all gone."""

@@ -102,7 +102,7 @@ async def test_producer_clock_beyond_settle_window_is_the_documented_bound(
     store: Store, bucket: str, moto_endpoint: str
 ) -> None:
     """A producer given a clock 10 minutes behind (its own, instead of the server's) writes into a
-    directory already sealed under a 5 s window: it is not delivered, which is the bound the README
+    directory already sealed under a 5 s window: it is not delivered, which is the bound docs/s3-express.md
     documents for a producer that cannot read the server's clock."""
     await create_topic(store, bucket, "bound", layout="log")
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/bound", settle_window=5))

@@ -21,7 +21,7 @@ KUBE = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.33"  # a recent release; kubernetes-validate bundles its schemas
 PORT = 9464
 CONFIG = "/etc/s3stream/config.toml"
-PEAK_RSS_MIB = 172  # README "Performance": peak RSS over 100,000 one-message objects
+PEAK_RSS_MIB = 172  # docs/performance.md: peak RSS over 100,000 one-message objects
 CRDS = {"monitoring.coreos.com/v1"}  # not in Kubernetes' schemas: checked by hand below
 
 
@@ -131,7 +131,8 @@ def test_every_container_meets_the_restricted_pod_security_standard() -> None:
 
 def test_memory_is_sized_from_the_measured_peak_rss_and_the_bodies_in_flight() -> None:
     """Requests 200Mi (above the measured peak RSS, 172 MiB), limit 384Mi, which holds that peak plus
-    the config's ``max_inflight_mb`` of bodies; the README states the peak the numbers come from."""
+    the config's ``max_inflight_mb`` of bodies; the performance page states the peak the numbers come
+    from."""
     resources = pod_spec()["containers"][0]["resources"]
     assert resources["requests"]["memory"] == "200Mi"
     assert resources["limits"]["memory"] == "384Mi"
@@ -140,7 +141,7 @@ def test_memory_is_sized_from_the_measured_peak_rss_and_the_bodies_in_flight() -
     inflight = config["consumer"]["max_inflight_mb"]
     assert PEAK_RSS_MIB + inflight <= mebibytes(resources["limits"]["memory"])
     assert config["consumer"]["max_body_mb"] <= inflight
-    assert f"{PEAK_RSS_MIB} MiB" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"{PEAK_RSS_MIB} MiB" in (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
 
 
 def test_the_disruption_budget_and_service_account_fit_the_deployment() -> None:
@@ -159,7 +160,7 @@ def test_the_disruption_budget_and_service_account_fit_the_deployment() -> None:
 def test_one_port_and_one_config_file_across_image_manifests_and_readmes() -> None:
     """9464 and /etc/s3stream/config.toml everywhere: the Dockerfile's EXPOSE, CMD and the config
     it copies there; the ConfigMap's key and port, the Deployment's args, mount, container port and
-    scrape annotation; the README and the Kubernetes README. No old name or port lingers."""
+    scrape annotation; the deployment page and the Kubernetes README. No old name or port lingers."""
     instructions = dockerfile()
     assert ("EXPOSE", str(PORT)) in instructions
     cmd = next(rest for word, rest in instructions if word == "CMD")
@@ -180,7 +181,7 @@ def test_one_port_and_one_config_file_across_image_manifests_and_readmes() -> No
     assert [p["containerPort"] for p in container["ports"]] == [PORT]
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(PORT)
 
-    for readme in (ROOT / "README.md", KUBE / "README.md"):
+    for readme in (ROOT / "docs" / "deployment.md", KUBE / "README.md"):
         text = readme.read_text(encoding="utf-8")
         assert CONFIG in text, readme
         assert str(PORT) in text, readme

@@ -59,7 +59,7 @@ async def test_version_later_than_settle_window_is_the_documented_bound(
     store: Store, bucket: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a settle window of 0, a version made visible 5 s after its LastModified is not
-    delivered: the window is what protects late writes, as the README documents."""
+    delivered: the window is what protects late writes, as docs/concepts.md documents."""
     import moto.s3.models
 
     consumer = Consumer(make_settings(moto_endpoint, f"s3://{bucket}/t/", settle_window=0))
