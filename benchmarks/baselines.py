@@ -146,7 +146,7 @@ def _list_versions_boto3(client: Any, bucket: str, prefix: str, limit: int | Non
 
 
 def _boto3_client(endpoint: str, timeout: float, pool: int = 10) -> Any:
-    import boto3  # type: ignore[import-untyped]
+    import boto3
     from botocore.config import Config
 
     return boto3.client("s3", config=Config(**_config_kwargs(timeout, pool)), **_client_kwargs(endpoint))

@@ -166,7 +166,7 @@ def usage_extra(usage: sc.Usage, seconds: float) -> dict[str, Any]:
 def emulator(profile: str, **options: Any) -> AbstractContextManager[Any]:
     from benchmarks.emulator import run_emulator
 
-    return run_emulator(profile, **options)  # type: ignore[no-any-return]
+    return run_emulator(profile, **options)
 
 
 def target_of(emu: Any, bucket: str) -> sc.Target:

@@ -19,7 +19,7 @@ is the time between the moment in an object's name and the moment it is stored, 
 A publish therefore returns only once its object was stored within ``put_deadline`` of the time in
 its name, which consumers whose settle window is longer than that always list. Bodies above the
 multipart threshold are the exception: an upload's name is fixed when it starts, so the upload itself
-must finish within the settle window, the bound the README documents for large bodies.
+must finish within the settle window, the bound the S3 Express page of the docs gives for large bodies.
 """
 
 from __future__ import annotations
