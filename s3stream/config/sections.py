@@ -182,8 +182,27 @@ class ConsumerSettings(_Model):
     )
     max_poll_interval: float = Field(
         default=5.0, gt=0,
-        description="Idle polls back off, doubling, up to this: a new message is delivered within about "
-                    "this long of becoming visible (the settle window does not delay delivery).",
+        description="Idle listings back off, doubling, up to this, on a prefix whose producers write no "
+                    "head object (wakeup = \"listing\", or writers that are not s3stream): a new message "
+                    "is delivered within about this long of becoming visible.",
+    )
+    wakeup: Literal["head", "listing"] = Field(
+        default="head",
+        description="How an idle consumer learns of new messages. \"head\": it reads the topic's head "
+                    "object, which s3stream producers rewrite after publishing, with a conditional GET every "
+                    "head_interval (a 304 costs one GET, far less than a LIST) and lists at once when it "
+                    "changed; until it has seen a head it lists as with \"listing\". \"listing\": it "
+                    "lists, backing off up to max_poll_interval.",
+    )
+    head_interval: float | None = Field(
+        default=None, gt=0,
+        description="Seconds between two reads of a topic's head object (one GET per topic, shared by its "
+                    "shards). Unset: 0.2 in a directory bucket (S3 Express One Zone), 0.4 elsewhere.",
+    )
+    reconcile_interval: float = Field(
+        default=60.0, gt=0,
+        description="With a head object: most seconds an idle shard goes without a listing of its own, "
+                    "which finds what writers other than s3stream (aws s3 cp) stored without touching it.",
     )
     settle_window: float = Field(
         default=30.0, ge=0,
@@ -287,6 +306,16 @@ class ProducerSettings(_Model):
         default=10.0, gt=0,
         description="Log layout: seconds from the time in an object's name to its write's answer; a "
                     "slower write is made again under a new time. Keep it below consumers' settle_window.",
+    )
+    heads: bool = Field(
+        default=True,
+        description="Rewrite a topic's head object after publishing to it, so that idle consumers learn "
+                    "of the message with a conditional GET instead of waiting for their next listing.",
+    )
+    head_gap: float = Field(
+        default=0.05, ge=0,
+        description="Least seconds between two writes of one topic's head by this producer: a burst costs "
+                    "one head write per gap, and its last message is always signalled.",
     )
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from s3stream.config import ConsumerSettings
 from s3stream.layouts.logcursor import LogCursor
 from s3stream.layouts.topics import MINUTE_MS, dir_start_ms, is_directory_bucket, minute_dir, parse_log_key
 from s3stream.message import Entry
+from s3stream.pipeline.headwatch import Bell
 from s3stream.pipeline.poller import ShardPoller
 from s3stream.pipeline.shard import Shard, WorkItem
 from s3stream.pipeline.workers import WorkerPool
@@ -57,8 +58,8 @@ class LogPoller(ShardPoller[LogCursor]):
     """Lists one log-layout shard again and again, handing new objects to the worker pool."""
 
     def __init__(self, shard: Shard, cursor: LogCursor, store: Store, pool: WorkerPool,
-                 settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
-        super().__init__(shard, cursor, store, pool, settings, on_pass)
+                 settings: ConsumerSettings, on_pass: Callable[[], None], bell: Bell | None = None) -> None:
+        super().__init__(shard, cursor, store, pool, settings, on_pass, bell)
         self.clock = ServerClock()  # read from every pass's first answer
         self._placed = not shard.fresh
         self.held_limit = HELD_LIMIT

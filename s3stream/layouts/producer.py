@@ -42,6 +42,7 @@ from urllib.parse import quote
 from s3stream.config import Settings, parse_s3_url
 from s3stream.integrations import codecs
 from s3stream.layouts import segments
+from s3stream.layouts.heads import HeadWriter
 from s3stream.layouts.logwriter import LogWriter, put
 from s3stream.layouts.topics import KEY_METADATA, SEGMENTS_LANE, Topic, lane_of, resolve_topic
 from s3stream.s3.store import Store, open_store
@@ -97,6 +98,7 @@ class Producer:
         self._prepare = None if self.encoder.identity else self.encoder.prepare
         self._shaped = p.framing == "lines" or p.compression != "none"  # plain objects framed or compressed
         self._traced = self.settings.tracing.enabled
+        self._heads = HeadWriter(self._write_head, producer=self.id, gap=p.head_gap) if p.heads else None
 
     async def __aenter__(self) -> Producer:
         if self._store is None:
@@ -109,6 +111,8 @@ class Producer:
                         tb: TracebackType | None) -> None:
         try:
             await self.flush()
+            if self._heads is not None:
+                await self._heads.flush()
         finally:
             await self._stack.aclose()
 
@@ -208,7 +212,7 @@ class Producer:
         stored, encoding = self._stored(data)
         etag, version = await self._put(topic.bucket, name, stored, create_only=False, metadata=metadata,
                                         content_encoding=encoding)
-        _count(topic, 1, len(data))
+        self._published(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
     async def _publish_version_lines(self, topic: Topic, messages: Iterable[tuple[str | None, bytes]],
@@ -234,7 +238,7 @@ class Producer:
                 results[index] = Published(name, etag, version, offset)
 
         await asyncio.gather(*(write(key, indexes) for key, indexes in groups.items()))
-        _count(topic, len(bodies), sum(map(len, bodies)))
+        self._published(topic, len(bodies), sum(map(len, bodies)))
         return results
 
     async def _publish_object(self, topic: Topic, data: bytes, key: str | None,
@@ -247,7 +251,7 @@ class Producer:
         name, etag, version = await self._log.write(self.store, topic, shard, lane_of(key),
                                                     self.encoder.suffix, stored, metadata=meta,
                                                     content_encoding=encoding)
-        _count(topic, 1, len(data))
+        self._published(topic, 1, len(data))
         return Published(key=name, etag=etag, version_id=version)
 
     async def _add_to_segment(self, topic: Topic, data: bytes, key: str | None,
@@ -332,7 +336,7 @@ class Producer:
             body, encoding = segments.encode(items, compression, contexts), None
         name, etag, _ = await self._log.write(self.store, topic, shard, lane, suffix, body, metadata=meta,
                                               content_encoding=encoding)
-        _count(topic, len(items), sum(len(b) for _, b in items))
+        self._published(topic, len(items), sum(len(b) for _, b in items))
         return name, etag
 
     async def _linger(self, ident: tuple[str, str, int], seg: _Segment) -> None:
@@ -358,6 +362,15 @@ class Producer:
         for offset, (_, _, future) in enumerate(seg.items):
             if not future.done():
                 future.set_result(Published(key=name, etag=etag, offset=offset))
+
+    def _published(self, topic: Topic, messages: int, size: int) -> None:
+        """Messages of ``topic`` were stored (their PUTs answered): count them and touch the topic's head."""
+        _count(topic, messages, size)
+        if self._heads is not None:
+            self._heads.touch(topic.bucket, topic.name)
+
+    async def _write_head(self, bucket: str, key: str, body: bytes) -> None:
+        await self.store.put_object(bucket, key, body, content_type="application/json")
 
     def _shard(self, topic: Topic, key: str | None) -> int:
         """A key's shard; keyless messages (which promise no order) go round the shards."""

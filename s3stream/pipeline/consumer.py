@@ -22,7 +22,7 @@ from s3stream.integrations.routing import handler_names, source_handler
 from s3stream.layouts.cursor import Checkpoint, VersionCursor
 from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
 from s3stream.layouts.logpoller import LogPoller
-from s3stream.layouts.topics import CONTROL_PREFIX, resolve_topic
+from s3stream.layouts.topics import CONTROL_PREFIX, Topic, is_directory_bucket, resolve_topic
 from s3stream.ops.doctorprobes import require_conditional_writes
 from s3stream.pipeline.checkpoint import (
     CheckpointStore,
@@ -32,6 +32,7 @@ from s3stream.pipeline.checkpoint import (
 )
 from s3stream.pipeline.checkpointer import Checkpointer
 from s3stream.pipeline.handlers import Handler, as_handler, open_handler
+from s3stream.pipeline.headwatch import Bell, HeadWatcher
 from s3stream.pipeline.poller import Poller
 from s3stream.pipeline.shard import Shard, ShardLayout
 from s3stream.pipeline.workers import WorkerPool
@@ -42,6 +43,9 @@ from s3stream.service.metrics import HealthServer
 from s3stream.service.tracing import MessageTracer
 
 log = get_logger("s3stream.pipeline.consumer")
+
+HEAD_INTERVAL = 0.4  # seconds between reads of a topic's head object (S3 Standard: a GET per 0.4 s)
+DIRECTORY_HEAD_INTERVAL = 0.2  # in a directory bucket, where a GET costs 37 times less than a LIST
 
 
 class Consumer:
@@ -61,6 +65,7 @@ class Consumer:
         self._notified: list[tuple[SourceSettings, list[Shard]]] = []  # notification sources' shards
         self._candidates: list[Candidate] = []  # a group member's shards to share (leases enabled)
         self._pollers: dict[Shard, asyncio.Task[None]] = {}
+        self._watchers: dict[tuple[str, str], HeadWatcher] = {}  # by (bucket, source prefix)
         self.membership: Membership | None = None
         self._store: Store | None = None
         self._control: Store | None = None  # leases' own connections: never queued behind data
@@ -122,6 +127,7 @@ class Consumer:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                watching = [tg.create_task(w.run()) for w in self._watchers.values()]
                 for shard in self.shards:
                     if not isinstance(shard.cursor, NotifyCursor):
                         self._start_poller(shard)
@@ -138,7 +144,7 @@ class Consumer:
                 log.info("stopping: pollers stopped, draining in-flight work", in_flight=pool.pending)
                 if self.membership is not None:
                     self.membership.stop_taking()  # leases are still renewed until the final commit
-                for task in [*notifying, *self._pollers.values()]:
+                for task in [*notifying, *watching, *self._pollers.values()]:
                     task.cancel()
                 try:
                     async with asyncio.timeout(consumer.shutdown_grace):
@@ -161,8 +167,19 @@ class Consumer:
         assert self._store is not None
         assert self.pool is not None
         assert self._checkpointer is not None
-        poller = _poller(shard, self._store, self.pool, self.settings.consumer, self._checkpointer.wake.set)
+        watcher = self._watchers.get((shard.bucket, shard.topic or shard.prefix))
+        poller = _poller(shard, self._store, self.pool, self.settings.consumer, self._checkpointer.wake.set,
+                         watcher.bell if watcher is not None else None)
         self._pollers[shard] = self._tg.create_task(poller.run())
+
+    def _watch_head(self, store: Store, src: SourceSettings, topic: Topic) -> None:
+        """Read the topic's head object (once per topic, for all its shards) to wake idle pollers."""
+        if (src.bucket, src.prefix) in self._watchers:
+            return
+        interval = self.settings.consumer.head_interval or (
+            DIRECTORY_HEAD_INTERVAL if is_directory_bucket(src.bucket) else HEAD_INTERVAL)
+        self._watchers[(src.bucket, src.prefix)] = HeadWatcher(store, src.bucket, topic.name, Bell(),
+                                                               interval=interval)
 
     def _control_store(self, store: Store) -> contextlib.AbstractAsyncContextManager[Store]:
         if not self.settings.consumer.leases.enabled:
@@ -317,6 +334,8 @@ class Consumer:
                         "once seen, overwrites between two polls only as the last, deletions not at all",
                         source=src.url)
         prefixes = [src.prefix] if topic.plain else topic.prefixes
+        if self.settings.consumer.wakeup == "head" and src.notifications is None:
+            self._watch_head(store, src, topic)
         if src.notifications is not None and topic.layout != "versions":
             raise ConfigError(f"sources ({src.url}): notifications need the versions layout, "
                               f"not {topic.layout!r}")
@@ -363,11 +382,11 @@ class Consumer:
 
 
 def _poller(shard: Shard, store: Store, pool: WorkerPool, settings: ConsumerSettings,
-            on_pass: Callable[[], None]) -> Poller | LogPoller:
+            on_pass: Callable[[], None], bell: Bell | None) -> Poller | LogPoller:
     if isinstance(shard.cursor, LogCursor):
-        return LogPoller(shard, shard.cursor, store, pool, settings, on_pass)
+        return LogPoller(shard, shard.cursor, store, pool, settings, on_pass, bell)
     assert isinstance(shard.cursor, VersionCursor)
-    return Poller(shard, shard.cursor, store, pool, settings, on_pass)
+    return Poller(shard, shard.cursor, store, pool, settings, on_pass, bell)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -19,6 +19,7 @@ from s3stream.errors import RetriableError
 from s3stream.groups.lease import clock as lease_clock
 from s3stream.layouts.cursor import VersionCursor
 from s3stream.message import Entry
+from s3stream.pipeline.headwatch import Bell, rest
 from s3stream.pipeline.shard import Shard, WorkItem
 from s3stream.pipeline.workers import WorkerPool
 from s3stream.s3.s3xml import VersionPage
@@ -53,13 +54,14 @@ class ShardPoller(Generic[C]):
     Subclasses provide ``poll_once`` (one pass over their layout's listing)."""
 
     def __init__(self, shard: Shard, cursor: C, store: Store, pool: WorkerPool,
-                 settings: ConsumerSettings, on_pass: Callable[[], None]) -> None:
+                 settings: ConsumerSettings, on_pass: Callable[[], None], bell: Bell | None = None) -> None:
         self.shard = shard
         self.cursor = cursor
         self.store = store
         self.pool = pool
         self.settings = settings
         self.on_pass = on_pass
+        self.bell = bell
         self.log = log.bind(shard=shard.name)
 
     async def poll_once(self, *, skip: bool = False) -> int:
@@ -67,8 +69,24 @@ class ShardPoller(Generic[C]):
 
     async def run(self) -> None:
         """Poll until cancelled: at once after a pass that found a page's worth, ``poll_interval``
-        after the start of a pass that found something, backing off (doubling) up to ``max_poll_interval``
-        while idle or failing. A new group starting at ``latest`` skips what its first pass finds."""
+        after the start of a pass that found something, backing off (doubling) while idle or failing,
+        up to ``max_poll_interval`` — or, once the topic's head object is known, up to
+        ``reconcile_interval``, its bell waking the poller whenever the head changes. A new group
+        starting at ``latest`` skips what its first pass finds."""
+        wake = self.bell.register() if self.bell is not None else None
+        try:
+            await self._poll(wake)
+        finally:
+            if wake is not None and self.bell is not None:
+                self.bell.unregister(wake)
+
+    def _ceiling(self) -> float:
+        """The longest an idle poller waits between its own passes."""
+        if self.bell is not None and self.bell.seen:
+            return self.settings.reconcile_interval
+        return self.settings.max_poll_interval
+
+    async def _poll(self, wake: asyncio.Event | None) -> None:
         settings = self.settings
         delay = settings.poll_interval
         skip = self.shard.fresh and settings.start_from == "latest"
@@ -77,6 +95,8 @@ class ShardPoller(Generic[C]):
             if not self.shard.holds(lease_clock()):  # a lease overdue: list nothing until the group decides
                 await asyncio.sleep(delay)
                 continue
+            if wake is not None:
+                wake.clear()  # a ring from now on calls for another pass
             try:
                 found = await self.poll_once(skip=skip)
             except RetriableError as exc:
@@ -86,11 +106,11 @@ class ShardPoller(Generic[C]):
                 skip = False
                 if found >= settings.page_size:
                     continue
-                delay = settings.poll_interval if found else min(settings.max_poll_interval, delay * 2)
+                delay = settings.poll_interval if found else min(self._ceiling(), delay * 2)
                 if found:  # while messages flow, passes *start* poll_interval apart
-                    await asyncio.sleep(max(0.0, started + delay - time.monotonic()))
+                    await rest(max(0.0, started + delay - time.monotonic()), wake)
                     continue
-            await asyncio.sleep(delay)
+            await rest(delay, wake)
 
 
 class Poller(ShardPoller[VersionCursor]):

@@ -1,0 +1,162 @@
+"""The head object: producers rewrite a topic's head after publishing; idle consumers read it with a
+conditional GET and list only when it changed (or every ``reconcile_interval``).
+
+Run against both servers, through a counting proxy: the tests count the listings, the head reads and
+the head writes each side sends, and time deliveries against settings under which a consumer that
+only listed would be seconds late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
+from s3stream.pipeline.consumer import Consumer
+from s3stream.s3.store import Store
+from tests.conftest import Recorder, make_settings, new_bucket_name, running, wait_until
+from tests.s3proxy import Delay, Rule, S3Proxy
+
+TOPIC = "chat"
+IDLE = {"max_poll_interval": 30.0, "reconcile_interval": 30.0, "head_interval": 0.1, "settle_window": 2.0}
+
+
+def _counting(method: str, test: str) -> Rule:
+    """A rule that never acts, only counts the requests it matches."""
+    def when(request: web.Request) -> bool:
+        if test == "listing":
+            return bool({"versions", "list-type"} & set(request.query))
+        return "/_s3stream/heads/" in request.path
+    return Rule(Delay(0), method=method, when=when, fraction=0.0)
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[S3Proxy]:
+    with S3Proxy(s3_endpoint) as running_proxy:
+        yield running_proxy
+
+
+async def _topic(store: Store, layout: str = "versions") -> str:
+    bucket = new_bucket_name("head")
+    await store.create_bucket(bucket, versioning=layout == "versions")
+    await create_topic(store, bucket, TOPIC, shards=1, layout=layout)  # type: ignore[arg-type]
+    return bucket
+
+
+async def _publish(endpoint: str, bucket: str, body: bytes, **producer: object) -> None:
+    settings = make_settings(endpoint, f"s3://{bucket}/{TOPIC}")
+    settings = settings.model_copy(update={"producer": settings.producer.model_copy(update=producer)})
+    async with Producer(settings) as p:
+        await p.publish(f"s3://{bucket}/{TOPIC}", body)
+
+
+@pytest.mark.parametrize("layout", ["versions", "log"])
+async def test_an_idle_consumer_is_woken_by_the_head_not_by_its_next_listing(
+        store: Store, proxy: S3Proxy, layout: str) -> None:
+    """After its listings have backed off to seconds apart, a consumer still gets a new message
+    within a second: the producer's head write changes the ETag its conditional GETs see, and it
+    lists at once. (Listing alone, the message would wait for a pass more than 3 s away.)"""
+    bucket = await _topic(store, layout)
+    listings = proxy.add(_counting("GET", "listing"))
+    recorder = Recorder()
+    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **IDLE))
+    consumer.register_handler("rec", recorder)
+    async with running(consumer):
+        await _publish(proxy.endpoint, bucket, b"first")
+        await recorder.wait_count(1)
+        seen = listings.matched
+        await wait_until(lambda: listings.matched >= seen + 5, within=20, what="five idle listings")
+        sent = time.monotonic()
+        await _publish(proxy.endpoint, bucket, b"second")
+        await recorder.wait_count(2, within=10)
+        assert time.monotonic() - sent < 1.0
+    assert [m.body for m in recorder.messages] == [b"first", b"second"]
+
+
+async def test_an_idle_shard_reads_the_head_and_lists_only_to_reconcile(store: Store, proxy: S3Proxy) -> None:
+    """Idle, a consumer sends a head GET every head_interval and a listing only every
+    reconcile_interval, which still finds a message written by a writer that does not touch the
+    head (a plain PUT, as ``aws s3 cp`` makes)."""
+    bucket = await _topic(store)
+    listings = proxy.add(_counting("GET", "listing"))
+    reads = proxy.add(_counting("GET", "head"))
+    recorder = Recorder()
+    settings = {**IDLE, "reconcile_interval": 1.0}
+    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
+    consumer.register_handler("rec", recorder)
+    async with running(consumer):
+        await _publish(proxy.endpoint, bucket, b"first")
+        await recorder.wait_count(1)
+        seen = listings.matched
+        await wait_until(lambda: listings.matched >= seen + 6, within=20, what="backed-off listings")
+        listed, read, began = listings.matched, reads.matched, time.monotonic()
+        await wait_until(lambda: reads.matched >= read + 20, within=20, what="twenty head reads")
+        elapsed = time.monotonic() - began
+        assert listings.matched - listed <= elapsed / settings["reconcile_interval"] + 1
+        await store.put_object(bucket, f"{TOPIC}/00/foreign", b"foreign")
+        await recorder.wait_count(2, within=10)
+    assert recorder.messages[-1].body == b"foreign"
+
+
+async def test_without_a_head_the_consumer_lists_as_before(store: Store, proxy: S3Proxy) -> None:
+    """A prefix no s3stream producer writes to has no head: the consumer backs its listings off only
+    up to max_poll_interval, however long reconcile_interval is, so plain PUTs arrive promptly."""
+    bucket = await _topic(store)
+    listings = proxy.add(_counting("GET", "listing"))
+    recorder = Recorder()
+    settings = {**IDLE, "max_poll_interval": 0.2}
+    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
+    consumer.register_handler("rec", recorder)
+    async with running(consumer):
+        for i in range(3):
+            seen = listings.matched
+            await wait_until(lambda seen=seen: listings.matched >= seen + 6, within=20, what="idle listings")
+            await store.put_object(bucket, f"{TOPIC}/00/k{i}", b"x")
+            await recorder.wait_count(i + 1, within=2)
+
+
+async def test_a_burst_costs_a_head_write_per_gap_and_its_last_message_is_signalled(
+        store: Store, proxy: S3Proxy) -> None:
+    """Thirty messages published together cost far fewer head writes than messages, and the last
+    head write reaches the server after the last message's PUT: the end of a burst is signalled."""
+    bucket = await _topic(store)
+    order: list[str] = []
+
+    def record(request: web.Request) -> bool:
+        if request.method == "PUT" and f"/{TOPIC}/" in request.path:
+            order.append("message")
+        elif request.method == "PUT" and "/_s3stream/heads/" in request.path:
+            order.append("head")
+        return False
+
+    proxy.add(Rule(Delay(0), when=record))
+    settings = make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}")
+    producer = settings.producer.model_copy(update={"head_gap": 0.2})
+    settings = settings.model_copy(update={"producer": producer})
+    async with Producer(settings) as p:
+        await asyncio.gather(*(p.publish(f"s3://{bucket}/{TOPIC}", f"m{i}".encode()) for i in range(30)))
+    assert order.count("message") == 30
+    assert 1 <= order.count("head") <= 5
+    assert order[-1] == "head"
+
+
+async def test_listing_wakeup_reads_no_head(store: Store, proxy: S3Proxy) -> None:
+    """``wakeup = "listing"`` is the old behaviour: no head is ever read, idle listings back off up
+    to max_poll_interval."""
+    bucket = await _topic(store)
+    reads = proxy.add(_counting("GET", "head"))
+    recorder = Recorder()
+    settings = {**IDLE, "wakeup": "listing", "max_poll_interval": 0.2}
+    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
+    consumer.register_handler("rec", recorder)
+    async with running(consumer):
+        await _publish(proxy.endpoint, bucket, b"first")
+        await recorder.wait_count(1)
+        await store.put_object(bucket, f"{TOPIC}/00/foreign", b"foreign")
+        await recorder.wait_count(2, within=5)
+    assert reads.matched == 0
