@@ -108,6 +108,7 @@ class LogPoller(ShardPoller[LogCursor]):
     async def _list(self, prefix: str, token: str | None = None) -> ObjectPage:
         page = await self.store.list_objects(self.shard.bucket, prefix, token=token,
                                              max_keys=self.settings.page_size)
+        self.pages += 1
         if token is None:
             self.clock.observe(page.server_time_ms)
         return page

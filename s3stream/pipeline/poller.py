@@ -62,6 +62,7 @@ class ShardPoller(Generic[C]):
         self.settings = settings
         self.on_pass = on_pass
         self.bell = bell
+        self.pages = 0  # listing requests sent, for pacing the reconciling listings
         self.log = log.bind(shard=shard.name)
 
     async def poll_once(self, *, skip: bool = False) -> int:
@@ -69,10 +70,10 @@ class ShardPoller(Generic[C]):
 
     async def run(self) -> None:
         """Poll until cancelled: at once after a pass that found a page's worth, ``poll_interval``
-        after the start of a pass that found something, backing off (doubling) while idle or failing,
-        up to ``max_poll_interval`` — or, once the topic's head object is known, up to
-        ``reconcile_interval``, its bell waking the poller whenever the head changes. A new group
-        starting at ``latest`` skips what its first pass finds."""
+        after the start of a pass that found something; while idle, backing off (doubling) up to
+        ``max_poll_interval`` — or, once the topic's head object is known, waiting for its bell (rung
+        whenever the head changes) up to a reconcile delay. Failures back off up to
+        ``max_poll_interval``. A new group starting at ``latest`` skips what its first pass finds."""
         wake = self.bell.register() if self.bell is not None else None
         try:
             await self._poll(wake)
@@ -80,11 +81,12 @@ class ShardPoller(Generic[C]):
             if wake is not None and self.bell is not None:
                 self.bell.unregister(wake)
 
-    def _ceiling(self) -> float:
-        """The longest an idle poller waits between its own passes."""
-        if self.bell is not None and self.bell.seen:
-            return self.settings.reconcile_interval
-        return self.settings.max_poll_interval
+    def _reconcile_delay(self, pages: int) -> float:
+        """With a head object, an idle poller's own passes only reconcile (find what writers other
+        than s3stream stored): a pass of ``pages`` listing requests waits ``pages`` reconcile
+        intervals, so a quiet shard with a long history (a versions shard keeping 100,000 versions
+        lists 100 pages) costs about one listing request per interval, like a small one."""
+        return self.settings.reconcile_interval * max(1, pages)
 
     async def _poll(self, wake: asyncio.Event | None) -> None:
         settings = self.settings
@@ -97,6 +99,7 @@ class ShardPoller(Generic[C]):
                 continue
             if wake is not None:
                 wake.clear()  # a ring from now on calls for another pass
+            pages = self.pages
             try:
                 found = await self.poll_once(skip=skip)
             except RetriableError as exc:
@@ -106,7 +109,12 @@ class ShardPoller(Generic[C]):
                 skip = False
                 if found >= settings.page_size:
                     continue
-                delay = settings.poll_interval if found else min(self._ceiling(), delay * 2)
+                if found:
+                    delay = settings.poll_interval
+                elif self.bell is not None and self.bell.seen:  # the head rings for every s3stream write
+                    delay = self._reconcile_delay(self.pages - pages)
+                else:
+                    delay = min(settings.max_poll_interval, delay * 2)
                 if found:  # while messages flow, passes *start* poll_interval apart
                     await rest(max(0.0, started + delay - time.monotonic()), wake)
                     continue
@@ -128,6 +136,7 @@ class Poller(ShardPoller[VersionCursor]):
             page = await list_page(self.store, shard.bucket, shard.prefix, objects=objects,
                                    key_marker=key_marker, version_marker=version_marker,
                                    max_keys=self.settings.page_size)
+            self.pages += 1
             if run is None:  # the Date header has whole seconds: step back one
                 horizon_ms = page.server_time_ms - 1000 - int(self.settings.settle_window * 1000)
                 cursor.begin_pass(horizon_ms)
