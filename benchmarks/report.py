@@ -553,6 +553,8 @@ def notes_section(r: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any], png_name: str) -> str:
+    from benchmarks.wakeup import wakeup_section  # it renders with this module's helpers
+
     parts = [
         header(results),
         f"![benchmarks]({png_name})",
@@ -561,6 +563,7 @@ def render(results: dict[str, Any], png_name: str) -> str:
         throughput_section(results),
         shards_section(results),
         latency_section(results),
+        wakeup_section(results),
         cost_section(results),
         rss_section(results),
         limits_section(results),

@@ -45,6 +45,7 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 from benchmarks import report  # noqa: E402
 from benchmarks.profiles import run_express, run_shards, run_standard, run_zero  # noqa: E402
 from benchmarks.suite import SIZES, Suite, check_awscli  # noqa: E402
+from benchmarks.wakeup import run_wakeup  # noqa: E402
 
 # --- machine, main ----------------------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.notes["awscli"] = "AWS CLI baseline left out (--skip-awscli)"
     else:
         check_awscli(suite)
-    for stage in (run_zero, run_express, run_standard, run_shards):
+    for stage in (run_zero, run_express, run_standard, run_shards, run_wakeup):
         stage(suite)
     results = {
         "date": time.strftime("%Y-%m-%d"),

@@ -166,8 +166,6 @@ def test_bench_command_on_a_missing_bucket_is_one_line(moto_endpoint: str) -> No
 def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     """``benchmarks/run.py`` with tiny counts runs every scenario against the emulator, each once, with no
     failed measurement, and writes <date>.md with every section, a PNG and the raw figures as JSON."""
-    pytest.importorskip("benchmarks.emulator", reason="the S3 emulator is not in this tree yet")
-    pytest.importorskip("matplotlib")
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--sizes", "tiny", "--runs", "1",
          "--out", str(tmp_path), "--skip-awscli"],
@@ -177,7 +175,7 @@ def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     md = next(tmp_path.glob("*.md")).read_text()
     for section in ("## Against the targets", "## Consume, one message per object",
                     "## Segments and producing", "## One shard against eight", "## End-to-end latency",
-                    "## S3 requests per million", "**Idle.**", "## Peak memory", "## Notes"):
+                    "## S3 requests per million", "**Idle.**", "## Waking up", "## Peak memory", "## Notes"):
         assert section in md
     assert next(tmp_path.glob("*.png")).read_bytes().startswith(b"\x89PNG")
     results = json.loads(next(tmp_path.glob("*.json")).read_text())
@@ -185,5 +183,5 @@ def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     assert not failures
     for key in ("consume.zero.s3stream", "consume.express.s3stream", "consume.standard.boto3",
                 "segments.express", "produce.express.segments", "shards.8", "latency.express", "idle",
-                "rss.segments"):
+                "rss.segments", "wakeup.sporadic.express", "wakeup.idle.versions.head.4"):
         assert results["series"][key]["values"][0] > 0, key

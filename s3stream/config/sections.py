@@ -197,7 +197,7 @@ class ConsumerSettings(_Model):
     head_interval: float | None = Field(
         default=None, gt=0,
         description="Seconds between two reads of a topic's head object (one GET per topic, shared by its "
-                    "shards). Unset: 0.2 in a directory bucket (S3 Express One Zone), 0.4 elsewhere.",
+                    "shards). Unset: 0.2 in a directory bucket (S3 Express One Zone), 0.3 elsewhere.",
     )
     reconcile_interval: float = Field(
         default=60.0, gt=0,
