@@ -133,6 +133,7 @@ def alive(proc: tuple[int, str]) -> bool:
     return fields is not None and fields[19] == proc[1] and fields[0] != "Z"
 
 
+@pytest.mark.e2e
 def test_seed_000_starts_its_own_server_and_cleans_up_when_interrupted(tmp_path: Path) -> None:
     """Without AWS_ENDPOINT_URL the script starts ``s3stream dev-server`` itself and walks through the
     first steps on it; SIGTERM while its consumer and tail run in the background ends the script, and

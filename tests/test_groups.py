@@ -417,6 +417,7 @@ async def test_scaling_from_one_member_to_four_and_back(
     assert max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]
 
 
+@pytest.mark.e2e
 async def test_lease_bookkeeping_stays_one_entry_per_lease_when_etags_change_on_every_write() -> None:
     """Where ETags are not MD5 (a directory bucket here; S3 Express and SSE-KMS alike) every renewal
     gives a lease a new ETag. Over many renewals and rebalances, what a member remembers of lease
