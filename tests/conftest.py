@@ -58,7 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give every test exactly one of the ``unit`` and ``e2e`` tiers."""
+    """Give every test exactly one of the ``unit`` and ``e2e`` tiers, and start the ``slow`` and
+    ``chaos`` tests first: spread over xdist's workers from the start, they are not the run's tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None
+               and item.get_closest_marker("chaos") is None)
     for item in items:
         if item.get_closest_marker("unit") is not None:
             raise pytest.UsageError(f"{item.nodeid}: the unit tier is given here, not by hand")

@@ -163,6 +163,7 @@ def test_bench_command_on_a_missing_bucket_is_one_line(moto_endpoint: str) -> No
     assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     """``benchmarks/run.py`` with tiny counts runs every scenario against the emulator, each once, with no

@@ -64,6 +64,7 @@ def values_by_key(bodies: list[str]) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow
 async def test_seed_000_walkthrough_against_moto(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
     """The script exits 0 and its output shows the seed's expected states at each step, and the
     bucket is gone at the end."""

@@ -160,6 +160,7 @@ def balanced(held: dict[str, set[str]], total: int = SHARDS) -> bool:
     return (len(union) == total == sum(sizes) and max(sizes) - min(sizes) <= 1)
 
 
+@pytest.mark.slow
 async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         store: Store, bucket: str, s3_endpoint: str) -> None:
     """Three members settle on 5/5/6 disjoint shards; every message is delivered exactly once across
@@ -189,6 +190,7 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         assert sorted(Counter(got()).values())[-1] == 1
 
 
+@pytest.mark.slow
 async def test_late_renewals_pause_the_shards_and_an_uncontested_renewal_resumes_them(
         store: Store, bucket: str, moto_endpoint: str) -> None:
     """When a member's lease renewals are held up past the lease duration (a slow store), its shards
@@ -325,6 +327,7 @@ def all_delivered(team: list[Member], sent: set[tuple[str, bytes]]) -> bool:
     return got >= sent
 
 
+@pytest.mark.slow
 async def test_kill_9_hands_the_shards_over_within_the_lease(
         store: Store, bucket: str, s3_endpoint: str, moto_url: str, spawn: Any) -> None:
     """Three processes share 16 shards (5/5/6). After ``kill -9`` of one, the other two hold all 16
@@ -349,6 +352,7 @@ async def test_kill_9_hands_the_shards_over_within_the_lease(
         assert took < HANDOVER + DURATION, f"handover took {took:.1f}s"
 
 
+@pytest.mark.slow
 async def test_a_paused_member_cannot_clobber_the_checkpoint(
         store: Store, bucket: str, s3_endpoint: str, spawn: Any) -> None:
     """A member paused with SIGSTOP past its lease loses its shards to the other member, which
@@ -394,6 +398,7 @@ async def checkpoints(store: Store, bucket: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+@pytest.mark.slow
 async def test_scaling_from_one_member_to_four_and_back(
         store: Store, bucket: str, moto_endpoint: str, spawn: Any) -> None:
     """One member holds all 16 shards; three more join and the group settles at 4/4/4/4; three leave

@@ -171,6 +171,7 @@ async def test_checkpoint_is_fenced_by_etag(store: Store, bucket: str) -> None:
     await b.save(Checkpoint(watermark_ms=3000))  # after re-reading, b may write
 
 
+@pytest.mark.slow
 async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: str,
                                                           s3_endpoint: str) -> None:
     """Once the settle window has passed, the committed checkpoint is the same size after 4,000
