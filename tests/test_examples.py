@@ -27,7 +27,7 @@ from tests.conftest import new_bucket_name
 from tests.test_cli import child_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "aws-cli-walkthrough.sh"
-TIMEOUT = 90.0
+TIMEOUT = 240.0  # the walkthrough takes about 20 s alone, over a minute beside other tests
 
 
 def script_env(**extra: str) -> dict[str, str]:
