@@ -47,8 +47,30 @@ SERVERS = ("moto", "seaweedfs")
 ON_EVERY_SERVER = frozenset({"test_log_layout", "test_producer"})
 
 
+# The fixtures that start or reach a real server. A test whose fixture closure holds one of these is
+# ``e2e``; so is a test marked ``e2e`` by hand (one that starts an emulator, a dev-server or the CLI
+# against a server in its body, or takes a module's own server fixture). Every other test is ``unit``.
+SERVER_FIXTURES = frozenset({"moto_url", "seaweedfs_url", "moto_endpoint", "s3_endpoint", "store", "bucket"})
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "moto_only: in an ON_EVERY_SERVER module, run this test on moto only")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test exactly one of the ``unit`` and ``e2e`` tiers, and start the ``slow`` and
+    ``chaos`` tests first: spread over xdist's workers from the start, they are not the run's tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None
+               and item.get_closest_marker("chaos") is None)
+    for item in items:
+        if item.get_closest_marker("unit") is not None:
+            raise pytest.UsageError(f"{item.nodeid}: the unit tier is given here, not by hand")
+        if item.get_closest_marker("e2e") is not None:
+            continue
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

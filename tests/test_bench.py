@@ -131,6 +131,7 @@ async def _keys(endpoint: str, bucket: str) -> list[str]:
         return sorted(e.key for e in (await store.list_objects(bucket, "")).entries)
 
 
+@pytest.mark.e2e
 def test_bench_command_on_a_directory_bucket_uses_the_log_layout() -> None:
     """On an S3 Express directory bucket (the emulator's express profile: no versioning, shuffled
     listings, CreateSession) every scenario runs on log-layout topics, costs are at S3 Express prices,
@@ -163,6 +164,8 @@ def test_bench_command_on_a_missing_bucket_is_one_line(moto_endpoint: str) -> No
     assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     """``benchmarks/run.py`` with tiny counts runs every scenario against the emulator, each once, with no
     failed measurement, and writes <date>.md with every section, a PNG and the raw figures as JSON."""

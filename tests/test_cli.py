@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 
 from s3stream.layouts.topics import create_topic
 from s3stream.s3.store import Store
@@ -214,6 +215,7 @@ async def test_consume_jsonl_handler_delivers_and_stops_on_sigterm(
     assert delivered == written
 
 
+@pytest.mark.e2e
 def test_demo_prints_seven_versions_in_order_per_key(tmp_path: Path) -> None:
     """``s3stream demo`` exits 0 and prints the 7 versions as JSON lines, each key's bodies in write order
     (id 1: 001-004; id 2: 001, 003, 004)."""
@@ -231,6 +233,7 @@ def test_demo_prints_seven_versions_in_order_per_key(tmp_path: Path) -> None:
     assert values == {"1": ["001", "002", "003", "004"], "2": ["001", "003", "004"]}
 
 
+@pytest.mark.e2e
 def test_dev_server_serves_s3_and_stops_on_sigterm(tmp_path: Path) -> None:
     """``s3stream dev-server --port P`` serves a working S3 API on P (create a versioned bucket, write
     and read back a version) and exits 0 on SIGTERM."""

@@ -12,9 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from s3stream.s3.store import Store
 from tests.conftest import cli_command, put_versions, wait_until
+
+pytestmark = pytest.mark.chaos
 
 
 def _config(tmp: Path, endpoint: str, out: Path) -> Path:

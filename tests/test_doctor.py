@@ -206,6 +206,7 @@ def test_setup_errors_are_one_line_and_exit_2(moto_endpoint: str, seaweedfs_url:
     assert_one_line(unreachable.stderr, "cannot reach the S3 endpoint")
 
 
+@pytest.mark.e2e
 def test_directory_bucket_on_the_express_emulator() -> None:
     """In an S3 Express directory bucket: CreateSession works, no versioning, listings not in key
     order and StartAfter refused; the detected layout (log) only needs put-if-absent: exit 0."""

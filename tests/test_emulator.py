@@ -35,6 +35,8 @@ from s3stream.config import build_settings
 from s3stream.s3.store import Store, open_store
 from tests.conftest import new_bucket_name
 
+pytestmark = pytest.mark.e2e  # an emulator subprocess serves every test
+
 AWKWARD_KEYS = [
     "awk/sp ace", "awk/plus+sign", "awk/per%cent", "awk/uni-ćø∂é-日本", "awk/eq=als", "awk/tilde~",
     "awk/a//double", "awk/q?mark", "awk/hash#tag", "awk/amp&ersand", "awk/semi;colon", "awk/(paren)*!",

@@ -27,7 +27,7 @@ from tests.conftest import new_bucket_name
 from tests.test_cli import child_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "aws-cli-walkthrough.sh"
-TIMEOUT = 90.0
+TIMEOUT = 240.0  # the walkthrough takes about 20 s alone, over a minute beside other tests
 
 
 def script_env(**extra: str) -> dict[str, str]:
@@ -64,6 +64,7 @@ def values_by_key(bodies: list[str]) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow
 async def test_walkthrough_against_moto(store: Store, moto_endpoint: str, tmp_path: Path) -> None:
     """The script exits 0 and its output shows the walkthrough's expected states at each step, and the
     bucket is gone at the end."""
@@ -133,6 +134,7 @@ def alive(proc: tuple[int, str]) -> bool:
     return fields is not None and fields[19] == proc[1] and fields[0] != "Z"
 
 
+@pytest.mark.e2e
 def test_walkthrough_starts_its_own_server_and_cleans_up_when_interrupted(tmp_path: Path) -> None:
     """Without AWS_ENDPOINT_URL the script starts ``s3stream dev-server`` itself and walks through the
     first steps on it; SIGTERM while its consumer and tail run in the background ends the script, and

@@ -34,6 +34,8 @@ from tests import conftest
 from tests.conftest import Recorder, cli_command, running, wait_until
 from tests.s3proxy import Delay, Drop, Relayed, Rule, S3Error, S3Proxy, Transform, error_body
 
+pytestmark = pytest.mark.chaos
+
 CHECKPOINTS = "_s3stream/checkpoints/"
 DEAD_LETTERS = "_s3stream/dead-letters/"
 

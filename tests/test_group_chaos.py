@@ -292,6 +292,7 @@ async def chaos_run(store: Store, bucket: str, endpoint: str, rate: float, seed:
     return timings, recovered
 
 
+@pytest.mark.chaos
 async def test_group_keeps_its_promises_under_a_seeded_nemesis(
         store: Store, bucket: str, s3_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         request: pytest.FixtureRequest) -> None:

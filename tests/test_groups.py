@@ -160,6 +160,7 @@ def balanced(held: dict[str, set[str]], total: int = SHARDS) -> bool:
     return (len(union) == total == sum(sizes) and max(sizes) - min(sizes) <= 1)
 
 
+@pytest.mark.slow
 async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         store: Store, bucket: str, s3_endpoint: str) -> None:
     """Three members settle on 5/5/6 disjoint shards; every message is delivered exactly once across
@@ -167,20 +168,20 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
     lease to expire, and messages published after that are delivered once as well."""
     await create_topic(store, bucket, "orders", shards=SHARDS)
     url = f"s3://{bucket}/orders"
-    long_lease = 20.0  # expiry would take over 20 s; a clean handover takes a round or two
+    long_lease = 60.0  # expiry would take over 60 s; a clean handover takes a round or two (seconds)
     async with members(s3_endpoint, url, ["a", "b", "c"], long_lease) as running:
-        await wait_until(lambda: balanced(holdings(running)), within=30, what="balanced 5/5/6")
+        await wait_until(lambda: balanced(holdings(running)), within=60, what="balanced 5/5/6")
         sent = await publish(s3_endpoint, url, range(160))
 
         def got() -> list[tuple[str, bytes]]:
             return [(m.key.rsplit("/", 1)[1], m.body) for _, r in running.values() for m in r.messages]
 
-        await wait_until(lambda: set(got()) >= sent, within=30, what="all 160 delivered")
+        await wait_until(lambda: set(got()) >= sent, within=60, what="all 160 delivered")
         consumer_c, _ = running["c"]
         consumer_c.stop()
         stopped = time.monotonic()
         rest = {k: v for k, v in running.items() if k != "c"}
-        await wait_until(lambda: balanced(holdings(rest)), within=30, what="8/8 after c stopped")
+        await wait_until(lambda: balanced(holdings(rest)), within=55, what="8/8 after c stopped")
         assert time.monotonic() - stopped < long_lease  # released, not expired
         listed = await store.list_objects(bucket, "_s3stream/groups/g/members/")
         assert sorted(e.key.rsplit("/", 1)[1] for e in listed.entries) == ["a.json", "b.json"]
@@ -189,6 +190,7 @@ async def test_three_members_split_sixteen_shards_and_a_clean_stop_hands_over(
         assert sorted(Counter(got()).values())[-1] == 1
 
 
+@pytest.mark.slow
 async def test_late_renewals_pause_the_shards_and_an_uncontested_renewal_resumes_them(
         store: Store, bucket: str, moto_endpoint: str) -> None:
     """When a member's lease renewals are held up past the lease duration (a slow store), its shards
@@ -325,6 +327,7 @@ def all_delivered(team: list[Member], sent: set[tuple[str, bytes]]) -> bool:
     return got >= sent
 
 
+@pytest.mark.slow
 async def test_kill_9_hands_the_shards_over_within_the_lease(
         store: Store, bucket: str, s3_endpoint: str, moto_url: str, spawn: Any) -> None:
     """Three processes share 16 shards (5/5/6). After ``kill -9`` of one, the other two hold all 16
@@ -335,20 +338,21 @@ async def test_kill_9_hands_the_shards_over_within_the_lease(
     await create_topic(store, bucket, "orders", shards=SHARDS)
     url = f"s3://{bucket}/orders"
     team = [spawn(url, name) for name in ("m1", "m2", "m3")]
-    await wait_until(lambda: settled(store, bucket, {"m1", "m2", "m3"}), within=60, what="5/5/6")
+    await wait_until(lambda: settled(store, bucket, {"m1", "m2", "m3"}), within=120, what="5/5/6")
     sent = await publish(s3_endpoint, url, range(200))
-    await wait_until(lambda: all_delivered(team, sent), within=60, what="first 200 handled")
+    await wait_until(lambda: all_delivered(team, sent), within=120, what="first 200 handled")
     team[2].proc.kill()
     killed = time.monotonic()
     sent |= await publish(s3_endpoint, url, range(200, 300))
-    await wait_until(lambda: settled(store, bucket, {"m1", "m2"}), within=60, what="8/8 after kill -9")
+    await wait_until(lambda: settled(store, bucket, {"m1", "m2"}), within=120, what="8/8 after kill -9")
     took = time.monotonic() - killed
-    await wait_until(lambda: all_delivered(team, sent), within=60, what="all 300 handled")
+    await wait_until(lambda: all_delivered(team, sent), within=120, what="all 300 handled")
     print(f"handover after kill -9: {took:.1f}s (lease {DURATION}s, renewal every {RENEW}s)")
     if s3_endpoint != moto_url:
         assert took < HANDOVER + DURATION, f"handover took {took:.1f}s"
 
 
+@pytest.mark.slow
 async def test_a_paused_member_cannot_clobber_the_checkpoint(
         store: Store, bucket: str, s3_endpoint: str, spawn: Any) -> None:
     """A member paused with SIGSTOP past its lease loses its shards to the other member, which
@@ -394,6 +398,7 @@ async def checkpoints(store: Store, bucket: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+@pytest.mark.slow
 async def test_scaling_from_one_member_to_four_and_back(
         store: Store, bucket: str, moto_endpoint: str, spawn: Any) -> None:
     """One member holds all 16 shards; three more join and the group settles at 4/4/4/4; three leave
@@ -417,6 +422,7 @@ async def test_scaling_from_one_member_to_four_and_back(
     assert max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]
 
 
+@pytest.mark.e2e
 async def test_lease_bookkeeping_stays_one_entry_per_lease_when_etags_change_on_every_write() -> None:
     """Where ETags are not MD5 (a directory bucket here; S3 Express and SSE-KMS alike) every renewal
     gives a lease a new ETag. Over many renewals and rebalances, what a member remembers of lease

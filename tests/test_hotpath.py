@@ -20,6 +20,8 @@ from s3stream.pipeline.consumer import Consumer
 from s3stream.s3.store import open_store
 from tests.conftest import Recorder, new_bucket_name, running, wait_until
 
+pytestmark = pytest.mark.e2e  # an emulator subprocess serves every test
+
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorProcess]:

@@ -14,6 +14,8 @@ from s3stream.config import build_settings
 from s3stream.s3.store import Store, open_store
 from tests.conftest import new_bucket_name
 
+pytestmark = pytest.mark.e2e  # an emulator subprocess serves every test
+
 KEYS = ["lean/sp ace", "lean/plus+sign", "lean/per%cent", "lean/uni-ćø∂é-日本", "lean/eq=als", "lean/a&b?c#d"]
 
 

@@ -39,6 +39,7 @@ async def checkpoint_sizes(store: Store, bucket: str) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow
 async def test_catching_up_a_backlog_keeps_the_checkpoint_small(
     store: Store, bucket: str, moto_endpoint: str, in_the_past: None
 ) -> None:

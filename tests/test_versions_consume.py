@@ -80,6 +80,7 @@ async def test_version_later_than_settle_window_is_the_documented_bound(
     assert ("t/late", late) not in rec.idents()
 
 
+@pytest.mark.slow
 async def test_many_pages_with_breaks_inside_a_key(store: Store, bucket: str, s3_endpoint: str) -> None:
     """2,500 versions over 300 keys span three ListObjectVersions pages whose breaks fall inside
     one key's versions; all are delivered once, each key in write order."""
