@@ -27,12 +27,7 @@ def load_script(name: str) -> ModuleType:
     """A module of ``scripts/`` (not a package), imported by its path."""
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
 
 
 def test_generated_files_are_up_to_date() -> None:
