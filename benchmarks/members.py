@@ -2,8 +2,9 @@
 
 Every member is the real command, ``python -m s3stream consume URL --lease-duration D`` with the
 :class:`Progress` handler (``--handler benchmarks.members:Progress``), which writes
-``<pid> <count> <first> <last>`` (its process, its messages so far, the wall-clock times of its first
-and latest one) to standard output at most every 50 ms. The measurement reads those lines from every
+``<pid> <count> <first> <last> <cpu>`` (its process, its messages so far, the wall-clock times of its
+first and latest one, its CPU seconds from the first to the latest) to standard output at most every
+50 ms. The measurement reads those lines from every
 member until the whole backlog is counted, then stops the members with SIGTERM. Two ways to run two members:
 
 - ``separate``: two ``s3stream consume`` processes, started together, each with its own member id;
@@ -41,13 +42,13 @@ class Progress:
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.count = 0
-        self.first = self.last = 0.0
+        self.first = self.last = self.cpu_first = self.cpu_last = 0.0
         self._scheduled = False
 
     async def handle(self, message: Message) -> None:
-        self.last = time.time()
+        self.last, self.cpu_last = time.time(), time.process_time()
         if self.count == 0:
-            self.first = self.last
+            self.first, self.cpu_first = self.last, self.cpu_last
         self.count += 1
         if not self._scheduled:
             self._scheduled = True
@@ -55,7 +56,8 @@ class Progress:
 
     def _flush(self) -> None:
         self._scheduled = False
-        os.write(1, f"{os.getpid()} {self.count} {self.first:.6f} {self.last:.6f}\n".encode())
+        cpu = self.cpu_last - self.cpu_first
+        os.write(1, f"{os.getpid()} {self.count} {self.first:.6f} {self.last:.6f} {cpu:.6f}\n".encode())
 
     async def close(self) -> None:
         if self.count:
@@ -66,7 +68,7 @@ class Progress:
 class _Tally:
     """The latest report of each member: by pipe and member (several share a pipe with ``--processes``)."""
 
-    counts: dict[tuple[int, int], tuple[int, float, float]] = field(default_factory=dict)
+    counts: dict[tuple[int, int], tuple[int, float, float, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
 
@@ -78,16 +80,16 @@ class _Tally:
         members: dict[int, int] = {}
         for raw in stream:
             parts = raw.split()
-            if len(parts) != 4:
+            if len(parts) != 5:
                 continue
-            pid, count, first, last = int(parts[0]), int(parts[1]), float(parts[2]), float(parts[3])
+            pid, count = int(parts[0]), int(parts[1])
             key = (slot, members.setdefault(pid, len(members)))
             with self.changed:
-                self.counts[key] = (count, first, last)
+                self.counts[key] = (count, float(parts[2]), float(parts[3]), float(parts[4]))
                 self.changed.notify_all()
 
     def total(self) -> int:
-        return sum(c for c, _, _ in self.counts.values())
+        return sum(report[0] for report in self.counts.values())
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class GroupResult:
     spawn_seconds: float  # processes started to last message
     per_member: list[int]
     cpu_seconds: float  # the members' CPU (start-up included)
+    busy_cpu_seconds: float  # the members' CPU between their first and last messages
 
     @property
     def rate(self) -> float:
@@ -149,9 +152,9 @@ def consume_with_members(endpoint: str, url: str, backlog: int, *, mode: Mode, m
         raise RuntimeError(f"{mode}: {tally.total()} of {backlog} messages, exit codes {codes}: "
                            f"{b''.join(errors)[-600:].decode(errors='replace')}")
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    firsts = [f for c, f, _ in tally.counts.values() if c]
-    lasts = [last for c, _, last in tally.counts.values() if c]
+    reports = [r for r in tally.counts.values() if r[0]]
+    firsts, lasts = [r[1] for r in reports], [r[2] for r in reports]
     return GroupResult(mode=mode, members=members, messages=tally.total(), seconds=max(lasts) - min(firsts),
                        spawn_seconds=max(lasts) - began,
-                       per_member=sorted(c for c, _, _ in tally.counts.values()),
+                       per_member=sorted(r[0] for r in reports), busy_cpu_seconds=sum(r[3] for r in reports),
                        cpu_seconds=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime))
