@@ -45,7 +45,7 @@ def groups_section(r: dict[str, Any]) -> str:
         ratio = "1" if key == "groups.1" else f"{num(med(each), TIMES)} ({spread(each, TIMES)})"
         rows.append([members, how, num(med(v)), spread(v), str(len(ok(v))),
                      num(med(extras(r, key, "cpu_us"))), num(med(extras(r, key, "server_cpu_pct")), " %"),
-                     ratio])
+                     num(med(extras(r, key, "start_spread_s")), " s"), ratio])
     s, cores = r["sizes"], r["machine"].get("cores")
     text = (
         "## Consumer groups: one member against two\n\n"
@@ -55,10 +55,11 @@ def groups_section(r: dict[str, Any]) -> str:
         "together), with a handler that counts. The rate is the backlog over the time from the first "
         "message any member handled to the last (process start-up and the first lease round left out); "
         "client CPU is the members' CPU over the same stretch, per message; server CPU is the emulator's "
-        f"over the whole measurement. The machine has {cores} cores, shared by the members and the "
-        "emulator.\n\n"
+        "over the whole measurement; \"starts apart\" is how long after the first member's first message "
+        "the last member handled its first (it counts against two members). The machine has "
+        f"{cores} cores, shared by the members and the emulator.\n\n"
         + table(["members", "how", "median msg/s", "min\u2013max", "runs", "client CPU µs/msg", "server CPU",
-                 "÷ 1 member"], rows)
+                 "members' starts apart", "÷ 1 member"], rows)
     )
     found = ceiling(r)
     if found is not None:

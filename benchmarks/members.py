@@ -104,6 +104,7 @@ class GroupResult:
     per_member: list[int]
     cpu_seconds: float  # the members' CPU (start-up included)
     busy_cpu_seconds: float  # the members' CPU between their first and last messages
+    start_spread: float  # seconds between the first member's first message and the last member's
 
     @property
     def rate(self) -> float:
@@ -157,4 +158,5 @@ def consume_with_members(endpoint: str, url: str, backlog: int, *, mode: Mode, m
     return GroupResult(mode=mode, members=members, messages=tally.total(), seconds=max(lasts) - min(firsts),
                        spawn_seconds=max(lasts) - began,
                        per_member=sorted(r[0] for r in reports), busy_cpu_seconds=sum(r[3] for r in reports),
+                       start_spread=max(firsts) - min(firsts),
                        cpu_seconds=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime))

@@ -202,6 +202,7 @@ def group_once(suite: Suite, key: str, label: str, emu: Any, target: sc.Target, 
         usage = meter.end()
         return res.rate, {"seconds": res.seconds, "spawn_s": res.spawn_seconds, "messages": res.messages,
                           "shards": backlog.shards, "per_member": res.per_member,
+                          "start_spread_s": res.start_spread,
                           "cpu_us": res.busy_cpu_seconds / res.messages * 1e6,
                           "cpu_us_startup": res.cpu_seconds / res.messages * 1e6,
                           **usage_extra(usage, res.spawn_seconds)}
