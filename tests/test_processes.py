@@ -47,12 +47,17 @@ def test_each_child_gets_its_own_member_id_leases_and_metrics_port() -> None:
     assert len({c[-1] for c in given}) == 2
 
 
-@pytest.mark.parametrize("extra", [["--processes", "0"], ["--processes", "2", "--checkpoint-dir", "{tmp}"]])
-def test_bad_use_of_processes_is_one_line_and_exit_2(tmp_path: Path, extra: list[str]) -> None:
-    """``--processes 0`` and ``--processes`` with a local checkpoint folder are refused before anything
-    starts: one line on stderr naming the option, exit code 2."""
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
-    done = subprocess.run(cli_command("consume", "s3://b/t", "--endpoint-url", "http://127.0.0.1:9", *argv),
+@pytest.mark.parametrize("argv", [
+    ["consume", "s3://b/t", "--processes", "0"],
+    ["consume", "s3://b/t", "--processes", "2", "--checkpoint-dir", "{tmp}"],
+    ["run", "--config", "{tmp}/c.toml", "--processes", "-1"],
+])
+def test_bad_use_of_processes_is_one_line_and_exit_2(tmp_path: Path, argv: list[str]) -> None:
+    """``consume``/``run`` with ``--processes`` below 1, or with a local checkpoint folder, are refused
+    before anything starts: one line on stderr naming the option, exit code 2."""
+    (tmp_path / "c.toml").write_text('[[sources]]\nurl = "s3://b/t"\n')
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    done = subprocess.run(cli_command(*args, "--endpoint-url", "http://127.0.0.1:9"),
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("s3stream: error:")
