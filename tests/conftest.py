@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.seaweed import start_seaweedfs
 from s3stream.cli.devserver import start_moto
 from s3stream.config import Settings, build_settings
 from s3stream.message import Message
 from s3stream.pipeline.consumer import Consumer
 from s3stream.s3.store import Store, open_store
-from benchmarks.seaweed import start_seaweedfs
 
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
