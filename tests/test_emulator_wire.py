@@ -17,6 +17,7 @@ from benchmarks.emulator import EmulatorProcess, run_emulator
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[EmulatorProcess]:
+    """A zero-profile emulator for the module."""
     with run_emulator("zero") as running:
         yield running
 
