@@ -105,6 +105,7 @@ class GroupResult:
     cpu_seconds: float  # the members' CPU (start-up included)
     busy_cpu_seconds: float  # the members' CPU between their first and last messages
     start_spread: float  # seconds between the first member's first message and the last member's
+    log: str  # the end of what the members wrote to stderr (warnings and errors)
 
     @property
     def rate(self) -> float:
@@ -159,4 +160,5 @@ def consume_with_members(endpoint: str, url: str, backlog: int, *, mode: Mode, m
                        spawn_seconds=max(lasts) - began,
                        per_member=sorted(r[0] for r in reports), busy_cpu_seconds=sum(r[3] for r in reports),
                        start_spread=max(firsts) - min(firsts),
+                       log=b"".join(errors)[-2000:].decode(errors="replace"),
                        cpu_seconds=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime))
