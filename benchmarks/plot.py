@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.figures import CONSUMERS, PROFILES, extras, med, ok, values
+from benchmarks.figures import CONSUMERS, PROFILE_NAMES, PROFILES, extras, med, ok, shown, values
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
@@ -14,20 +14,21 @@ def plot(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=110)
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8), dpi=110)
+    profiles = shown(r, {p: f"consume.{p}.s3stream" for p in PROFILES})
     _bars(
         axes[0][0],
         "Consume, 1 msg/object (msg/s, log scale)",
-        list(PROFILES),
-        {label: [values(r, f"consume.{p}.{name}") for p in PROFILES] for name, label in CONSUMERS},
+        [PROFILE_NAMES.get(p, p) for p in profiles],
+        {label: [values(r, f"consume.{p}.{name}") for p in profiles] for name, label in CONSUMERS},
         log=True,
         lines={"target at express: 4,000": 4000},
     )
-    lat = ["express", "standard"]
+    lat = shown(r, {p: f"latency.{p}" for p in ("express", "standard", "seaweedfs")})
     _bars(
         axes[0][1],
         "Publish → handler latency (ms)",
-        lat,
+        [PROFILE_NAMES.get(p, p) for p in lat],
         {
             "p50": [values(r, f"latency.{p}") for p in lat],
             "p99": [extras(r, f"latency.{p}", "p99_ms") for p in lat],
@@ -50,6 +51,15 @@ def plot(r: dict[str, Any], path: Path) -> None:
         log=True,
         lines={"consume target": 250_000, "produce target": 150_000},
     )
+    one = med(values(r, "groups.1"))
+    _bars(
+        axes[0][2],
+        "Consumer group on this machine, 1 msg/object (msg/s)",
+        ["1 member", "2 members", "2 members\n(--processes 2)"],
+        {"msg/s": [values(r, k) for k in ("groups.1", "groups.2", "groups.2p")]},
+        lines={"1.6 \u00d7 one member": 1.6 * one} if one else None,
+    )
+    axes[1][2].axis("off")
     fig.suptitle(
         f"s3stream benchmarks {r['date']} (commit {r['machine']['commit']}; bars: median, whiskers: "
         "min\u2013max)",

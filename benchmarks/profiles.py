@@ -1,6 +1,8 @@
 """The suite per emulator profile: seed the backlogs, then run every scenario ``--runs`` times,
 alternating s3stream with the baselines (``run_zero``, ``run_express``, ``run_standard``,
-``run_shards``), plus the zero profile's idle, peak-RSS and cProfile measurements.
+``run_shards``), plus the zero profile's idle, peak-RSS and cProfile measurements, one consumer-group
+member against two (``run_groups``) and the same consume and latency scenarios on a local SeaweedFS
+server (``run_seaweedfs``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import json
 import pstats
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks import bucket as bench
+from benchmarks import members as grp
 from benchmarks import scenarios as sc
+from benchmarks.seaweed import SeaweedFS, start_seaweedfs
 from benchmarks.suite import (
     EmuMeter,
     Suite,
@@ -163,6 +168,79 @@ def run_shards(suite: Suite) -> None:
                     shards=shards,
                     concurrency=64,
                 )
+
+
+GROUP_RUNS: tuple[tuple[str, grp.Mode, int, str], ...] = (
+    ("groups.1", "one", 1, "1 member"),
+    ("groups.2", "separate", 2, "2 members, two s3stream consume processes"),
+    ("groups.2p", "processes", 2, "2 members, s3stream consume --processes 2"),
+)
+
+
+def run_groups(suite: Suite) -> None:
+    """One consumer-group member against two, each a process of its own, on one backlog (zero)."""
+    s = suite.sizes
+    print(f"profile zero: consumer group of 1 and 2 members, {s.group_shards} shards", flush=True)
+    with emulator("zero") as emu:
+        target = target_of(emu, "bench-groups")
+        arun(make_bucket(target, versioned=True))
+        backlog = arun(sc.prepare_backlog(target, "g1", layout="versions", messages=s.group_backlog,
+                                          shards=s.group_shards))
+        for run in range(suite.runs):
+            print(f" run {run + 1}/{suite.runs}", flush=True)
+            for key, mode, members, label in GROUP_RUNS:
+                group_once(suite, key, f"zero: {label}", emu, target, backlog, mode, members)
+
+
+def group_once(suite: Suite, key: str, label: str, emu: Any, target: sc.Target, backlog: sc.Backlog,
+               mode: grp.Mode, members: int) -> None:
+    def measure() -> tuple[float, dict[str, Any]]:
+        meter = EmuMeter(emu)
+        meter.begin()
+        res = grp.consume_with_members(emu.url, target.url(backlog.topic), backlog.messages, mode=mode,
+                                       members=members, group=sc.new_group())
+        usage = meter.end()
+        return res.rate, {"seconds": res.seconds, "spawn_s": res.spawn_seconds, "messages": res.messages,
+                          "shards": backlog.shards, "per_member": res.per_member,
+                          "start_spread_s": res.start_spread,
+                          "cpu_us": res.busy_cpu_seconds / res.messages * 1e6,
+                          "cpu_us_startup": res.cpu_seconds / res.messages * 1e6,
+                          **usage_extra(usage, res.spawn_seconds)}
+
+    suite.record(key, label, "msg/s", measure)
+
+
+class WeedStats:
+    """A running SeaweedFS as the measurements see a server: its URL and its CPU seconds (it counts no
+    requests; s3stream's own scenarios count theirs)."""
+
+    def __init__(self, server: SeaweedFS) -> None:
+        self.server, self.url = server, server.endpoint
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": {}, "cpu_seconds": self.server.cpu_seconds()}
+
+
+def run_seaweedfs(suite: Suite) -> None:
+    """Consume (versions layout, versioned bucket) against the baselines, and the latency scenario, on a
+    real S3 server: a ``weed server`` started here and killed at the end."""
+    s = suite.sizes
+    print("profile seaweedfs (a local weed server)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="s3stream-bench-weed-") as tmp:
+        server = start_seaweedfs(Path(tmp), access_key="testing", secret_key="testing")
+        try:
+            weed = WeedStats(server)
+            target = sc.Target.at(server.endpoint, "bench-seaweedfs")
+            arun(make_bucket(target, versioned=True))
+            backlog = arun(sc.prepare_backlog(target, "c1", layout="versions", messages=s.consume_seaweedfs))
+            for run in range(suite.runs):
+                print(f" run {run + 1}/{suite.runs}", flush=True)
+                consume_once(suite, "consume.seaweedfs.s3stream", "seaweedfs: s3stream (versions)", weed,
+                             target, backlog)
+                baselines_once(suite, "seaweedfs", weed, target.bucket, "c1/00/", s.boto3_limit_seaweedfs)
+                latency_once(suite, "seaweedfs", weed, target, "versions")
+        finally:
+            server.stop()
 
 
 # --- zero profile: idle requests, peak RSS, cProfile --------------------------------------------

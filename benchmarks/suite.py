@@ -41,6 +41,10 @@ class Sizes:
     rss_single: int = 100_000
     rss_time_limit: float = 300.0
     profile_messages: int = 3000
+    group_backlog: int = 20_000  # one message per object, 8 shards: one member against two
+    group_shards: int = 8
+    consume_seaweedfs: int = 4000  # one message per object on a local SeaweedFS
+    boto3_limit_seaweedfs: int = 300
 
 
 SIZES = {
@@ -62,6 +66,9 @@ SIZES = {
         rss_single=5000,
         rss_time_limit=120,
         profile_messages=1000,
+        group_backlog=6000,
+        consume_seaweedfs=800,
+        boto3_limit_seaweedfs=100,
     ),
     "tiny": Sizes(
         consume=60,
@@ -81,6 +88,10 @@ SIZES = {
         rss_single=100,
         rss_time_limit=60,
         profile_messages=60,
+        group_backlog=200,
+        group_shards=4,
+        consume_seaweedfs=40,
+        boto3_limit_seaweedfs=10,
     ),
 }
 

@@ -23,7 +23,8 @@ import orjson
 
 from benchmarks import bucket as bench
 from benchmarks import scenarios as sc
-from benchmarks.report import dollars, num, table
+from benchmarks.figures import num, table
+from benchmarks.report import dollars
 from benchmarks.suite import EmuMeter, Suite, arun, emulator, make_bucket, target_of, usage_extra
 from s3stream.layouts.producer import Producer
 from s3stream.layouts.topics import Layout, create_topic

@@ -2,7 +2,7 @@
 
 Nothing here fakes the S3 client: every test talks HTTP to a real server on 127.0.0.1, started once per
 session on free ports. moto's server (``ThreadedMotoServer``) runs every test; SeaweedFS (``weed
-server``, see ``tests/seaweed.py``) runs the end-to-end data-path tests a second time, so a promise is
+server``, see ``benchmarks/seaweed.py``) runs the end-to-end data-path tests a second time, so a promise is
 checked against a second implementation of S3's versioning, listings and conditional writes.
 
 - ``moto_endpoint``: moto, for the tests that need something only moto does (SQS, notifications, a
@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.seaweed import start_seaweedfs
 from s3stream.cli.devserver import start_moto
 from s3stream.config import Settings, build_settings
 from s3stream.message import Message
 from s3stream.pipeline.consumer import Consumer
 from s3stream.s3.store import Store, open_store
-from tests.seaweed import start_seaweedfs
 
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",

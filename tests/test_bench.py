@@ -167,18 +167,20 @@ def test_bench_command_on_a_missing_bucket_is_one_line(moto_endpoint: str) -> No
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
-    """``benchmarks/run.py`` with tiny counts runs every scenario against the emulator, each once, with no
-    failed measurement, and writes <date>.md with every section, a PNG and the raw figures as JSON."""
+    """``benchmarks/run.py`` with tiny counts runs every scenario against the emulator and SeaweedFS (one
+    group member against two included), each once, with no failed measurement, and writes <date>.md with
+    every section, a PNG and the raw figures as JSON."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--sizes", "tiny", "--runs", "1",
          "--out", str(tmp_path), "--skip-awscli"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     md = next(tmp_path.glob("*.md")).read_text()
     for section in ("## Against the targets", "## Consume, one message per object",
                     "## Segments and producing", "## One shard against eight", "## End-to-end latency",
-                    "## S3 requests per million", "**Idle.**", "## Waking up", "## Peak memory", "## Notes"):
+                    "## S3 requests per million", "**Idle.**", "## Waking up", "## Peak memory", "## Notes",
+                    "## Consumer groups: one member against two", "SeaweedFS (local server)"):
         assert section in md
     assert next(tmp_path.glob("*.png")).read_bytes().startswith(b"\x89PNG")
     results = json.loads(next(tmp_path.glob("*.json")).read_text())
@@ -186,5 +188,20 @@ def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     assert not failures
     for key in ("consume.zero.s3stream", "consume.express.s3stream", "consume.standard.boto3",
                 "segments.express", "produce.express.segments", "shards.8", "latency.express", "idle",
-                "rss.segments", "wakeup.sporadic.express", "wakeup.idle.versions.head.4"):
+                "rss.segments", "wakeup.sporadic.express", "wakeup.idle.versions.head.4", "groups.1",
+                "groups.2", "groups.2p", "consume.seaweedfs.s3stream", "consume.seaweedfs.aiobotocore",
+                "consume.seaweedfs.boto3", "latency.seaweedfs"):
         assert results["series"][key]["values"][0] > 0, key
+    assert sum(results["series"]["groups.2p"]["extra"][0]["per_member"]) == results["sizes"]["group_backlog"]
+
+
+def test_profiles_option_runs_only_the_parts_named() -> None:
+    """``--profiles seaweedfs`` or ``zero,express`` selects those parts in that order; by default every
+    part runs; an unknown name is refused, naming the choices."""
+    from benchmarks import run
+
+    assert run.parse_args(["--profiles", "seaweedfs"]).profiles == ["seaweedfs"]
+    assert run.parse_args(["--profiles", "express, zero"]).profiles == ["express", "zero"]
+    assert run.parse_args([]).profiles == list(run.STAGES)
+    with pytest.raises(SystemExit):
+        run.parse_args(["--profiles", "zero,nope"])

@@ -18,6 +18,7 @@ import pytest
 
 from s3stream.config import build_settings
 from s3stream.errors import CheckpointConflict
+from s3stream.groups.lease import LeaseView
 from s3stream.groups.membership import Candidate, Membership, default_member_id, lease_key, member_key
 from s3stream.layouts.cursor import Checkpoint, VersionCursor
 from s3stream.layouts.topics import create_topic
@@ -310,3 +311,46 @@ def test_default_member_ids_differ_between_processes_on_one_host() -> None:
     """Two members started with the same host name and pid (two containers on the host network,
     both pid 1) still get different ids."""
     assert default_member_id() != default_member_id()
+
+
+@pytest.mark.usefixtures("s3_endpoint")
+async def test_a_take_lost_to_another_member_is_followed_by_the_free_lease_in_the_same_pass(
+        store: Store, bucket: str) -> None:
+    """Two members, two shards. ``b`` takes one; ``a``'s listing of the leases is stale (made before
+    ``b``'s take), so ``a`` tries that shard first and loses the race (412). In the same rebalancing
+    pass ``a`` looks again and takes the shard still free, instead of leaving it unread until its
+    next pass; ``b`` keeps its own."""
+    async def take(_: Candidate, __: Any) -> bool:
+        return True
+
+    async def give_up(_: Candidate) -> None:
+        return None
+
+    shards = [Candidate(bucket, "t/00/"), Candidate(bucket, "t/01/")]
+
+    def new(name: str) -> Membership:
+        return Membership(store, group="g", member=name, duration=30.0, renew_interval=10.0,
+                          candidates=shards, take=take, give_up=give_up, lost=lambda _: None)
+
+    a, b = new("a"), new("b")
+    await a.renew()
+    await b.renew()
+    async with asyncio.TaskGroup() as tg:
+        await b.rebalance(tg)
+    (taken_by_b,) = [prefix for _, prefix in b.held]
+    other = next(c.prefix for c in shards if c.prefix != taken_by_b)
+    real_views, looks = a._views, []
+
+    async def stale_first(bkt: str, cands: list[Candidate], now_ms: int) -> dict[str, LeaseView]:
+        looks.append(now_ms)
+        if len(looks) == 1:  # as listed before b's take, with the other shard shown held by someone
+            return {taken_by_b: LeaseView(taken_by_b, None, 0, None, False),
+                    other: LeaseView(other, "z", 1, '"e"', True)}
+        return await real_views(bkt, cands, now_ms)
+
+    a._views = stale_first  # type: ignore[method-assign]
+    async with asyncio.TaskGroup() as tg:
+        await a.rebalance(tg)
+    assert len(looks) == 2
+    assert [prefix for _, prefix in a.held] == [other]
+    assert [prefix for _, prefix in b.held] == [taken_by_b]

@@ -1,5 +1,5 @@
-"""An in-memory S3 emulator for benchmarks: one process, aiohttp's low-level server on uvloop, HTTP/1.1
-keep-alive, every bucket and object held in memory.
+"""An in-memory S3 emulator for benchmarks: one process, a plain asyncio HTTP/1.1 protocol on uvloop
+(keep-alive), every bucket and object held in memory.
 
 What it is: enough of the S3 API for s3stream's benchmark scenarios, with S3's semantics where they
 matter to s3stream (whole-second ``LastModified``, versions and delete markers interleaved in
@@ -25,19 +25,21 @@ Control endpoints (never buckets): ``GET /_emulator/stats``, ``POST /_emulator/r
 ``POST /_emulator/seed``. Start it with ``python -m benchmarks.emulator --profile zero`` (prints
 ``READY http://127.0.0.1:PORT``) or, from Python, ``with run_emulator("express") as emu:``.
 
-Performance (measured on a 2-core AMD EPYC, zero profile, GetObject of 100-byte objects over
-keep-alive connections, client in another process): an aiohttp client with 64 connections gets
-5,800-7,400 GET/s, limited by the client (the server used a third of a core, about 50 µs of CPU per
-request); a lean raw-socket client gets about 21,000 GET/s with the server at 0.6 core, about 27 µs
-of CPU per request (so roughly 35,000/s per core). PutObject costs about 70 µs. With
-``--verify-signatures`` each request costs about 85 µs (about 9,000 GET/s measured).
+Performance: the emulator shares the benchmark machine's cores with the clients it measures, so it
+spends as little CPU per request as it can. Its server is a plain protocol (:mod:`.wire`) rather than
+aiohttp's server, which spent most of the emulator's CPU per request; consuming one-message
+objects with s3stream (8 shards, zero profile), side by side on a loaded 2-core AMD EPYC, the emulator
+spent 87-99 µs of CPU per message against 139-150 µs with aiohttp's server. Listings remember each
+key's rendered text, since a consumer lists a shard's keys again on each pass. With
+``--verify-signatures`` each request costs about 85 µs more (botocore's signer).
 
 The package: :mod:`~benchmarks.emulator.state` (buckets, versions, sorted keys, uploads, sessions),
 :mod:`~benchmarks.emulator.objects` and :mod:`~benchmarks.emulator.buckets` (the operations),
 :mod:`~benchmarks.emulator.calls` (routing, bodies, answers), :mod:`~benchmarks.emulator.sigcheck`
 (``--verify-signatures``), :mod:`~benchmarks.emulator.documents` (the XML documents),
-:mod:`~benchmarks.emulator.server` (profiles, request flow, rate limits, latency, the command line) and
-:mod:`~benchmarks.emulator.process` (the subprocess runner).
+:mod:`~benchmarks.emulator.server` (profiles, request flow, rate limits, latency, the command line),
+:mod:`~benchmarks.emulator.wire` (the HTTP/1.1 server) and :mod:`~benchmarks.emulator.process` (the
+subprocess runner).
 """
 
 from benchmarks.emulator.process import EmulatorError, EmulatorProcess, run_emulator

@@ -1,12 +1,12 @@
 """One S3 request to the emulator as it arrives and leaves: which bucket, key and operation it is
-(:class:`Call`), its body (``Expect: 100-continue``, ``aws-chunked``), and the answer it gets."""
+(:class:`Call`), its body (``aws-chunked``), and the answer it gets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from multidict import CIMultiDictProxy
 
 CONTROL = "/_emulator/"
@@ -68,15 +68,6 @@ def route(host: str, path: str) -> tuple[str, str]:
             return name[: -len(suffix)], unquote(path[1:])
     bucket, _, key = path[1:].partition("/")
     return unquote(bucket), unquote(key)
-
-
-async def read_body(request: web.BaseRequest) -> bytes:
-    """The whole request body, answering ``Expect: 100-continue`` first (the low-level server does
-    not, and botocore waits for it before sending a PUT's body)."""
-    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-    return await request.content.read()
 
 
 def decode_aws_chunked(body: bytes) -> bytes:

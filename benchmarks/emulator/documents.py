@@ -61,8 +61,17 @@ def _etag(etag: str) -> str:
     return etag.replace('"', "&quot;")
 
 
+_texts: dict[tuple[str, bool], str] = {}
+
+
 def _text(value: str, encode: bool) -> str:
-    return quote_plus(value, safe="/") if encode else escape(value)
+    """``value`` form-encoded or XML-escaped; remembered, since a listing pass renders each key again."""
+    text = _texts.get((value, encode))
+    if text is None:
+        if len(_texts) > 200_000:
+            _texts.clear()
+        text = _texts[(value, encode)] = quote_plus(value, safe="/") if encode else escape(value)
+    return text
 
 
 def error_xml(code: str, message: str, request_id: str, extra: dict[str, str] | None = None) -> bytes:

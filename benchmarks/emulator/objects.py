@@ -85,7 +85,7 @@ class ObjectOps(Storage):
         return headers
 
     def get_object(self, call: Call) -> web.Response:
-        """GetObject and HeadObject (aiohttp leaves the body out of a HEAD answer)."""
+        """GetObject and HeadObject (the server leaves the body out of a HEAD answer)."""
         bucket = self._bucket(call.bucket)
         version = self._find(bucket, call.key, call.query.get("versionId"))
         headers = dict(version.headers)

@@ -1,5 +1,6 @@
 """The S3 emulator's HTTP side: the profiles, the request flow (routing, counting, signature checks,
-per-prefix rate limits, added latency), the control endpoints, the aiohttp server and its command line."""
+per-prefix rate limits, added latency), the control endpoints, the server (:mod:`.wire`) and its command
+line."""
 
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ from benchmarks.emulator.calls import (
     Call,
     decode_aws_chunked,
     operation,
-    read_body,
     route,
 )
 from benchmarks.emulator.objects import ObjectOps
 from benchmarks.emulator.sigcheck import SignatureVerifier
 from benchmarks.emulator.state import S3Error, unimplemented
+from benchmarks.emulator.wire import HttpProtocol, Incoming
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +125,28 @@ class Emulator(ObjectOps, BucketOps):
 
     # ----------------------------------------------------------------------------- request flow
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Answer one HTTP request (the low-level server's handler)."""
+    def answer_now(self, request: Incoming) -> web.Response | None:
+        """The answer, when it needs no waiting (no added latency, not a control endpoint); else None:
+        :meth:`answer_later` then gives it."""
+        if self.latency or request.raw_path.startswith(CONTROL):
+            return None
+        return self._answer(request)
+
+    async def answer_later(self, request: Incoming) -> web.Response:
+        """The answer to one request, after the profile's latency; control endpoints too."""
         path, _, qs = request.raw_path.partition("?")
         if path.startswith(CONTROL):
             return await self._control(request, path, qs)
+        response = self._answer(request)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return response
+
+    def _answer(self, request: Incoming) -> web.Response:
+        path, _, qs = request.raw_path.partition("?")
         request_id = f"{next(self._ids):016X}"
         try:
-            call = await self._prepare(request, path, qs, request_id)
+            call = self._prepare(request, path, qs, request_id)
             response = self._ops.get(call.op, self.not_implemented)(call)
         except S3Error as exc:
             response = self._error(exc, request_id)
@@ -139,11 +154,9 @@ class Emulator(ObjectOps, BucketOps):
             traceback.print_exc()
             response = self._error(S3Error(500, "InternalError", "emulator failure (see its stderr)"),
                                    request_id)
-        if self.latency:
-            await asyncio.sleep(self.latency)
         return response
 
-    async def _prepare(self, request: web.BaseRequest, path: str, qs: str, request_id: str) -> Call:
+    def _prepare(self, request: Incoming, path: str, qs: str, request_id: str) -> Call:
         """Parse, count, read, verify and rate-limit one S3 request."""
         bucket, key = route(request.host, path)
         pairs = parse_qsl(qs, keep_blank_values=True) if qs else []
@@ -151,7 +164,7 @@ class Emulator(ObjectOps, BucketOps):
         method = request.method
         op = operation(method, bucket, key, query)
         self.requests[op] += 1
-        body = await read_body(request) if method in BODY_METHODS else b""
+        body = request.body if method in BODY_METHODS else b""
         if self.verifier is not None:
             self.verifier.verify(method, path, pairs, request.headers, body)
         if body and (request.headers.get("x-amz-content-sha256", "").startswith("STREAMING-")
@@ -184,7 +197,7 @@ class Emulator(ObjectOps, BucketOps):
 
     # ----------------------------------------------------------------------------- control
 
-    async def _control(self, request: web.BaseRequest, path: str, qs: str) -> web.Response:
+    async def _control(self, request: Incoming, path: str, qs: str) -> web.Response:
         action, method = path[len(CONTROL):], request.method
         if (method, action) == ("GET", "stats"):
             return _json(self.stats())
@@ -193,7 +206,7 @@ class Emulator(ObjectOps, BucketOps):
             return _json({"reset": True})
         if (method, action) == ("POST", "seed"):
             try:
-                return _json({"stored": self.seed(orjson.loads(await read_body(request)))})
+                return _json({"stored": self.seed(orjson.loads(request.body))})
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 return _json({"error": f"bad seed document: {exc!r}"}, status=400)
         return _json({"error": f"no control endpoint {method} {path}"}, status=404)
@@ -231,11 +244,12 @@ class EmulatorServer:
     emulator: Emulator
     url: str
     _server: asyncio.Server
-    _handler: web.Server
+    _connections: set[HttpProtocol]
 
     async def close(self) -> None:
         self._server.close()
-        await self._handler.shutdown(1.0)
+        for connection in list(self._connections):
+            connection.close()
         await self._server.wait_closed()
 
 
@@ -248,11 +262,13 @@ async def start_emulator_server(
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     emulator = Emulator(PROFILES[profile], verify_signatures=verify_signatures, put_rate=put_rate,
                         get_rate=get_rate, latency_ms=latency_ms)
-    # auto_decompress off: a body sent with Content-Encoding: gzip is stored as sent, as S3 does.
-    handler = web.Server(emulator.handle, access_log=None, auto_decompress=False, read_bufsize=1 << 22)
-    server = await asyncio.get_running_loop().create_server(handler, host, port, backlog=1024)
+    # bodies are stored as sent: one sent with Content-Encoding: gzip stays gzip, as S3 does
+    connections: set[HttpProtocol] = set()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: HttpProtocol(emulator.answer_now, emulator.answer_later, connections), host, port,
+        backlog=1024)
     bound = server.sockets[0].getsockname()[1]
-    return EmulatorServer(emulator, f"http://{host}:{bound}", server, handler)
+    return EmulatorServer(emulator, f"http://{host}:{bound}", server, connections)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

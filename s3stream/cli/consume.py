@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from s3stream.cli import preflight
+from s3stream.cli import members, preflight
 from s3stream.cli.app import F, fail, run_async, s3_options, serve
 from s3stream.cli.runopts import apply_handler_options, handler_options, serve_with_status
 from s3stream.config import Settings, build_settings, read_toml
@@ -66,8 +67,9 @@ def apply_lease_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
 @click.option("--metrics-port", type=int, help="Serve /metrics, /healthz, /readyz on this port.")
 @handler_options
 @lease_options
+@members.processes_option
 @s3_options
-def consume(url: str, config: str | None, **opts: Any) -> None:
+def consume(url: str, config: str | None, processes: int | None, **opts: Any) -> None:
     """Stream every version under s3://BUCKET/PREFIX to a handler until SIGTERM/SIGINT.
 
     On a terminal, a status line goes to stderr every 10 s (S3STREAM_STATUS_INTERVAL)."""
@@ -77,7 +79,19 @@ def consume(url: str, config: str | None, **opts: Any) -> None:
         preflight.check_consumer(settings)
     except S3StreamError as exc:
         fail(exc)
-    run_async(lambda: serve_with_status(consumer, serve))
+    serve_or_supervise(consumer, processes)
+
+
+def serve_or_supervise(consumer: Consumer, processes: int | None) -> None:
+    """Run ``consumer`` here, or with ``--processes N`` as N member processes of its group."""
+    if processes is None:
+        run_async(lambda: serve_with_status(consumer, serve))
+        return
+    try:
+        members.check(processes, consumer.settings)
+    except S3StreamError as exc:
+        fail(exc)
+    sys.exit(members.supervise(members.child_commands(processes, consumer.settings, sys.argv[1:])))
 
 
 @click.command()
@@ -86,7 +100,9 @@ def consume(url: str, config: str | None, **opts: Any) -> None:
 @click.option("--endpoint-url", help="S3 endpoint (overrides [s3] endpoint_url; else AWS_ENDPOINT_URL).")
 @handler_options
 @lease_options
-def run(config: str, metrics_port: int | None, endpoint_url: str | None, **opts: Any) -> None:
+@members.processes_option
+def run(config: str, metrics_port: int | None, endpoint_url: str | None, processes: int | None,
+        **opts: Any) -> None:
     """Run the consumer described by a config file (several sources and handlers).
 
     On a terminal, a status line goes to stderr every 10 s (S3STREAM_STATUS_INTERVAL)."""
@@ -101,4 +117,4 @@ def run(config: str, metrics_port: int | None, endpoint_url: str | None, **opts:
         preflight.check_consumer(consumer.settings)
     except S3StreamError as exc:
         fail(exc)
-    run_async(lambda: serve_with_status(consumer, serve))
+    serve_or_supervise(consumer, processes)

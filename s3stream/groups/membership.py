@@ -55,6 +55,7 @@ log = get_logger("s3stream.groups.membership")
 
 
 GROUPS_PREFIX = f"{CONTROL_PREFIX}/groups/"
+TAKE_ROUNDS = 3  # looks at the free leases in one rebalancing pass, when takes are lost
 
 
 def group_prefix(group: str) -> str:
@@ -189,27 +190,36 @@ class Membership:
 
     async def rebalance(self, tg: asyncio.TaskGroup) -> None:
         """List the members and the leases and follow :func:`~s3stream.groups.lease.plan`, bucket by
-        bucket."""
+        bucket. A take lost to another member (members started together prefer different shards, but
+        not disjoint ones) is followed at once by another look at the leases still free, up to
+        ``TAKE_ROUNDS`` in all, rather than leaving those shards unread until the next pass."""
         began = time.monotonic()
         by_bucket: dict[str, list[Candidate]] = {}
         for cand in self.candidates:
             by_bucket.setdefault(cand.bucket, []).append(cand)
         for bucket, cands in by_bucket.items():
-            members, now_ms = await self._members(bucket)
-            mine = [(k[1], h) for k, h in self.held.items() if k[0] == bucket]
-            held = {prefix for prefix, h in mine if not h.releasing}
-            releasing = frozenset(prefix for prefix, h in mine if h.releasing)
-            wanting = self.taking and fair_share(len(cands), members, self.member) > len(held)
-            views = await self._views(bucket, cands, now_ms) if wanting else {}  # at its share: no reads
-            decided = plan(self.member, members, [c.prefix for c in cands], views, held, releasing)
-            for prefix in decided.release:
-                self.held[(bucket, prefix)].releasing = True
-                tg.create_task(self._release_after_drain(self.held[(bucket, prefix)]))
-            if not self.taking:
-                continue
-            by_prefix = {c.prefix: c for c in cands}
-            await asyncio.gather(*(self._acquire(by_prefix[v.shard], v, tg) for v in decided.acquire))
+            for _ in range(TAKE_ROUNDS):
+                if not await self._rebalance_bucket(bucket, cands, tg):
+                    break
         self.log.debug("group rebalanced", seconds=round(time.monotonic() - began, 3), held=len(self.held))
+
+    async def _rebalance_bucket(self, bucket: str, cands: list[Candidate], tg: asyncio.TaskGroup) -> bool:
+        """One look at one bucket's members and leases; True when a take was lost to another member."""
+        members, now_ms = await self._members(bucket)
+        mine = [(k[1], h) for k, h in self.held.items() if k[0] == bucket]
+        held = {prefix for prefix, h in mine if not h.releasing}
+        releasing = frozenset(prefix for prefix, h in mine if h.releasing)
+        wanting = self.taking and fair_share(len(cands), members, self.member) > len(held)
+        views = await self._views(bucket, cands, now_ms) if wanting else {}  # at its share: no reads
+        decided = plan(self.member, members, [c.prefix for c in cands], views, held, releasing)
+        for prefix in decided.release:
+            self.held[(bucket, prefix)].releasing = True
+            tg.create_task(self._release_after_drain(self.held[(bucket, prefix)]))
+        if not self.taking:
+            return False
+        by_prefix = {c.prefix: c for c in cands}
+        taken = await asyncio.gather(*(self._acquire(by_prefix[v.shard], v, tg) for v in decided.acquire))
+        return not all(taken)
 
     async def release_all(self) -> None:
         """Hand every held lease back and delete the member record (at shutdown, after the final
@@ -286,21 +296,23 @@ class Membership:
                 held.overdue = False
                 self.log.info("lease renewed after all; the shard resumes", shard=key[1])
 
-    async def _acquire(self, cand: Candidate, view: LeaseView, tg: asyncio.TaskGroup) -> None:
-        """Take the lease, then open the shard beside the rebalancing (fencing and loading take time)."""
+    async def _acquire(self, cand: Candidate, view: LeaseView, tg: asyncio.TaskGroup) -> bool:
+        """Take the lease, then open the shard beside the rebalancing (fencing and loading take time);
+        False when another member was faster."""
         if (cand.bucket, cand.prefix) in self.held:
-            return
+            return True
         generation = view.generation + 1
         sent = self.clock()
         body = _body(cand, self.member, generation, 0)
         try:
             etag = await self._put(cand, body, view.etag, self.member, generation)
         except PreconditionFailed:
-            return  # another member was faster
+            return False  # another member was faster
         held = Held(cand, Tenure(generation, sent + self.duration), etag, writes=1)
         self.held[(cand.bucket, cand.prefix)] = held
         self.log.info("lease taken", shard=cand.prefix, generation=generation, previous_owner=view.owner)
         tg.create_task(self._open(held))
+        return True
 
     async def _open(self, held: Held) -> None:
         if not await self._take(held.candidate, held.tenure):

