@@ -223,6 +223,33 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "max_ms": ordered[-1] * 1000, "messages": len(ordered)}
 
 
+def wakeup_targets(r: dict[str, Any]) -> list[tuple[str, list[Any], str, float, bool, str]]:
+    """The summary's rows for waking up: sporadic p99 with the head, the idle shard-day, the quiet history."""
+    series = r["series"]
+
+    def first(key: str, *path: str) -> list[Any]:
+        s = series.get(key)
+        if not s or not s["extra"] or not s["extra"][0]:
+            return [None]
+        value: Any = s["extra"][0]
+        for step in path:
+            value = value[step]
+        return [value]
+
+    return [
+        ("sporadic p99, express (head)", first("wakeup.sporadic.express", "modes", "head", "p99_ms"), " ms",
+         250, True, "≤ 250 ms"),
+        ("sporadic p99, standard (head)", first("wakeup.sporadic.standard", "modes", "head", "p99_ms"), " ms",
+         500, True, "≤ 500 ms"),
+        ("idle shard-day, Standard prices, 4 shards", first("wakeup.idle.versions.head.4", "standard_usd"),
+         " $", 0.05, True, "≤ $0.05"),
+        ("idle shard-day, Standard prices, 1 shard", first("wakeup.idle.versions.head.1", "standard_usd"),
+         " $", 0.05, True, "≤ $0.05"),
+        ("quiet 100,000-version shard, listing requests/h (head)",
+         series.get("wakeup.history.head", {}).get("values", [None])[:1], "", 120, True, "not every poll"),
+    ]
+
+
 def wakeup_section(r: dict[str, Any]) -> str:
     """The markdown of the three measurements, head against listing side by side."""
     series = r["series"]
