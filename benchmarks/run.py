@@ -52,9 +52,10 @@ from benchmarks.profiles import (  # noqa: E402
     run_zero,
 )
 from benchmarks.suite import SIZES, Suite, check_awscli  # noqa: E402
+from benchmarks.wakeup import run_wakeup  # noqa: E402
 
 STAGES = {"zero": run_zero, "express": run_express, "standard": run_standard, "shards": run_shards,
-          "groups": run_groups, "seaweedfs": run_seaweedfs}
+          "groups": run_groups, "seaweedfs": run_seaweedfs, "wakeup": run_wakeup}
 
 # --- machine, main ----------------------------------------------------------------------------------
 
