@@ -124,19 +124,9 @@ async def idle(target: sc.Target, topics: dict[Layout, str], *, shards: int = 4,
             await create_topic(store, target.bucket, name, shards=shards, layout=layout)
     consumer = Consumer(target.settings(*topics.values(), consumer={"group": group or sc.new_group()}))
     consumer.register_handler(sc.HANDLER, _ignore)
-    meter = meter or sc.MetricMeter()
-    measured = asyncio.Event()
-
-    async def measure() -> None:
-        await asyncio.sleep(warmup)
-        meter.begin()
-        await asyncio.sleep(seconds)
-
-    clock = asyncio.create_task(measure())
-    clock.add_done_callback(lambda _: measured.set())
-    await sc.run_until(consumer, measured, warmup + seconds + 60, "idle")
-    clock.result()
-    return IdleResult(seconds=seconds, shards=shards, usage=meter.end())
+    usage = await sc.measure_window(consumer, meter or sc.MetricMeter(), warmup=warmup, seconds=seconds,
+                                    what="idle")
+    return IdleResult(seconds=seconds, shards=shards, usage=usage)
 
 
 async def _ignore(message: Message) -> None:

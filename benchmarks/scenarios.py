@@ -251,6 +251,26 @@ class _Counter:
             self.done.set()
 
 
+async def measure_window(consumer: Consumer, meter: Meter, *, warmup: float, seconds: float, what: str,
+                         ready: asyncio.Event | None = None, ready_within: float = 0.0) -> Usage:
+    """Run ``consumer`` (once ``ready`` is set, if given) ``warmup`` seconds, then measure ``seconds``
+    of its requests with ``meter``; stop it and return what the window cost."""
+    measured = asyncio.Event()
+
+    async def measure() -> None:
+        if ready is not None:
+            await asyncio.wait_for(ready.wait(), ready_within)
+        await asyncio.sleep(warmup)
+        meter.begin()
+        await asyncio.sleep(seconds)
+
+    clock = asyncio.create_task(measure())
+    clock.add_done_callback(lambda _: measured.set())
+    await run_until(consumer, measured, ready_within + warmup + seconds + 60, what)
+    clock.result()
+    return meter.end()
+
+
 async def run_until(consumer: Consumer, done: asyncio.Event, time_limit: float, what: str) -> None:
     """Run ``consumer`` until ``done`` is set (or ``time_limit`` s pass: BenchError), then stop it."""
     task = asyncio.create_task(consumer.run())

@@ -94,18 +94,7 @@ async def idle(target: sc.Target, topic: str, *, layout: Layout, mode: str, shar
         await producer.publish(target.url(topic), sc.body(-1))
     consumer = Consumer(target.settings(topic, consumer={"group": sc.new_group(), "wakeup": mode}))
     consumer.register_handler(sc.HANDLER, _ignore)
-    measured = asyncio.Event()
-
-    async def measure() -> None:
-        await asyncio.sleep(warmup)
-        meter.begin()
-        await asyncio.sleep(seconds)
-
-    clock = asyncio.create_task(measure())
-    clock.add_done_callback(lambda _: measured.set())
-    await sc.run_until(consumer, measured, warmup + seconds + 60, f"idle {mode}")
-    clock.result()
-    usage = meter.end()
+    usage = await sc.measure_window(consumer, meter, warmup=warmup, seconds=seconds, what=f"idle {mode}")
     return per_shard_day(usage.requests, seconds, shards, reconcile=mode == "head")
 
 
@@ -188,19 +177,8 @@ async def _quiet_history(target: sc.Target, topic: str, mode: str, history: int,
     counter = _Count(history + 1)
     consumer = Consumer(target.settings(topic, consumer={"group": sc.new_group(), "wakeup": mode}))
     consumer.register_handler(sc.HANDLER, counter.handle)
-    measured = asyncio.Event()
-
-    async def measure() -> None:
-        await asyncio.wait_for(counter.done.wait(), 600)
-        await asyncio.sleep(warmup)
-        meter.begin()
-        await asyncio.sleep(seconds)
-
-    clock = asyncio.create_task(measure())
-    clock.add_done_callback(lambda _: measured.set())
-    await sc.run_until(consumer, measured, 600 + warmup + seconds, f"history {mode}")
-    clock.result()
-    usage = meter.end()
+    usage = await sc.measure_window(consumer, meter, warmup=warmup, seconds=seconds, what=f"history {mode}",
+                                    ready=counter.done, ready_within=600)
     listed = sum(usage.requests.get(op, 0) for op in LISTINGS)
     return {"listings_per_hour": listed * 3600 / seconds, "seconds": seconds, **usage_extra(usage, seconds)}
 

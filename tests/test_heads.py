@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -48,6 +49,12 @@ async def _topic(store: Store, layout: str = "versions") -> str:
     return bucket
 
 
+def _consumer(proxy: S3Proxy, bucket: str, recorder: Recorder, **settings: Any) -> Consumer:
+    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
+    consumer.register_handler("rec", recorder)
+    return consumer
+
+
 async def _publish(endpoint: str, bucket: str, body: bytes, **producer: object) -> None:
     settings = make_settings(endpoint, f"s3://{bucket}/{TOPIC}")
     settings = settings.model_copy(update={"producer": settings.producer.model_copy(update=producer)})
@@ -64,8 +71,7 @@ async def test_an_idle_consumer_is_woken_by_the_head_not_by_its_next_listing(
     bucket = await _topic(store, layout)
     listings = proxy.add(_counting("GET", "listing"))
     recorder = Recorder()
-    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **IDLE))
-    consumer.register_handler("rec", recorder)
+    consumer = _consumer(proxy, bucket, recorder, **IDLE)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
@@ -85,10 +91,9 @@ async def test_an_idle_shard_reads_the_head_and_lists_only_to_reconcile(store: S
     bucket = await _topic(store)
     listings = proxy.add(_counting("GET", "listing"))
     reads = proxy.add(_counting("GET", "head"))
-    recorder = Recorder()
     settings = {**IDLE, "reconcile_interval": 1.0}
-    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
-    consumer.register_handler("rec", recorder)
+    recorder = Recorder()
+    consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
@@ -108,10 +113,9 @@ async def test_without_a_head_the_consumer_lists_as_before(store: Store, proxy: 
     up to max_poll_interval, however long reconcile_interval is, so plain PUTs arrive promptly."""
     bucket = await _topic(store)
     listings = proxy.add(_counting("GET", "listing"))
-    recorder = Recorder()
     settings = {**IDLE, "max_poll_interval": 0.2}
-    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
-    consumer.register_handler("rec", recorder)
+    recorder = Recorder()
+    consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         for i in range(3):
             seen = listings.matched
@@ -150,10 +154,9 @@ async def test_listing_wakeup_reads_no_head(store: Store, proxy: S3Proxy) -> Non
     to max_poll_interval."""
     bucket = await _topic(store)
     reads = proxy.add(_counting("GET", "head"))
-    recorder = Recorder()
     settings = {**IDLE, "wakeup": "listing", "max_poll_interval": 0.2}
-    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
-    consumer.register_handler("rec", recorder)
+    recorder = Recorder()
+    consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
@@ -172,10 +175,9 @@ async def test_a_quiet_shard_with_a_long_history_is_not_listed_on_every_poll(
         await store.put_object(bucket, f"{TOPIC}/00/k{i:03d}", b"old")
     listings = proxy.add(_counting("GET", "listing"))
     reads = proxy.add(_counting("GET", "head"))
-    recorder = Recorder()
     settings = {**IDLE, "reconcile_interval": 0.2, "page_size": 10}
-    consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
-    consumer.register_handler("rec", recorder)
+    recorder = Recorder()
+    consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"new")
         await recorder.wait_count(201, within=30)
