@@ -213,12 +213,12 @@ async def command(settings: Settings, bucket: str, *, messages: int, scenarios: 
 
 
 async def cleanup(store: Store, plan: Plan, checkpoint_prefix: str) -> int:
-    """Delete everything the run wrote: messages, topic metadata, its groups' checkpoints and dead
+    """Delete everything the run wrote: messages, topic metadata and heads, its groups' checkpoints and dead
     letters. Every prefix ends in ``/``, as directory buckets require."""
     from s3stream.ops.admin import is_versioned, purge
 
     versions = await is_versioned(store, plan.target.bucket)
-    prefixes = [f"{plan.prefix}/", f"_s3stream/topics/{plan.prefix}/"]
+    prefixes = [f"{plan.prefix}/", f"_s3stream/topics/{plan.prefix}/", f"_s3stream/heads/{plan.prefix}/"]
     for group in sorted(plan.groups):
         prefixes += [f"{checkpoint_prefix.strip('/')}/{group}/", f"_s3stream/dead-letters/{group}/"]
     return sum([await purge(store, plan.target.bucket, p, versions=versions) for p in prefixes])

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from s3stream.cli.app.members import child_commands, strip_options
 
+from s3stream.cli.members import child_commands, strip_options
 from s3stream.config import build_settings
 from s3stream.groups.membership import group_prefix
 from s3stream.layouts.topics import create_topic

@@ -187,12 +187,13 @@ class ConsumerSettings(_Model):
                     "is delivered within about this long of becoming visible.",
     )
     wakeup: Literal["head", "listing"] = Field(
-        default="head",
-        description="How an idle consumer learns of new messages. \"head\": it reads the topic's head "
+        default="listing",
+        description="How an idle consumer learns of new messages. \"listing\" (the default for now): it "
+                    "lists, backing off up to max_poll_interval. \"head\": it reads the topic's head "
                     "object, which s3stream producers rewrite after publishing, with a conditional GET every "
                     "head_interval (a 304 costs one GET, far less than a LIST) and lists at once when it "
-                    "changed; until it has seen a head it lists as with \"listing\". \"listing\": it "
-                    "lists, backing off up to max_poll_interval.",
+                    "changed, listing on its own about once a minute to reconcile; until it has seen a "
+                    "head it lists as with \"listing\".",
     )
     head_interval: float | None = Field(
         default=None, gt=0,

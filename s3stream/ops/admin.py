@@ -19,6 +19,7 @@ from s3stream.errors import (
 )
 from s3stream.groups.membership import GROUPS_PREFIX, group_prefix, lease_key
 from s3stream.layouts.cursor import Checkpoint
+from s3stream.layouts.heads import head_key
 from s3stream.layouts.logcursor import LogCheckpoint
 from s3stream.layouts.topics import (
     Layout,
@@ -196,6 +197,7 @@ async def topic_delete(settings: Settings, url: str, *, data: bool, yes: bool,
                 await delete_key(store, bucket, found.key, versions=versions)
             for key in await find_leases(store, topic):
                 await delete_key(store, bucket, key, versions=versions)
+            await delete_key(store, bucket, head_key(topic.name), versions=versions)
         if not topic.plain:
             await delete_key(store, bucket, topic.metadata_key, versions=versions)
     extra = f" and {removed} objects or versions" if data else ""
