@@ -52,7 +52,7 @@ async def sporadic(target: sc.Target, topic: str, *, layout: Layout,
         consumer.register_handler(sc.HANDLER, _recorder(mode, seen, warm[mode], len(gaps), arrived))
         consumers.append(consumer)
     done = asyncio.Event()
-    async with Producer(target.settings()) as producer:
+    async with Producer(target.settings(producer={"heads": True})) as producer:
         url = target.url(topic)
 
         async def publish() -> None:
@@ -90,7 +90,7 @@ async def idle(target: sc.Target, topic: str, *, layout: Layout, mode: str, shar
     """Requests of an idle consumer of one ``shards``-shard topic (its head written once, before)."""
     async with open_store(target.s3, max_connections=4) as store:
         await create_topic(store, target.bucket, topic, shards=shards, layout=layout)
-    async with Producer(target.settings()) as producer:
+    async with Producer(target.settings(producer={"heads": True})) as producer:
         await producer.publish(target.url(topic), sc.body(-1))
     consumer = Consumer(target.settings(topic, consumer={"group": sc.new_group(), "wakeup": mode}))
     consumer.register_handler(sc.HANDLER, _ignore)
@@ -172,7 +172,7 @@ def _idle_costs(suite: Suite, size: str) -> None:
 async def _quiet_history(target: sc.Target, topic: str, mode: str, history: int, warmup: float,
                          seconds: float, meter: sc.Meter) -> dict[str, Any]:
     """A consumer that caught up with ``history`` versions, then idles; its listing requests per hour."""
-    async with Producer(target.settings()) as producer:
+    async with Producer(target.settings(producer={"heads": True})) as producer:
         await producer.publish(target.url(topic), sc.body(-1))  # a head for the head mode
     counter = _Count(history + 1)
     consumer = Consumer(target.settings(topic, consumer={"group": sc.new_group(), "wakeup": mode}))

@@ -58,7 +58,8 @@ def _consumer(proxy: S3Proxy, bucket: str, recorder: Recorder, **settings: Any) 
 
 async def _publish(endpoint: str, bucket: str, body: bytes, **producer: object) -> None:
     settings = make_settings(endpoint, f"s3://{bucket}/{TOPIC}")
-    settings = settings.model_copy(update={"producer": settings.producer.model_copy(update=producer)})
+    update = {"heads": True, **producer}
+    settings = settings.model_copy(update={"producer": settings.producer.model_copy(update=update)})
     async with Producer(settings) as p:
         await p.publish(f"s3://{bucket}/{TOPIC}", body)
 
@@ -141,7 +142,7 @@ async def test_a_burst_costs_a_head_write_per_gap_and_its_last_message_is_signal
 
     proxy.add(Rule(Delay(0), when=record))
     settings = make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}")
-    producer = settings.producer.model_copy(update={"head_gap": 0.2})
+    producer = settings.producer.model_copy(update={"heads": True, "head_gap": 0.2})
     settings = settings.model_copy(update={"producer": producer})
     async with Producer(settings) as p:
         await asyncio.gather(*(p.publish(f"s3://{bucket}/{TOPIC}", f"m{i}".encode()) for i in range(30)))

@@ -309,9 +309,11 @@ class ProducerSettings(_Model):
                     "slower write is made again under a new time. Keep it below consumers' settle_window.",
     )
     heads: bool = Field(
-        default=True,
-        description="Rewrite a topic's head object after publishing to it, so that idle consumers learn "
-                    "of the message with a conditional GET instead of waiting for their next listing.",
+        default=False,
+        description="Rewrite a topic's head object after publishing to it, so that idle consumers with "
+                    "wakeup = \"head\" learn of the message with a conditional GET instead of waiting for "
+                    "their next listing. Off by default, like the consumers' side: at low rates each "
+                    "message can cost a second PUT.",
     )
     head_gap: float = Field(
         default=0.05, ge=0,
