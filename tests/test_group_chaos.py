@@ -36,6 +36,7 @@ from s3stream.errors import NotFound
 from s3stream.groups.membership import group_prefix, member_key
 from s3stream.layouts.producer import Producer
 from s3stream.layouts.topics import create_topic
+from s3stream.s3.keys import key_versions
 from s3stream.s3.store import Store
 from tests.chaos import (
     Ack,
@@ -253,6 +254,27 @@ async def registered(store: Store, bucket: str, node: Node) -> bool:
     return bool(doc.get("pid") == node.pid)
 
 
+def lost_acks(h: History) -> list[Ack]:
+    """The acknowledged writes check_delivered reports, in its order."""
+    done = {(c.key, c.version) for c in h.calls if c.done}
+    return [a for a in h.acks if (a.key, a.version) not in done]
+
+
+def nodes_logs(tmp: Path) -> str:
+    return "".join(log.read_text(errors="replace") for log in sorted(tmp.glob("m*.log")))
+
+
+async def lost_detail(store: Store, bucket: str, ack: Ack, logs: str) -> str:
+    """What tells a skipped write from a stuck shard: when the server stamped the version (a PUT
+    answered more than the settle window after its stamp may be listed after the horizon passed it),
+    and whether any member's log names it."""
+    stamped = next((e.last_modified_ms for e in await key_versions(store, bucket, ack.key)
+                    if e.version_id == ack.version), None)
+    when = ("; not in the bucket" if stamped is None
+            else f"; stamped {ack.at - stamped / 1000:.2f}s before its acknowledgement")
+    return when + ("; named in a member's log" if ack.version in logs else "; in no member's log")
+
+
 def caught_up(nodes: list[Node], acks: list[Ack]) -> bool:
     done = {(c.key, c.version) for c in read_calls(n.out for n in nodes) if c.done}
     return all((a.key, a.version) in done for a in acks)
@@ -293,6 +315,7 @@ async def chaos_run(store: Store, bucket: str, endpoint: str, rate: float, seed:
 
 
 @pytest.mark.chaos
+@pytest.mark.xdist_group("group-chaos")  # three members each: one server's run at a time
 async def test_group_keeps_its_promises_under_a_seeded_nemesis(
         store: Store, bucket: str, s3_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         request: pytest.FixtureRequest) -> None:
@@ -318,6 +341,8 @@ async def test_group_keeps_its_promises_under_a_seeded_nemesis(
         "recovery": [] if recovered else [
             f"not caught up and back at 2/2/2 within {RECOVERY_SECONDS:.0f}s of the faults ending"],
     }
+    violations["delivered"] = [v + await lost_detail(store, bucket, a, nodes_logs(tmp_path))
+                               for v, a in zip(violations["delivered"], lost_acks(h), strict=True)]
     print(summary(seed, h))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
           + f"; history and member logs in {tmp_path}")

@@ -108,7 +108,7 @@ def group_settings(endpoint: str, url: str, member: str, duration: float = DURAT
     return build_settings({
         "s3": {"endpoint_url": endpoint, "addressing_style": "path"},
         "consumer": {"group": "g", "concurrency": 8, "poll_interval": 0.1, "max_poll_interval": 1.0,
-                     "settle_window": 1.0, "shutdown_grace": 5.0, "checkpoint": {"interval": 0.2},
+                     "settle_window": 2.0, "shutdown_grace": 5.0, "checkpoint": {"interval": 0.2},
                      "leases": {"enabled": True, "duration": duration, "renew_interval": RENEW,
                                 "member_id": member}},
         "sources": [{"url": url, "handler": "rec"}],
@@ -259,7 +259,7 @@ class Member:
         cfg.write_text(
             f'[s3]\nendpoint_url = "{endpoint}"\naddressing_style = "path"\n'
             '[consumer]\ngroup = "g"\nconcurrency = 8\npoll_interval = 0.1\nmax_poll_interval = 1\n'
-            "settle_window = 1\nshutdown_grace = 5\n[consumer.checkpoint]\ninterval = 0.2\n"
+            "settle_window = 2\nshutdown_grace = 5\n[consumer.checkpoint]\ninterval = 0.2\n"
             f"[consumer.leases]\nrenew_interval = {RENEW}\n"
             f'[handlers.out]\nuse = "jsonl"\npath = "{self.out}"\n')
         env = {**os.environ, "S3STREAM_LOG_LEVEL": "info"}

@@ -278,12 +278,12 @@ def _server_clock_set(seconds_to_minute_end: float) -> tuple[Rule, float]:
 async def test_publish_retried_past_the_settle_window_is_delivered(
     store: Store, bucket: str, moto_endpoint: str
 ) -> None:
-    """A publish started a few seconds before the end of a minute is answered 503 SlowDown until the
+    """A publish started seconds before the end of a minute is answered 503 SlowDown until the
     consumer (settle window 2 s) has sealed that minute's directory; the producer keeps retrying and
     the publish succeeds. It is delivered: the object was named again before a later attempt, so it
     landed in a directory still open, not in the sealed one."""
     await create_topic(store, bucket, "late", layout="log")
-    clock, minute_end = _server_clock_set(6.0)
+    clock, minute_end = _server_clock_set(15.0)  # room for a slow first pass on a loaded machine
     busy = Rule(S3Error(503, "SlowDown"), method="PUT", when=lambda r: f"/{bucket}/late/" in r.path)
     with S3Proxy(moto_endpoint, [busy, clock]) as proxy:
         consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/late", settle_window=2))

@@ -175,8 +175,8 @@ async def test_checkpoint_is_fenced_by_etag(store: Store, bucket: str) -> None:
 @pytest.mark.timeout(900)  # moto lists slowly beside other workers' tests
 async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: str,
                                                           s3_endpoint: str) -> None:
-    """Once the settle window has passed, the committed checkpoint is the same size after 1,000
-    versions as after 250: it holds a watermark, not the history."""
+    """Once the settle window has passed, the committed checkpoint is as small after 1,000 versions
+    as after 250: it holds a watermark (and at most a pass's position), not the history."""
     consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/h/", settle_window=1,
                                       concurrency=32, poll_interval=0.5, max_poll_interval=1))
     rec = Recorder()
@@ -189,7 +189,9 @@ async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: 
         async def empty() -> bool:
             nonlocal body
             body = (await store.get_object(bucket, key)).body
-            return decode(body, where=key).done == ()
+            cp = decode(body, where=key)
+            # settled: nothing held per version (a pass's position may be there: one key, two numbers)
+            return cp.done == () and cp.pending == () and len(cp.progress) <= 1
 
         await wait_until(empty, within=120, what="checkpoint settled")
         return body
@@ -202,7 +204,7 @@ async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: 
         await rec.wait_count(1000, within=300)
         size_1k = len(await settled_checkpoint())
     assert len(rec.messages) == 1000
-    assert size_1k == size_250
+    assert size_250 < 200
     assert size_1k < 200
 
 

@@ -283,7 +283,8 @@ async def test_async_factory_opened_once_and_closed_after_the_drain(
                             handlers={"db": {"use": "pooled", "hold": "in/hold", "size": 4}})
     consumer = Consumer(settings)
     async with running(consumer):
-        await wait_until(lambda: "held in/hold" in handler_plugins.events, TIMEOUT, "the held message")
+        await wait_until(lambda: {"held in/hold", "handle in/a", "handle in/b"}
+                         <= set(handler_plugins.events), TIMEOUT, "the others handled, in/hold held")
         consumer.stop()
         for _ in range(50):  # let the stop run as far as it can without the held message
             await asyncio.sleep(0)
