@@ -8,6 +8,7 @@ once between them, and stop cleanly on SIGTERM; bad use is one line and exit 2.
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import orjson
 import pytest
 
 from s3stream.cli.members import child_commands, strip_options
+from s3stream.cli.runopts import MEMBER_STATUS_ENV, serve_with_status
 from s3stream.config import build_settings
 from s3stream.groups.membership import group_prefix
+from s3stream.pipeline.consumer import Consumer
 from s3stream.layouts.topics import create_topic
 from s3stream.s3.store import Store
 from tests.conftest import cli_command, wait_until
@@ -45,6 +48,32 @@ def test_each_child_gets_its_own_member_id_leases_and_metrics_port() -> None:
     given = child_commands(2, with_leases, ["consume", "s3://b/t", "--lease-duration", "9"])
     assert [c.count("--lease-duration") for c in given] == [1, 1]  # the one given, kept
     assert len({c[-1] for c in given}) == 2
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("child", "prefix"), [(True, "status box-1: "), (False, "status: ")])
+async def test_a_child_status_line_names_its_member(monkeypatch: pytest.MonkeyPatch, child: bool,
+                                                    prefix: str) -> None:
+    """On a terminal, the status line of a ``--processes`` child starts with its member id, so N
+    children's lines can be told apart; a consumer run on its own keeps the plain ``status:``."""
+    monkeypatch.setenv("S3STREAM_STATUS_INTERVAL", "0.05")
+    if child:
+        monkeypatch.setenv(MEMBER_STATUS_ENV, "1")
+    else:
+        monkeypatch.delenv(MEMBER_STATUS_ENV, raising=False)
+    settings = build_settings({"sources": [{"url": "s3://b/t"}],
+                               "consumer": {"leases": {"enabled": True, "member_id": "box-1"}}})
+    out = Terminal()
+
+    async def serve(_: Consumer) -> None:
+        await wait_until(lambda: "\n" in out.getvalue(), 10, "a status line")
+
+    await serve_with_status(Consumer(settings), serve, file=out)
+    assert out.getvalue().startswith(prefix), out.getvalue()
 
 
 @pytest.mark.parametrize("argv", [

@@ -5,7 +5,8 @@ itself as child processes, each an ordinary member of the group (leases on, a me
 ``<id>-0`` … ``<id>-N-1``, the id being ``--member-id`` or ``<host>-<pid>``), and supervises them: SIGTERM
 and SIGINT are passed on to every child, which drains and commits as a single consumer does (a second
 SIGINT ends them at once); a child that fails makes the others stop; the command exits with the worst
-exit code of its children. Each child serves ``/metrics`` on the port given plus its number.
+exit code of its children. Each child serves ``/metrics`` on the port given plus its number, and on a
+terminal its status line names it (``status <id>-0: …``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import click
 
+from s3stream.cli.runopts import MEMBER_STATUS_ENV
 from s3stream.config import Settings
 from s3stream.errors import ConfigError
 
@@ -125,6 +127,7 @@ def supervise(commands: list[list[str]]) -> int:
         for command in commands:
             # its own process group: a terminal's Ctrl-C reaches the supervisor, which passes it on once
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0,
+                                     env={**os.environ, MEMBER_STATUS_ENV: "1"},  # "status <id>: …"
                                      preexec_fn=_die_with_parent)  # only prctl between fork and exec
             children[child.pid] = child
             if received:  # stopped while the children were being started

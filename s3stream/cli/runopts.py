@@ -19,6 +19,7 @@ from s3stream.service import metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUS_ENV = "S3STREAM_STATUS_INTERVAL"
+MEMBER_STATUS_ENV = "S3STREAM_STATUS_MEMBER"  # set by --processes: each child's line names its member
 DEFAULT_STATUS_INTERVAL = 10.0
 HANDLER_KEYS = ("handler_attempts", "handler_retry_time", "dead_letters")
 
@@ -61,7 +62,8 @@ class StatusLine:
     handled (total and per second since the last line), backlog (listed, not yet handled), lag (age of
     the oldest unfinished message) and dead letters."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
+        self.prefix = f"status {label}:" if label else "status:"
         self.last_total = self._consumed()
         self.base = self.last_total
         self.base_dead = self._dead()
@@ -81,12 +83,12 @@ class StatusLine:
         self.last_total, self.last_time = total, now
         backlog = int(sum(_samples(metrics.LAG_MESSAGES)))
         lag = max(_samples(metrics.LAG_SECONDS), default=0.0)
-        return (f"status: {rate:.1f} msg/s, {int(total - self.base)} handled, backlog {backlog}, "
+        return (f"{self.prefix} {rate:.1f} msg/s, {int(total - self.base)} handled, backlog {backlog}, "
                 f"lag {lag:.1f}s, dead letters {int(self._dead() - self.base_dead)}")
 
 
-async def _report(file: TextIO, interval: float) -> None:
-    line = StatusLine()
+async def _report(file: TextIO, interval: float, label: str) -> None:
+    line = StatusLine(label)
     while True:
         await asyncio.sleep(interval)
         click.echo(line.text(), file=file)
@@ -95,12 +97,13 @@ async def _report(file: TextIO, interval: float) -> None:
 async def serve_with_status(consumer: Consumer, serve: Callable[[Consumer], Awaitable[None]],
                             *, file: TextIO | None = None) -> None:
     """Run ``serve(consumer)``; while it runs, and only when stderr is a terminal, write a status line
-    there every ``S3STREAM_STATUS_INTERVAL`` seconds."""
+    there every ``S3STREAM_STATUS_INTERVAL`` seconds (naming the member, in a ``--processes`` child)."""
     out = file if file is not None else sys.stderr
     if not out.isatty():
         await serve(consumer)
         return
-    reporter = asyncio.create_task(_report(out, status_interval()))
+    label = consumer.settings.consumer.leases.member_id if os.environ.get(MEMBER_STATUS_ENV) else ""
+    reporter = asyncio.create_task(_report(out, status_interval(), label or ""))
     try:
         await serve(consumer)
     finally:
