@@ -380,15 +380,16 @@ class _Latencies:
 
 async def latency(target: Target, topic: str, *, layout: Layout, messages: int, rate: float = 200.0,
                   group: str | None = None, meter: Meter | None = None,
-                  time_limit: float = 300.0) -> LatencyResult:
+                  time_limit: float = 300.0,
+                  consumer_settings: dict[str, Any] | None = None) -> LatencyResult:
     """Publish ``messages`` at ``rate``/s (send time in the body) while a default-settings consumer
-    runs; returns the percentiles of receive time minus send time. A first message, not counted,
-    makes sure the consumer is up before the clock starts."""
+    (or one with ``consumer_settings``) runs; returns the percentiles of receive time minus send time.
+    A first message, not counted, makes sure the consumer is up before the clock starts."""
     async with open_store(target.s3, max_connections=4) as store:
         await create_topic(store, target.bucket, topic, layout=layout)
     group = group or new_group()
     recorder = _Latencies(messages)
-    consumer = Consumer(target.settings(topic, consumer={"group": group}))
+    consumer = Consumer(target.settings(topic, consumer={**(consumer_settings or {}), "group": group}))
     consumer.register_handler(HANDLER, recorder.handle)
     meter = meter or MetricMeter()
     async with Producer(target.settings()) as producer:

@@ -284,7 +284,12 @@ def produce_once(suite: Suite, key: str, label: str, emu: Any, target: sc.Target
     suite.record(key, label, "msg/s" if options.get("per_object", 1) > 1 else "objects/s", measure)
 
 
-def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout: str) -> None:
+def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout: str,
+                 poll_interval: float | None = None) -> None:
+    """Publish → handler latency at a steady rate; with ``poll_interval``, of a consumer tuned for
+    latency (recorded apart, as ``latency.<profile>.fast``, with the listings it cost)."""
+    tuned = {"poll_interval": poll_interval} if poll_interval is not None else None
+
     def measure() -> tuple[float, dict[str, Any]]:
         topic = f"l{sc.new_group()[6:]}"
         res: sc.LatencyResult = arun(
@@ -296,6 +301,7 @@ def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout
                 rate=suite.sizes.latency_rate,
                 meter=EmuMeter(emu),
                 time_limit=300,
+                consumer_settings=tuned,
             )
         )
         seconds = res.messages / res.rate
@@ -303,7 +309,13 @@ def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout
             "p99_ms": res.p99_ms,
             "max_ms": res.max_ms,
             "layout": layout,
+            "seconds": seconds,
+            "poll_interval": poll_interval,
             **usage_extra(res.usage, seconds),
         }
 
-    suite.record(f"latency.{profile}", f"{profile}: latency p50 ({layout})", "ms", measure)
+    if poll_interval is None:
+        suite.record(f"latency.{profile}", f"{profile}: latency p50 ({layout})", "ms", measure)
+    else:
+        suite.record(f"latency.{profile}.fast", f"{profile}: latency p50 ({layout}, poll_interval "
+                     f"{poll_interval * 1000:.0f} ms)", "ms", measure)

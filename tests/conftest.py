@@ -135,8 +135,12 @@ async def bucket(store: Store) -> str:
 
 
 def make_settings(endpoint: str, url: str, *, handler: str = "rec", **consumer: Any) -> Settings:
-    """Settings for one source, with fast polling unless overridden."""
-    consumer = {"poll_interval": 0.05, "max_poll_interval": 0.2, "settle_window": 2.0, **consumer}
+    """Settings for one source, with fast polling unless overridden. Idle shards whose topic has a
+    head still list every second (``reconcile_interval``): many tests watch the cursor's horizon
+    move past their writes, or write with plain PUTs beside a producer (tests/test_heads.py keeps
+    the long default where it matters)."""
+    consumer = {"poll_interval": 0.05, "max_poll_interval": 0.2, "settle_window": 2.0,
+                "reconcile_interval": 1.0, **consumer}
     return build_settings({
         "s3": {"endpoint_url": endpoint, "addressing_style": "path"},
         "consumer": consumer,

@@ -22,8 +22,8 @@ from s3stream.cli.members import child_commands, strip_options
 from s3stream.cli.runopts import MEMBER_STATUS_ENV, serve_with_status
 from s3stream.config import build_settings
 from s3stream.groups.membership import group_prefix
-from s3stream.pipeline.consumer import Consumer
 from s3stream.layouts.topics import create_topic
+from s3stream.pipeline.consumer import Consumer
 from s3stream.s3.store import Store
 from tests.conftest import cli_command, wait_until
 from tests.test_groups import balanced, held_by, publish

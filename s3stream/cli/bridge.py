@@ -129,6 +129,9 @@ async def run_bridge(settings: Settings, options: dict[str, Any], *, once: bool,
         sqs_settings = sqs_settings.model_copy(update={"region": region})
     async with open_sqs(sqs_settings) as queue:
         await queue.queue_arn(queue_url)
+        if once:  # a drain to the present: list on, never wait for a head
+            settings = settings.model_copy(update={
+                "consumer": settings.consumer.model_copy(update={"wakeup": "listing"})})
         consumer = Consumer(settings)
         bridge = SqsBridge(
             queue_url, queue=queue, template=options.get("template"),

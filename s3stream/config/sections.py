@@ -187,13 +187,14 @@ class ConsumerSettings(_Model):
                     "is delivered within about this long of becoming visible.",
     )
     wakeup: Literal["head", "listing"] = Field(
-        default="listing",
-        description="How an idle consumer learns of new messages. \"listing\" (the default for now): it "
-                    "lists, backing off up to max_poll_interval. \"head\": it reads the topic's head "
-                    "object, which s3stream producers rewrite after publishing, with a conditional GET every "
-                    "head_interval (a 304 costs one GET, far less than a LIST) and lists at once when it "
-                    "changed, listing on its own about once a minute to reconcile; until it has seen a "
-                    "head it lists as with \"listing\".",
+        default="head",
+        description="How an idle consumer learns of new messages. \"head\" (the default): it reads the "
+                    "topic's head object, which s3stream producers rewrite after publishing, with a "
+                    "conditional GET every head_interval (a 304 costs one GET, far less than a LIST) and "
+                    "lists at once when it changed, listing on its own every reconcile_interval; while "
+                    "no producer writes a head it lists as with \"listing\" (and reads the missing head "
+                    "at most every max_poll_interval). \"listing\": it only lists, backing off up to "
+                    "max_poll_interval.",
     )
     head_interval: float | None = Field(
         default=None, gt=0,
@@ -203,7 +204,9 @@ class ConsumerSettings(_Model):
     reconcile_interval: float = Field(
         default=60.0, gt=0,
         description="With a head object: most seconds an idle shard goes without a listing of its own, "
-                    "which finds what writers other than s3stream (aws s3 cp) stored without touching it.",
+                    "which finds what writers other than s3stream (aws s3 cp) stored without touching "
+                    "the head. When such a listing finds messages, that shard backs off as without a "
+                    "head (up to max_poll_interval) for ten reconcile intervals after.",
     )
     settle_window: float = Field(
         default=30.0, ge=0,
@@ -309,16 +312,17 @@ class ProducerSettings(_Model):
                     "slower write is made again under a new time. Keep it below consumers' settle_window.",
     )
     heads: bool = Field(
-        default=False,
-        description="Rewrite a topic's head object after publishing to it, so that idle consumers with "
-                    "wakeup = \"head\" learn of the message with a conditional GET instead of waiting for "
-                    "their next listing. Off by default, like the consumers' side: at low rates each "
-                    "message can cost a second PUT.",
+        default=True,
+        description="Rewrite a topic's head object after publishing to it, so that idle consumers learn "
+                    "of the message with a conditional GET instead of waiting for their next listing. "
+                    "It costs PUTs: one per message at low rates, at most one per head_gap while "
+                    "publishing steadily.",
     )
     head_gap: float = Field(
-        default=0.05, ge=0,
-        description="Least seconds between two writes of one topic's head by this producer: a burst costs "
-                    "one head write per gap, and its last message is always signalled.",
+        default=0.25, ge=0,
+        description="Least seconds between two writes of one topic's head by this producer: the first "
+                    "message after a quiet spell is signalled at once, a burst costs one head write per "
+                    "gap, and its last message is always signalled (at most this late).",
     )
 
     @model_validator(mode="after")

@@ -74,6 +74,7 @@ class LogPoller(ShardPoller[LogCursor]):
         elif not self.clock.known:
             await self._read_clock()
         dirs = self.cursor.open_dirs(self.clock.now_ms(), settle_ms, MAX_DIRS_PER_PASS)
+        sealed_before = self.cursor.sealed_ms
         pass_start: int | None = None
         found = 0
         prefixes = [f"{self.shard.prefix}{minute_dir(dir_ms)}/" for dir_ms in dirs]
@@ -85,6 +86,8 @@ class LogPoller(ShardPoller[LogCursor]):
             for prefix, page in zip(group, pages, strict=True):
                 found += await self._drain(prefix, page, skip)
         self.cursor.pass_complete(dirs, (pass_start or self.clock.now_ms()) - 1000, settle_ms)
+        # more open directories than a pass lists, and this one sealed some: catching up, go on at once
+        self.behind = len(dirs) >= MAX_DIRS_PER_PASS and self.cursor.sealed_ms > sealed_before
         self.shard.last_poll = time.monotonic()
         self.on_pass()
         return found

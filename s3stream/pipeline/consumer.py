@@ -178,8 +178,9 @@ class Consumer:
             return
         interval = self.settings.consumer.head_interval or (
             DIRECTORY_HEAD_INTERVAL if is_directory_bucket(src.bucket) else HEAD_INTERVAL)
-        self._watchers[(src.bucket, src.prefix)] = HeadWatcher(store, src.bucket, topic.name, Bell(),
-                                                               interval=interval)
+        self._watchers[(src.bucket, src.prefix)] = HeadWatcher(
+            store, src.bucket, topic.name, Bell(), interval=interval,
+            absent_interval=self.settings.consumer.max_poll_interval)
 
     def _control_store(self, store: Store) -> contextlib.AbstractAsyncContextManager[Store]:
         if not self.settings.consumer.leases.enabled:

@@ -4,7 +4,10 @@ One :class:`HeadWatcher` per consumed topic reads the head every ``head_interval
 GET (a ``304`` while nothing was published). When its ETag changes it rings the topic's
 :class:`Bell`, and every poller of the topic's shards held here lists at once. Until a head has been
 read (no s3stream producer wrote one yet), ``Bell.seen`` is False and pollers back off as they always
-did; once it is True an idle poller lists on its own only every ``reconcile_interval``.
+did, and the watcher reads the missing head less and less often (up to ``max_poll_interval``, so a
+prefix nobody writes heads to costs little more than its listings); once it is True an idle poller
+lists on its own only to reconcile (:mod:`s3stream.pipeline.pacing`). A head that disappears again
+sends the pollers back to listing.
 
 The head is a hint: a missed or late ring only delays a message to the next listing, and a ring
 with nothing new costs one listing per shard.
@@ -45,25 +48,30 @@ class Bell:
             event.set()
 
 
-async def rest(seconds: float, wake: asyncio.Event | None) -> None:
-    """Sleep ``seconds``, or less if ``wake`` is set meanwhile."""
+async def rest(seconds: float, wake: asyncio.Event | None) -> bool:
+    """Sleep ``seconds``, or less if ``wake`` is set meanwhile; True when ``wake`` ended it."""
     if wake is None:
         await asyncio.sleep(seconds)
-        return
+        return False
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await wake.wait()
+            return True
+    return False
 
 
 class HeadWatcher:
     """Reads one topic's head every ``interval`` seconds and rings its bell when the head changed."""
 
-    def __init__(self, store: Store, bucket: str, topic: str, bell: Bell, *, interval: float) -> None:
+    def __init__(self, store: Store, bucket: str, topic: str, bell: Bell, *, interval: float,
+                 absent_interval: float | None = None) -> None:
         self.store = store
         self.bucket = bucket
         self.key = head_key(topic)
         self.bell = bell
         self.interval = interval
+        self.absent_interval = max(interval, absent_interval or interval)
+        self.wait = interval  # doubles up to absent_interval while there is no head
         self.etag: str | None = None
         self.log = log.bind(bucket=bucket, head=self.key)
 
@@ -80,7 +88,7 @@ class HeadWatcher:
                 self.bell.seen = False
                 self.bell.ring()
                 return
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.wait)
 
     async def read_once(self) -> bool:
         """One conditional read; True when the head changed (or was seen for the first time), which
@@ -88,8 +96,13 @@ class HeadWatcher:
         try:
             head = await self.store.get_object_if_changed(self.bucket, self.key, self.etag,
                                                          max_bytes=MAX_HEAD_BYTES)
-        except NotFound:
+        except NotFound:  # no producer writes one (yet, or any more): read it less and less often
+            self.wait = min(self.absent_interval, self.wait * 2)
+            if self.bell.seen:  # deleted (topic delete --data, heads turned off): back to listing
+                self.etag, self.bell.seen = None, False
+                self.bell.ring()
             return False
+        self.wait = self.interval
         if head is None:
             return False
         self.etag = head.etag

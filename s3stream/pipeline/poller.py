@@ -20,6 +20,7 @@ from s3stream.groups.lease import clock as lease_clock
 from s3stream.layouts.cursor import VersionCursor
 from s3stream.message import Entry
 from s3stream.pipeline.headwatch import Bell, rest
+from s3stream.pipeline.pacing import Pacer, Wait
 from s3stream.pipeline.shard import Shard, WorkItem
 from s3stream.pipeline.workers import WorkerPool
 from s3stream.s3.s3xml import VersionPage
@@ -63,6 +64,7 @@ class ShardPoller(Generic[C]):
         self.on_pass = on_pass
         self.bell = bell
         self.pages = 0  # listing requests sent, for pacing the reconciling listings
+        self.behind = False  # the last pass stopped short of the present (more to list at once)
         self.log = log.bind(shard=shard.name)
 
     async def poll_once(self, *, skip: bool = False) -> int:
@@ -81,21 +83,14 @@ class ShardPoller(Generic[C]):
             if wake is not None and self.bell is not None:
                 self.bell.unregister(wake)
 
-    def _reconcile_delay(self, pages: int) -> float:
-        """With a head object, an idle poller's own passes only reconcile (find what writers other
-        than s3stream stored): a pass of ``pages`` listing requests waits ``pages`` reconcile
-        intervals, so a quiet shard with a long history (a versions shard keeping 100,000 versions
-        lists 100 pages) costs about one listing request per interval, like a small one."""
-        return self.settings.reconcile_interval * max(1, pages)
-
     async def _poll(self, wake: asyncio.Event | None) -> None:
         settings = self.settings
-        delay = settings.poll_interval
+        pacer = Pacer(settings.poll_interval, settings.max_poll_interval, settings.reconcile_interval)
         skip = self.shard.fresh and settings.start_from == "latest"
         while True:
             started = time.monotonic()
             if not self.shard.holds(lease_clock()):  # a lease overdue: list nothing until the group decides
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pacer.delay)
                 continue
             if wake is not None:
                 wake.clear()  # a ring from now on calls for another pass
@@ -104,21 +99,19 @@ class ShardPoller(Generic[C]):
                 found = await self.poll_once(skip=skip)
             except RetriableError as exc:
                 self.log.warning("poll failed; will retry", error=str(exc))
-                delay = min(settings.max_poll_interval, delay * 2)
+                after = pacer.after_failure()
             else:
                 skip = False
-                if found >= settings.page_size:
-                    continue
-                if found:
-                    delay = settings.poll_interval
-                elif self.bell is not None and self.bell.seen:  # the head rings for every s3stream write
-                    delay = self._reconcile_delay(self.pages - pages)
-                else:
-                    delay = min(settings.max_poll_interval, delay * 2)
-                if found:  # while messages flow, passes *start* poll_interval apart
-                    await rest(max(0.0, started + delay - time.monotonic()), wake)
-                    continue
-            await rest(delay, wake)
+                now = time.monotonic()
+                after = pacer.after_pass(found=found, full=found >= settings.page_size or self.behind,
+                                         pages=self.pages - pages, now=now, took=now - started,
+                                         head_seen=self.bell is not None and self.bell.seen)
+                if after.unannounced:
+                    self.log.info("a listing of its own found messages no head announced (writers other "
+                                  "than s3stream?): backing off as without a head for a while",
+                                  minutes=round((pacer.listing_until - now) / 60, 1))
+            if after.wait is not Wait.NONE and await rest(after.seconds, wake):
+                pacer.rung()
 
 
 class Poller(ShardPoller[VersionCursor]):

@@ -1,0 +1,86 @@
+"""When a shard's poller lists next: a pure state machine (the caller passes the time).
+
+* A pass that filled a page, or stopped short of the present (a log-layout shard lists at most an
+  hour of minute directories a pass), is followed at once: a backlog is read at full speed.
+* While messages flow, passes *start* ``poll_interval`` apart.
+* An idle shard backs off, doubling, up to ``max_poll_interval``; so does a failed pass.
+* Once the topic's head object is known (s3stream producers rewrite it after publishing), an idle
+  shard waits for the head to change instead, and lists on its own only to *reconcile*: a pass of
+  ``pages`` listing requests waits ``pages`` reconcile intervals, so a quiet shard with a long history
+  costs about one listing request per interval.
+* A reconciling pass (one the head did not call for) that finds messages shows writers that do not
+  touch the head (``aws s3 cp``, or head writes that failed): that shard backs off as without a head
+  for ``UNANNOUNCED_HOLD`` reconcile intervals after, so those writers wait minutes at most once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+UNANNOUNCED_HOLD = 10  # reconcile intervals of listing back-off after a pass found unannounced writes
+
+
+class Wait(Enum):
+    """What ends the wait before the next pass."""
+
+    NONE = "none"  # list again at once
+    FLOW = "flow"  # poll_interval after the last pass started (the head may end it early)
+    BACKOFF = "backoff"  # the back-off delay (the head may end it early)
+    RECONCILE = "reconcile"  # the head changing, or else the reconcile delay
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """The wait before the next pass: its kind, its length in seconds from the decision, and whether
+    the pass just ended found writes no head announced (a hold of listing back-off began)."""
+
+    wait: Wait
+    seconds: float
+    unannounced: bool = False
+
+
+@dataclass
+class Pacer:
+    """One shard's listing cadence. ``after_pass``/``after_failure`` decide the next wait; ``rung()``
+    says the head ended a wait early (the next pass was called for by a producer)."""
+
+    poll_interval: float
+    max_poll_interval: float
+    reconcile_interval: float
+    delay: float = 0.0
+    listing_until: float = float("-inf")  # until then idle waits back off, head or not
+    reconciling: bool = False  # the wait before the pass now running was a reconcile wait, not rung
+
+    def __post_init__(self) -> None:
+        self.delay = self.poll_interval
+
+    def rung(self) -> None:
+        self.reconciling = False
+
+    def after_failure(self) -> Next:
+        self.reconciling = False
+        self.delay = min(self.max_poll_interval, self.delay * 2)
+        return Next(Wait.BACKOFF, self.delay)
+
+    def after_pass(self, *, found: int, full: bool, pages: int, head_seen: bool, now: float,
+                   took: float = 0.0) -> Next:
+        """A pass of ``pages`` listing requests, which took ``took`` seconds, handed out ``found``
+        versions. ``full``: there is more to list at once (a whole page of versions was found, or the
+        pass stopped short of the present)."""
+        unannounced = bool(found) and self.reconciling
+        if unannounced:
+            self.listing_until = now + UNANNOUNCED_HOLD * self.reconcile_interval
+        self.reconciling = False
+        if full and not found:  # a pass that stopped short of the present (a log shard catching up)
+            return Next(Wait.NONE, 0.0)
+        if found:
+            self.delay = self.poll_interval
+            if full:
+                return Next(Wait.NONE, 0.0, unannounced)
+            return Next(Wait.FLOW, max(0.0, self.poll_interval - took), unannounced)
+        if head_seen and now >= self.listing_until:
+            self.reconciling = True
+            return Next(Wait.RECONCILE, self.reconcile_interval * max(1, pages))
+        self.delay = min(self.max_poll_interval, self.delay * 2)
+        return Next(Wait.BACKOFF, self.delay)
