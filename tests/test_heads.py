@@ -51,6 +51,17 @@ async def _topic(store: Store, layout: str = "versions") -> str:
     return bucket
 
 
+def _counters(proxy: S3Proxy) -> tuple[Rule, Rule]:
+    """Count the listings and the head reads sent through ``proxy``."""
+    return proxy.add(_counting("GET", "listing")), proxy.add(_counting("GET", "head"))
+
+
+async def more(rule: Rule, count: int, *, within: float, what: str) -> None:
+    """Wait until ``rule`` has matched ``count`` more requests."""
+    start = rule.matched
+    await wait_until(lambda: rule.matched >= start + count, within=within, what=what)
+
+
 def _consumer(proxy: S3Proxy, bucket: str, recorder: Recorder, **settings: Any) -> Consumer:
     consumer = Consumer(make_settings(proxy.endpoint, f"s3://{bucket}/{TOPIC}", **settings))
     consumer.register_handler("rec", recorder)
@@ -77,8 +88,8 @@ async def test_an_idle_consumer_is_woken_by_the_head_not_by_its_next_listing(
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
-        read = reads.matched  # a few head reads on, the pass after the delivery is over: idle
-        await wait_until(lambda: reads.matched >= read + 3, within=20, what="three head reads")
+        # a few head reads on, the pass after the delivery is over: idle
+        await more(reads, 3, within=20, what="three head reads")
         sent = time.monotonic()
         await _publish(proxy.endpoint, bucket, b"second")
         await recorder.wait_count(2, within=10)
@@ -91,18 +102,16 @@ async def test_an_idle_shard_reads_the_head_and_lists_only_to_reconcile(store: S
     reconcile_interval, which still finds a message written by a writer that does not touch the
     head (a plain PUT, as ``aws s3 cp`` makes)."""
     bucket = await _topic(store)
-    listings = proxy.add(_counting("GET", "listing"))
-    reads = proxy.add(_counting("GET", "head"))
+    listings, reads = _counters(proxy)
     settings = {**IDLE, "reconcile_interval": 1.0}
     recorder = Recorder()
     consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
-        seen = listings.matched
-        await wait_until(lambda: listings.matched >= seen + 2, within=20, what="reconciling listings")
-        listed, read, began = listings.matched, reads.matched, time.monotonic()
-        await wait_until(lambda: reads.matched >= read + 20, within=20, what="twenty head reads")
+        await more(listings, 2, within=20, what="reconciling listings")
+        listed, began = listings.matched, time.monotonic()
+        await more(reads, 20, within=20, what="twenty head reads")
         elapsed = time.monotonic() - began
         assert listings.matched - listed <= elapsed / settings["reconcile_interval"] + 1
         await store.put_object(bucket, f"{TOPIC}/00/foreign", b"foreign")
@@ -175,18 +184,16 @@ async def test_a_quiet_shard_with_a_long_history_is_not_listed_on_every_poll(
     bucket = await _topic(store)
     for i in range(200):
         await store.put_object(bucket, f"{TOPIC}/00/k{i:03d}", b"old")
-    listings = proxy.add(_counting("GET", "listing"))
-    reads = proxy.add(_counting("GET", "head"))
+    listings, reads = _counters(proxy)
     settings = {**IDLE, "reconcile_interval": 0.2, "page_size": 10}
     recorder = Recorder()
     consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"new")
         await recorder.wait_count(201, within=30)
-        read = reads.matched
-        await wait_until(lambda: reads.matched >= read + 10, within=20, what="ten head reads")
-        listed, read, began = listings.matched, reads.matched, time.monotonic()
-        await wait_until(lambda: reads.matched >= read + 40, within=30, what="forty head reads")
+        await more(reads, 10, within=20, what="ten head reads")
+        listed, began = listings.matched, time.monotonic()
+        await more(reads, 40, within=30, what="forty head reads")
         elapsed = time.monotonic() - began
     pages_per_pass = 21
     assert listings.matched - listed <= elapsed / settings["reconcile_interval"] + 2 * pages_per_pass
@@ -199,23 +206,20 @@ async def test_plain_writes_beside_a_head_turn_the_shard_back_to_listing(
     without a head (up to max_poll_interval) for ten reconcile intervals: the next plain PUTs arrive
     within the back-off."""
     bucket = await _topic(store)
-    listings = proxy.add(_counting("GET", "listing"))
-    reads = proxy.add(_counting("GET", "head"))
+    listings, reads = _counters(proxy)
     settings = {**IDLE, "reconcile_interval": 3.0, "max_poll_interval": 0.2}
     recorder = Recorder()
     consumer = _consumer(proxy, bucket, recorder, **settings)
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
-        read = reads.matched
-        await wait_until(lambda: reads.matched >= read + 3, within=20, what="three head reads")
-        listed, read = listings.matched, reads.matched
-        await wait_until(lambda: reads.matched >= read + 8, within=20, what="eight head reads")
+        await more(reads, 3, within=20, what="three head reads")
+        listed = listings.matched
+        await more(reads, 8, within=20, what="eight head reads")
         assert listings.matched - listed <= 1  # waiting for the head, not listing every 0.2 s
         await store.put_object(bucket, f"{TOPIC}/00/plain-0", b"plain")
         await recorder.wait_count(2, within=15)  # the reconciling listing (3 s) found it
-        seen = listings.matched
-        await wait_until(lambda: listings.matched >= seen + 6, within=10, what="listing every 0.2 s")
+        await more(listings, 6, within=10, what="listing every 0.2 s")
         for i in (1, 2):
             await store.put_object(bucket, f"{TOPIC}/00/plain-{i}", b"plain")
             await recorder.wait_count(2 + i, within=5)
@@ -233,8 +237,7 @@ async def test_a_deleted_head_sends_the_consumer_back_to_listing(store: Store, p
     async with running(consumer):
         await _publish(proxy.endpoint, bucket, b"first")
         await recorder.wait_count(1)
-        read = reads.matched
-        await wait_until(lambda: reads.matched >= read + 3, within=20, what="three head reads")
+        await more(reads, 3, within=20, what="three head reads")
         await store.delete_object(bucket, head_key(TOPIC))
         await store.put_object(bucket, f"{TOPIC}/00/plain", b"plain")
         await recorder.wait_count(2, within=5)
