@@ -15,11 +15,11 @@ TOPIC="s3://${BUCKET}/topic"
 WORK="$(mktemp -d)"
 PIDS=()
 
-cleanup() {
-  local pid
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+cleanup() {  # the last started first: consumers commit while the server they write to is still up
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[i]}" 2>/dev/null || true
+    wait "${PIDS[i]}" 2>/dev/null || true
   done
   rm -rf "$WORK"
 }
