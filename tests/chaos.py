@@ -208,11 +208,16 @@ def read_calls(paths: Iterable[Path]) -> list[Call]:
     return sorted(calls, key=lambda c: c.start)
 
 
+def lost_acks(h: History) -> list[Ack]:
+    """The acknowledged writes without a completed call, in acknowledgement order."""
+    done = {(c.key, c.version) for c in h.calls if c.done}
+    return [a for a in h.acks if (a.key, a.version) not in done]
+
+
 def check_delivered(h: History) -> list[str]:
     """Every acknowledged write has a completed call."""
-    done = {(c.key, c.version) for c in h.calls if c.done}
     return [f"lost: {a.key} seq {a.seq} version {a.version} (acknowledged at {h.rel(a.at)}) "
-            "never completed a handler call" for a in h.acks if (a.key, a.version) not in done]
+            "never completed a handler call" for a in lost_acks(h)]
 
 
 def check_order(h: History) -> list[str]:

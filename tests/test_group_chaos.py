@@ -50,6 +50,7 @@ from tests.chaos import (
     check_exits,
     check_leases,
     check_order,
+    lost_acks,
     plan,
     read_calls,
     report,
@@ -252,12 +253,6 @@ async def registered(store: Store, bucket: str, node: Node) -> bool:
     except NotFound:
         return False
     return bool(doc.get("pid") == node.pid)
-
-
-def lost_acks(h: History) -> list[Ack]:
-    """The acknowledged writes check_delivered reports, in its order."""
-    done = {(c.key, c.version) for c in h.calls if c.done}
-    return [a for a in h.acks if (a.key, a.version) not in done]
 
 
 def nodes_logs(tmp: Path) -> str:

@@ -102,8 +102,8 @@ async def serve_with_status(consumer: Consumer, serve: Callable[[Consumer], Awai
     if not out.isatty():
         await serve(consumer)
         return
-    label = consumer.settings.consumer.leases.member_id if os.environ.get(MEMBER_STATUS_ENV) else ""
-    reporter = asyncio.create_task(_report(out, status_interval(), label or ""))
+    label = (consumer.settings.consumer.leases.member_id or "") if os.environ.get(MEMBER_STATUS_ENV) else ""
+    reporter = asyncio.create_task(_report(out, status_interval(), label))
     try:
         await serve(consumer)
     finally:

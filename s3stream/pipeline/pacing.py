@@ -72,12 +72,11 @@ class Pacer:
         if unannounced:
             self.listing_until = now + UNANNOUNCED_HOLD * self.reconcile_interval
         self.reconciling = False
-        if full and not found:  # a pass that stopped short of the present (a log shard catching up)
-            return Next(Wait.NONE, 0.0)
         if found:
             self.delay = self.poll_interval
-            if full:
-                return Next(Wait.NONE, 0.0, unannounced)
+        if full:
+            return Next(Wait.NONE, 0.0, unannounced)
+        if found:
             return Next(Wait.FLOW, max(0.0, self.poll_interval - took), unannounced)
         if head_seen and now >= self.listing_until:
             self.reconciling = True
