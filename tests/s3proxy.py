@@ -27,6 +27,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from email.utils import formatdate
 from typing import NoReturn
 from xml.sax.saxutils import escape
 
@@ -52,10 +53,13 @@ class S3Error:
 @dataclass(frozen=True, slots=True)
 class Delay:
     """Wait ``seconds`` before forwarding the request, or (``after=True``) forward it at once and
-    hold the answer back: the request takes effect upstream while the client is still waiting."""
+    hold the answer back: the request takes effect upstream while the client is still waiting.
+    ``restamp`` (with ``after``) gives the held answer the ``Date`` of when it leaves, as a server
+    slow to send what it had already read would."""
 
     seconds: float
     after: bool = False
+    restamp: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,8 @@ class S3Proxy:
         if isinstance(action, Delay) and not action.after:
             await asyncio.sleep(action.seconds)
         hold = action.seconds if isinstance(action, Delay) and action.after else 0.0
+        if isinstance(action, Delay) and action.restamp:
+            return await self._forward(request, _stamped_now, hold=hold)
         if isinstance(action, StripHeaders):
             dropped = {n.lower() for n in action.names}
             request = request.clone(headers={k: v for k, v in request.headers.items()
@@ -286,6 +292,13 @@ class S3Proxy:
             await reply.write(relayed.body)
         await reply.write_eof()
         return reply
+
+
+def _stamped_now(_request: web.Request, response: Relayed) -> Relayed:
+    """``response`` with a ``Date`` of now."""
+    now = formatdate(usegmt=True)
+    headers = tuple((k, now if k.lower() == "date" else v) for k, v in response.headers)
+    return replace(response, headers=headers)
 
 
 # --- S3 Express One Zone directory buckets ---------------------------------------------------------

@@ -192,6 +192,29 @@ async def test_slow_responses_deliver_everything(store: Store, bucket: str, prox
     assert rec.by_key() == written
 
 
+async def test_listings_answered_late_lose_no_write_made_meanwhile(store: Store, bucket: str,
+                                                                  proxy: S3Proxy) -> None:
+    """Every listing is answered 4 s after moto took it, with the ``Date`` of when the answer left (a
+    server slow to send what it read, as moto is on a loaded machine), while writes land every
+    quarter second, many of them between a listing and its answer. With a settle window of 1 s, every
+    version is delivered: a pass's horizon is bounded by when its listing was asked for, not by the
+    answer's ``Date``."""
+    slow = proxy.add(Rule(Delay(4.0, after=True, restamp=True), when=is_list_versions))
+    rec = Recorder()
+    consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/late/", settle_window=1.0))
+    consumer.register_handler("rec", rec)
+    written: dict[str, list[str]] = {}
+    async with running(consumer):
+        for i in range(32):  # the writes are spread over 8 s: a workload, not a wait
+            key = f"late/k{i:02d}"
+            _, vid = await store.put_object(bucket, key, b"x")
+            written[key] = [str(vid)]
+            await asyncio.sleep(0.25)
+        await rec.wait_for(lambda: all_idents(written) <= set(rec.idents()), within=40)
+    assert slow.applied >= 3
+    assert Counter(rec.idents()) == Counter(all_idents(written))
+
+
 async def test_checkpoint_409_conflicts_are_retried(store: Store, bucket: str, proxy: S3Proxy) -> None:
     """The first three checkpoint PUTs answer 409 ConditionalRequestConflict; they are retried, the
     checkpoint object is committed covering the delivered versions, and a consumer restarted in the

@@ -31,7 +31,7 @@ from s3stream.pipeline.poller import ShardPoller
 from s3stream.pipeline.shard import Shard, WorkItem
 from s3stream.pipeline.workers import WorkerPool
 from s3stream.s3.s3xml import ObjectPage
-from s3stream.s3.serverclock import ServerClock
+from s3stream.s3.serverclock import ServerClock, listed_after_ms
 from s3stream.s3.store import Store
 
 MAX_DIRS_PER_PASS = 60
@@ -80,12 +80,12 @@ class LogPoller(ShardPoller[LogCursor]):
         prefixes = [f"{self.shard.prefix}{minute_dir(dir_ms)}/" for dir_ms in dirs]
         for first in range(0, len(prefixes), DIRS_AT_ONCE):
             group = prefixes[first:first + DIRS_AT_ONCE]
-            pages = await asyncio.gather(*(self._list(prefix) for prefix in group))
-            started = min(page.server_time_ms for page in pages)
+            timed = await asyncio.gather(*(self._first_page(prefix) for prefix in group))
+            started = min(listed_ms for _, listed_ms in timed)
             pass_start = started if pass_start is None else min(pass_start, started)
-            for prefix, page in zip(group, pages, strict=True):
+            for prefix, (page, _) in zip(group, timed, strict=True):
                 found += await self._drain(prefix, page, skip)
-        self.cursor.pass_complete(dirs, (pass_start or self.clock.now_ms()) - 1000, settle_ms)
+        self.cursor.pass_complete(dirs, pass_start or self.clock.now_ms() - 1000, settle_ms)
         # more open directories than a pass lists, and this one sealed some: catching up, go on at once
         self.behind = len(dirs) >= MAX_DIRS_PER_PASS and self.cursor.sealed_ms > sealed_before
         self.shard.last_poll = time.monotonic()
@@ -107,6 +107,12 @@ class LogPoller(ShardPoller[LogCursor]):
             self.cursor.start(entry)
             await self.pool.put(WorkItem(self.shard, entry))
         return handed
+
+    async def _first_page(self, prefix: str) -> tuple[ObjectPage, int]:
+        """A directory's first page, and a time (server clock) before the server read it."""
+        sent = time.monotonic()
+        page = await self._list(prefix)
+        return page, listed_after_ms(page.server_time_ms, time.monotonic() - sent)
 
     async def _list(self, prefix: str, token: str | None = None) -> ObjectPage:
         page = await self.store.list_objects(self.shard.bucket, prefix, token=token,

@@ -4,7 +4,8 @@ A pass lists *every* page of ``ListObjectVersions`` under the prefix. S3 lists k
 key's versions newest first, and a key's versions may straddle a page break; so a key's new versions
 are held until the listing moves past that key, then handed out oldest first. Only the key at a page
 break is held across pages, so memory does not grow with the backlog. When the pass has been fully
-handed out, the cursor's horizon moves to the pass's start (server clock) minus the settle window.
+handed out, the cursor's horizon moves to the pass's start (server clock: before the server read the
+first page) minus the settle window.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from s3stream.pipeline.pacing import Pacer, Wait
 from s3stream.pipeline.shard import Shard, WorkItem
 from s3stream.pipeline.workers import WorkerPool
 from s3stream.s3.s3xml import VersionPage
+from s3stream.s3.serverclock import listed_after_ms
 from s3stream.s3.store import Store
 from s3stream.s3.versionorder import KeyRun
 from s3stream.service.logs import get_logger
@@ -126,12 +128,14 @@ class Poller(ShardPoller[VersionCursor]):
         version_marker: str | None = None
         found = 0
         while True:
+            sent = time.monotonic()
             page = await list_page(self.store, shard.bucket, shard.prefix, objects=objects,
                                    key_marker=key_marker, version_marker=version_marker,
                                    max_keys=self.settings.page_size)
             self.pages += 1
-            if run is None:  # the Date header has whole seconds: step back one
-                horizon_ms = page.server_time_ms - 1000 - int(self.settings.settle_window * 1000)
+            if run is None:  # before the server read the first page, minus the settle window
+                listed_ms = listed_after_ms(page.server_time_ms, time.monotonic() - sent)
+                horizon_ms = listed_ms - int(self.settings.settle_window * 1000)
                 cursor.begin_pass(horizon_ms)
                 run = KeyRun("", self.settings.page_size)
             for entry in (page.entries if objects else order.page(page.entries)):

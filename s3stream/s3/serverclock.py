@@ -10,6 +10,17 @@ from __future__ import annotations
 import time
 
 
+def listed_after_ms(date_ms: int, took: float) -> int:
+    """A time (server clock, epoch ms) before the server read a listing answered with ``Date``
+    ``date_ms``, ``took`` seconds after it was asked for.
+
+    The server read the listing after the request left, and stamped ``Date`` (whole seconds, rounded
+    down) before the answer arrived; so it read it no earlier than ``Date`` minus the round trip. A
+    server slow to send what it read (an overloaded one, or a slow link) stamps ``Date`` seconds after
+    the reading. The bound is never less than a second before ``Date``."""
+    return date_ms - max(1000, int(took * 1000) + 1)
+
+
 class ServerClock:
     """The server's time in epoch milliseconds, from the ``Date`` of its latest answer."""
 
