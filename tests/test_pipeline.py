@@ -177,9 +177,7 @@ async def test_checkpoint_size_does_not_grow_with_history(store: Store, bucket: 
                                                           s3_endpoint: str) -> None:
     """Once the settle window has passed, the committed checkpoint is as small after 1,000 versions
     as after 250: it holds a watermark (and at most a pass's position), not the history."""
-    # a 5 s settle window: beside other test workers moto can answer a listing seconds after taking
-    # it, which eats into the window (the horizon is bounded by the answer's Date)
-    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/h/", settle_window=5,
+    consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/h/", settle_window=2,
                                       concurrency=32, poll_interval=0.5, max_poll_interval=1))
     rec = Recorder()
     consumer.register_handler("rec", rec)
