@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 
+import orjson
 import pytest
 
 from s3stream.config import build_settings
 from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
 from s3stream.layouts.logpoller import LogPoller
 from s3stream.layouts.producer import Producer
-from s3stream.layouts.topics import CONTROL_PREFIX, MINUTE_MS, create_topic, minute_dir, parse_log_key
+from s3stream.layouts.topics import CONTROL_PREFIX, MINUTE_MS, create_topic, parse_log_key
 from s3stream.pipeline.checkpoint import MemoryCheckpointStore, decode
 from s3stream.pipeline.consumer import Consumer
 from s3stream.pipeline.handlers import as_handler
@@ -302,7 +303,9 @@ async def test_publish_retried_past_the_settle_window_is_delivered(
             published = await publish
             await rec.wait_count(1, within=15)
     first_put = next(path for method, path, _ in proxy.requests if method == "PUT" and "/late/" in path)
-    assert f"/{minute_dir(int(minute_end) - MINUTE_MS)}/" in first_put
+    first_name = parse_log_key(first_put)
+    assert first_name is not None
+    assert first_name.dir_ms < minute_end  # named in a directory the consumer has sealed since
     assert [m.body for m in rec.messages] == [b"late"]
     assert [_identity(m.key) for m in rec.messages] == [_identity(published.key)]  # or a copy of it
 
@@ -374,22 +377,49 @@ async def test_publish_many_keeps_each_keys_order_when_a_write_is_slow(
     assert [m.body for m in rec.messages] == [f"m{i}".encode() for i in range(10)]
 
 
+async def test_directories_span_what_the_topic_says(store: Store, bucket: str, s3_endpoint: str) -> None:
+    """A new log topic's messages, named 25, 15 and 5 s ago, land in three ten-second directories
+    (``yyyymmddHHMMSS``); a topic whose metadata predates shorter directories (no ``dir_seconds``)
+    keeps minute directories (``yyyymmddHHMM``). A consumer of each delivers all three."""
+    await create_topic(store, bucket, "short", layout="log")
+    before = {"format": 1, "name": "minutes", "layout": "log", "shards": 1, "created_ms": 1}
+    await store.put_object(bucket, f"{CONTROL_PREFIX}/topics/minutes.json", orjson.dumps(before))
+    stamp = [0.0]  # the time the producer names its next object with
+    for name, digits in (("short", 14), ("minutes", 12)):
+        async with Producer(store=store, clock=lambda: stamp[0]) as p:
+            published = []
+            for ago in (25, 15, 5):
+                stamp[0] = time.time() - ago
+                published.append((await p.publish(f"s3://{bucket}/{name}", f"{name}-{ago}")).key)
+        dirs = {key.split("/")[2] for key in published}
+        assert {len(d) for d in dirs} == {digits}
+        if digits == 14:
+            assert len(dirs) == 3
+            assert all(d.endswith("0") for d in dirs)  # each starts on a ten-second boundary
+        consumer = Consumer(make_settings(s3_endpoint, f"s3://{bucket}/{name}"))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        async with running(consumer):
+            await rec.wait_count(3)
+        assert sorted(m.key for m in rec.messages) == sorted(published)
+
+
 @pytest.mark.parametrize("ordered", [True, False], ids=["key-ordered", "unordered"])
 async def test_a_crowded_directory_is_handed_out_in_bounded_parts(
     store: Store, bucket: str, moto_endpoint: str, express: S3Proxy, ordered: bool
 ) -> None:
-    """500 objects of five keys in one minute directory, listed 50 to a page and shuffled within
+    """500 objects of five keys in one directory, listed 50 to a page and shuffled within
     pages as a directory bucket would: one pass holding at most 100 listed objects (plus a page)
     hands each out once, each key's in publish order, by pausing a key-ordered listing, or by
     listing an unordered one again for the next part."""
-    await create_topic(store, bucket, "crowd", layout="log")
+    topic = await create_topic(store, bucket, "crowd", layout="log")
     minute = time.time()
     async with Producer(store=store, clock=lambda: minute) as p:
         await p.publish_many(f"s3://{bucket}/crowd", [(f"k{i % 5}", str(i)) for i in range(500)])
     settings = make_settings(express.endpoint, f"s3://{bucket}/crowd", page_size=50, settle_window=60)
     async with open_store(settings.s3) as proxied:
         pool = WorkerPool(proxied, queue_size=1000, handler_attempts=1)
-        cursor = LogCursor("crowd/00/")
+        cursor = LogCursor("crowd/00/", span_ms=topic.span_ms)
         shard = Shard(bucket=bucket, prefix="crowd/00/", handler=as_handler(Recorder(), "rec"),
                       checkpoints=MemoryCheckpointStore(), cursor=cursor, layout="log")
         poller = LogPoller(shard, cursor, proxied, pool, settings.consumer, lambda: None)

@@ -1,9 +1,21 @@
-"""Pure tests of the log-layout cursor: ranges, sealing, and state that does not grow with history."""
+"""Pure tests of the log-layout cursor (ranges, sealing, state that does not grow with history) and of
+its directories' names."""
 
 from __future__ import annotations
 
+import orjson
+import pytest
+
 from s3stream.layouts.logcursor import LogCheckpoint, LogCursor, RangeSet
-from s3stream.layouts.topics import MINUTE_MS, log_key
+from s3stream.layouts.topics import (
+    DIR_SECONDS,
+    MINUTE_MS,
+    Topic,
+    dir_name,
+    dir_start_ms,
+    log_key,
+    parse_log_key,
+)
 from s3stream.message import Entry
 
 PREFIX = "t/00/"
@@ -101,3 +113,45 @@ def test_copies_of_one_message_in_two_directories_are_handed_out_once() -> None:
     assert not cursor.is_new(second)  # recorded in its own directory
     assert not LogCursor(PREFIX, cursor.checkpoint()).is_new(second)
     assert cursor.is_new(_entry(T0 + MINUTE_MS + 600, seq=8))
+
+
+def test_directory_names_for_every_span() -> None:
+    """For every span a directory may have, the name of the directory holding a time parses back to
+    the start of that span; a minute keeps the 12-digit name topics made before shorter spans use."""
+    t = T0 + 37_250
+    assert dir_name(t) == dir_name(t, MINUTE_MS)
+    assert len(dir_name(t)) == 12
+    for seconds in DIR_SECONDS:
+        span = seconds * 1000
+        name = dir_name(t, span)
+        assert dir_start_ms(name) == t - t % span
+        parsed = parse_log_key(log_key(PREFIX, t, "p1", 3, "_", span_ms=span))
+        assert parsed is not None
+        assert (parsed.dir_ms, parsed.ms, parsed.seq) == (t - t % span, t, 3)
+
+
+def test_ten_second_directories_open_and_seal_ten_seconds_at_a_time() -> None:
+    """A cursor over ten-second directories lists each of them up to now plus the settle window, and
+    seals one once a pass started its span plus the settle window after its start."""
+    cursor = LogCursor(PREFIX, start_ms=T0, span_ms=10_000)
+    assert cursor.open_dirs(T0 + 25_000, settle_ms=2_000, limit=60) == [T0, T0 + 10_000, T0 + 20_000]
+    assert cursor.is_new(Entry(key=log_key(PREFIX, T0 + 11_000, "p1", 1, "_", span_ms=10_000),
+                               version_id="null", last_modified_ms=T0 + 11_000))
+    cursor.pass_complete([T0, T0 + 10_000, T0 + 20_000], T0 + 21_999, settle_ms=2_000)
+    assert cursor.sealed_ms == T0 + 10_000
+    cursor.pass_complete([T0 + 10_000, T0 + 20_000], T0 + 22_000, settle_ms=2_000)
+    assert cursor.sealed_ms == T0 + 20_000
+
+
+@pytest.mark.parametrize(("stored", "expected"), [
+    ({"format": 1, "name": "t", "layout": "log", "shards": 2, "created_ms": 5}, 60),
+    ({"format": 1, "name": "t", "layout": "log", "shards": 2, "created_ms": 5, "dir_seconds": 10}, 10),
+])
+def test_topic_metadata_says_how_long_a_directory_spans(stored: dict[str, object], expected: int) -> None:
+    """A log topic's metadata carries its directories' span; metadata from before it means a minute.
+    It survives a round trip, and a span that does not divide a minute is refused as damage."""
+    topic = Topic.from_json("b", orjson.dumps(stored))
+    assert topic.dir_seconds == expected
+    assert Topic.from_json("b", topic.to_json()) == topic
+    with pytest.raises(ValueError, match="dir_seconds 7"):
+        Topic.from_json("b", orjson.dumps({**stored, "dir_seconds": 7}))

@@ -54,10 +54,12 @@ def _dir(key: str) -> int:
 class LogCursorMachine(RuleBasedStateMachine):
     """The cursor of one shard against a reference model of delivery (see the module docstring)."""
 
+    SPAN = MINUTE_MS  # how long a directory spans: a minute, as topics made before shorter ones
+
     def __init__(self) -> None:
         super().__init__()
         self.now = T0
-        self.cursor = LogCursor(PREFIX, start_ms=T0)
+        self.cursor = LogCursor(PREFIX, start_ms=T0, span_ms=self.SPAN)
         self.objects: list[Entry] = []  # every copy written: last_modified_ms is when it is visible
         self.messages: set[Ident] = set()
         self.seqs: dict[str, int] = {}
@@ -85,7 +87,7 @@ class LogCursorMachine(RuleBasedStateMachine):
             self._copy(producer, seq, self.now + late, self.now + late + again_late)
 
     def _copy(self, producer: str, seq: int, stamp: int, visible: int) -> None:
-        key = log_key(PREFIX, stamp, producer, seq, "_")
+        key = log_key(PREFIX, stamp, producer, seq, "_", span_ms=self.SPAN)
         self.objects.append(Entry(key=key, version_id="null", last_modified_ms=visible))
 
     @rule(ms=st.integers(0, 90_000))
@@ -99,7 +101,7 @@ class LogCursorMachine(RuleBasedStateMachine):
         """A pass as the log poller makes it: the open directories, each listed whole and its new
         objects handed out in delivery order, then sealing with the pass's start (whole seconds,
         minus one) as the server time."""
-        dirs = self.cursor.open_dirs(self.now, SETTLE, MAX_DIRS)
+        dirs = self.cursor.due_dirs(self.now, SETTLE, MAX_DIRS)
         idle = not self.in_flight
         for dir_ms in dirs:
             visible = [e for e in self.objects if _dir(e.key) == dir_ms and e.last_modified_ms <= self.now]
@@ -110,7 +112,7 @@ class LogCursorMachine(RuleBasedStateMachine):
         pass_start = self.now - self.now % 1000 - 1000
         self.cursor.pass_complete(dirs, pass_start, SETTLE)
         if idle and not self.in_flight and len(dirs) < MAX_DIRS:
-            assert self.cursor.sealed_ms + MINUTE_MS + SETTLE > pass_start, "an idle pass sealed too little"
+            assert self.cursor.sealed_ms + self.SPAN + SETTLE > pass_start, "an idle pass sealed too little"
 
     def _hand_out(self, entry: Entry, dir_ms: int) -> None:
         ident = _ident(entry.key)
@@ -138,7 +140,7 @@ class LogCursorMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         """A crash: in-flight work is lost; the cursor comes back from the last checkpoint."""
-        self.cursor = LogCursor(PREFIX, self.saved) if self.saved else LogCursor(PREFIX, start_ms=T0)
+        self.cursor = LogCursor(PREFIX, self.saved, start_ms=T0, span_ms=self.SPAN)
         self.in_flight.clear()
         self.handed.clear()
         self.completed.clear()
@@ -166,5 +168,13 @@ class LogCursorMachine(RuleBasedStateMachine):
         assert self.messages <= self.ever, f"never handled: {sorted(self.messages - self.ever)[:5]}"
 
 
+class TenSecondDirsMachine(LogCursorMachine):
+    """The same with directories of ten seconds, as new topics have."""
+
+    SPAN = 10_000
+
+
 LogCursorMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+TenSecondDirsMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 test_log_cursor_against_its_model = LogCursorMachine.TestCase
+test_log_cursor_with_ten_second_dirs = TenSecondDirsMachine.TestCase

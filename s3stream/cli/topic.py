@@ -8,7 +8,7 @@ from s3stream.cli.app import run_async, s3_options
 from s3stream.cli.common import command_settings
 from s3stream.cli.jsonout import emit
 from s3stream.cli.progress import reporter
-from s3stream.layouts.topics import Layout, Topic
+from s3stream.layouts.topics import DEFAULT_DIR_SECONDS, DIR_SECONDS, Layout, Topic
 from s3stream.message import iso
 from s3stream.ops import admin, describe
 
@@ -25,22 +25,31 @@ def topic() -> None:
 @click.option("--shards", type=int, default=1, show_default=True, help="Shards (prefixes) to spread load.")
 @click.option("--layout", type=click.Choice(["versions", "log"]), default="versions", show_default=True,
               help="versions: a PUT per key, each a version; log: a new object per message.")
+@click.option("--dir-seconds", type=click.Choice([str(s) for s in DIR_SECONDS]),
+              default=str(DEFAULT_DIR_SECONDS), show_default=True,
+              help="log layout: how many seconds of messages one directory holds. Consumers list the "
+              "open directories whole on every pass, so shorter ones cost fewer pages at high rates.")
 @s3_options
-def topic_create(url: str, shards: int, layout: str, endpoint_url: str | None, config: str | None) -> None:
+def topic_create(url: str, shards: int, layout: str, dir_seconds: str, endpoint_url: str | None,
+                 config: str | None) -> None:
     """Create the topic s3://BUCKET/TOPIC (creating it twice is an error)."""
     chosen: Layout = "log" if layout == "log" else "versions"
 
     async def go() -> None:
         click.echo(await admin.topic_create(command_settings(config, endpoint_url), url, shards=shards,
-                                            layout=chosen))
+                                            layout=chosen, dir_seconds=int(dir_seconds)))
 
     run_async(go)
 
 
 def topic_json(topic: Topic) -> dict[str, object]:
     """A topic's metadata as JSON."""
-    return {"topic": f"s3://{topic.bucket}/{topic.name}", "name": topic.name, "layout": topic.layout,
-            "shards": topic.shards, "created": iso(topic.created_ms)}
+    doc: dict[str, object] = {"topic": f"s3://{topic.bucket}/{topic.name}", "name": topic.name,
+                              "layout": topic.layout, "shards": topic.shards,
+                              "created": iso(topic.created_ms)}
+    if topic.layout == "log":
+        doc["dir_seconds"] = topic.dir_seconds
+    return doc
 
 
 @topic.command("list")

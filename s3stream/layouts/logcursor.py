@@ -1,13 +1,15 @@
 """The log-layout cursor: a pure state machine, no I/O.
 
-In the log layout every message is a new object ``<shard>/<minute dir>/<ms>-<producer>-<seq>-…``.
+In the log layout every message is a new object ``<shard>/<dir>/<ms>-<producer>-<seq>-…``,
+where ``<dir>`` names the span of time the name's ``ms`` falls in (``yyyymmddHHMMSS``, ten seconds by
+default; ``yyyymmddHHMM`` for topics whose directories span a minute).
 Directory buckets list in no particular order and refuse ``StartAfter``, so the cursor does not rely on
 key order at all. Its state is:
 
-* ``sealed_ms``: every minute directory that starts before it is **sealed**: it was listed in full
+* ``sealed_ms``: every directory that starts before it is **sealed**: it was listed in full
   after ``dir end + settle window`` (server clock), and everything listed in it was handled;
 * for each **open** directory, what was handled, as ranges of sequence numbers per producer
-  (``{producer: [[first, last], ...]}``): a producer numbers its objects 1, 2, 3…, so a whole minute of
+  (``{producer: [[first, last], ...]}``): a producer numbers its objects 1, 2, 3…, so a whole directory of
   one producer is usually one range. Names written by other tools are kept as plain keys.
 
 A message's identity is (producer, sequence), wherever its name's time put it: a producer that had to
@@ -18,7 +20,7 @@ copy of a message in flight is not new either, and is recorded when that complet
 checkpoint must not hold a message as handled while its handling may still be lost to a crash).
 
 A sealed directory's record is dropped, so the state holds only the open window (about
-``settle_window`` + 2 minutes of directories), whatever the topic's history. An object named with a
+``settle_window`` + two directories' spans), whatever the topic's history. An object named with a
 time in the past (a producer that could not read the server's clock and runs behind) lands in an older
 directory; it is still delivered while that directory is open, that is less than ``settle_window``
 after the directory's end.
@@ -30,7 +32,7 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass
 
-from s3stream.layouts.topics import MINUTE_MS, dir_start_ms, parse_log_key
+from s3stream.layouts.topics import MINUTE_MS, dir_start_ms, is_dir_name, parse_log_key
 from s3stream.message import Entry
 
 Ident = tuple[str, str]
@@ -75,11 +77,17 @@ class LogCheckpoint:
     others: tuple[tuple[int, str], ...] = ()  # (dir_ms, key) of objects s3stream did not name
 
 
+HOT_MS = 3_000  # directories this close to now are listed on every pass: where writes land
+COOL_MS = 5_000  # the other open ones at least this often: writes that landed late
+
+
 class LogCursor:
     """Tracks which log objects of one shard are done, in flight, or new."""
 
-    def __init__(self, prefix: str, checkpoint: LogCheckpoint | None = None, *, start_ms: int = 0) -> None:
+    def __init__(self, prefix: str, checkpoint: LogCheckpoint | None = None, *, start_ms: int = 0,
+                 span_ms: int = MINUTE_MS) -> None:
         self.prefix = prefix
+        self.span_ms = span_ms  # how long one directory spans (a divisor of a minute)
         self.sealed_ms = checkpoint.sealed_ms if checkpoint else start_ms - start_ms % MINUTE_MS
         self._done: dict[int, dict[str, RangeSet]] = {}
         self._by_producer: dict[str, dict[int, RangeSet]] = {}  # the same ranges, by producer
@@ -89,6 +97,7 @@ class LogCursor:
         self._copies: dict[tuple[str, int], dict[str, int]] = {}  # copies of in-flight messages: key -> dir
         self._inflight_ms: dict[str, int] = {}
         self._inflight_dirs: Counter[int] = Counter()
+        self._listed: dict[int, int] = {}  # open directory -> when a pass last listed it (server ms)
         self.horizon_ms = 0
         self.generation = 0
         self._noted_ms = self.sealed_ms
@@ -114,13 +123,32 @@ class LogCursor:
         """Directories to list this pass: from the sealed boundary up to ``now + settle`` (clocks
         ahead), at most ``limit`` of them, and never none (``now`` behind the boundary lists it)."""
         last = max(now_ms + settle_ms, self.sealed_ms)
-        return list(range(self.sealed_ms, last - last % MINUTE_MS + 1, MINUTE_MS))[:limit]
+        return list(range(self.sealed_ms, last - last % self.span_ms + 1, self.span_ms))[:limit]
+
+    def due_dirs(self, now_ms: int, settle_ms: int, limit: int, *, hot_ms: int = HOT_MS,
+                 cool_ms: int = COOL_MS) -> list[int]:
+        """The open directories (:meth:`open_dirs`) a pass lists: every pass, those within ``hot_ms``
+        of now, where writes land, and those old enough to be sealed; the older rest once ``cool_ms``
+        has passed since they were last listed. A write that landed seconds late in an older
+        directory waits up to ``cool_ms`` more; one named more than ``hot_ms`` ahead of now (a
+        writer whose clock runs ahead), until now comes near. Neither is lost: a directory is
+        sealed only by a pass that listed it in full after its end plus the settle window."""
+        due = []
+        for dir_ms in self.open_dirs(now_ms, settle_ms, limit):
+            end = dir_ms + self.span_ms
+            if dir_ms > now_ms + hot_ms:
+                break
+            if (end > now_ms - hot_ms or end + settle_ms <= now_ms
+                    or now_ms - self._listed.get(dir_ms, now_ms - cool_ms) >= cool_ms):
+                due.append(dir_ms)
+                self._listed[dir_ms] = now_ms
+        return due
 
     def dir_of(self, key: str) -> int | None:
         """The directory start of a key under this shard, or None for keys outside any directory."""
         rel = key[len(self.prefix):]
         head, sep, _ = rel.partition("/")
-        if not sep or len(head) != 12 or not head.isdigit():
+        if not sep or not is_dir_name(head):
             return None
         return dir_start_ms(head)
 
@@ -181,11 +209,12 @@ class LogCursor:
         that have nothing in flight."""
         self.horizon_ms = max(self.horizon_ms, pass_start_ms)
         for dir_ms in listed:
-            if dir_ms != self.sealed_ms or dir_ms + MINUTE_MS + settle_ms > pass_start_ms:
+            if dir_ms != self.sealed_ms or dir_ms + self.span_ms + settle_ms > pass_start_ms:
                 break
             if self._inflight_dirs.get(dir_ms):
                 break
-            self.sealed_ms = dir_ms + MINUTE_MS
+            self.sealed_ms = dir_ms + self.span_ms
+            self._listed.pop(dir_ms, None)
             done = self._done.pop(dir_ms, None)
             for producer in done or ():
                 held = self._by_producer[producer]

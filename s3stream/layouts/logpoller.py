@@ -1,4 +1,4 @@
-"""Log-layout pollers: list the open minute directories of one shard with ListObjectsV2.
+"""Log-layout pollers: list the open directories of one shard with ListObjectsV2.
 
 Nothing here depends on key order or ``StartAfter`` (S3 Express directory buckets offer neither).
 Each pass lists every open directory in full, oldest first; new objects of a directory are handed out
@@ -10,7 +10,9 @@ than that is handed out in parts. A general purpose bucket lists in key order, w
 s3stream's names, so the listing pauses when the limit is reached and goes on from its continuation
 token once the held objects are handed out. A directory bucket lists in no order: the pass keeps the
 ``held_limit / 2`` first objects (in delivery order) of a whole listing, hands them out, and lists the
-directory again for the next ones, so order holds and memory stays bounded whatever a minute holds.
+directory again for the next ones, so order holds and memory stays bounded whatever a directory holds.
+A directory bucket's pass costs as many pages as the open directories hold, which is why new topics'
+directories span ten seconds, not a minute.
 Every time comes from the server (:class:`~s3stream.s3.serverclock.ServerClock`): a new group's starting
 point, the directories to list and the sealing, whatever this host's clock says.
 """
@@ -24,7 +26,13 @@ from collections.abc import Callable
 
 from s3stream.config import ConsumerSettings
 from s3stream.layouts.logcursor import LogCursor
-from s3stream.layouts.topics import MINUTE_MS, dir_start_ms, is_directory_bucket, minute_dir, parse_log_key
+from s3stream.layouts.topics import (
+    dir_name,
+    dir_start_ms,
+    is_dir_name,
+    is_directory_bucket,
+    parse_log_key,
+)
 from s3stream.message import Entry
 from s3stream.pipeline.headwatch import Bell
 from s3stream.pipeline.poller import ShardPoller
@@ -73,11 +81,12 @@ class LogPoller(ShardPoller[LogCursor]):
             await self._place_new_group(settle_ms)
         elif not self.clock.known:
             await self._read_clock()
-        dirs = self.cursor.open_dirs(self.clock.now_ms(), settle_ms, MAX_DIRS_PER_PASS)
+        dirs = self.cursor.due_dirs(self.clock.now_ms(), settle_ms, MAX_DIRS_PER_PASS)
         sealed_before = self.cursor.sealed_ms
         pass_start: int | None = None
         found = 0
-        prefixes = [f"{self.shard.prefix}{minute_dir(dir_ms)}/" for dir_ms in dirs]
+        span = self.cursor.span_ms
+        prefixes = [f"{self.shard.prefix}{dir_name(dir_ms, span)}/" for dir_ms in dirs]
         for first in range(0, len(prefixes), DIRS_AT_ONCE):
             group = prefixes[first:first + DIRS_AT_ONCE]
             timed = await asyncio.gather(*(self._first_page(prefix) for prefix in group))
@@ -163,7 +172,7 @@ class LogPoller(ShardPoller[LogCursor]):
         else:
             oldest, server_ms = None, await self._read_clock()
         start = server_ms - settle_ms if oldest is None else oldest
-        self.cursor.sealed_ms = start - start % MINUTE_MS
+        self.cursor.sealed_ms = start - start % self.cursor.span_ms
         self._placed = True
 
     async def _read_clock(self) -> int:
@@ -173,7 +182,7 @@ class LogPoller(ShardPoller[LogCursor]):
         return page.server_time_ms
 
     async def _oldest_dir(self) -> tuple[int | None, int]:
-        """The start of the shard's oldest minute directory (None without one), and the server's time."""
+        """The start of the shard's oldest directory (None without one), and the server's time."""
         token: str | None = None
         oldest: int | None = None
         server_ms: int | None = None
@@ -185,7 +194,7 @@ class LogPoller(ShardPoller[LogCursor]):
                 self.clock.observe(server_ms)
             for p in page.prefixes:
                 name = p[len(self.shard.prefix):].rstrip("/")
-                if len(name) == 12 and name.isdigit():
+                if is_dir_name(name):
                     start = dir_start_ms(name)
                     oldest = start if oldest is None else min(oldest, start)
             token = page.next_token

@@ -1,6 +1,6 @@
 """Writing log-layout objects so that a publish that returns is delivered.
 
-A consumer seals a minute directory once a listing that started *settle window* after the directory's
+A consumer seals a directory once a listing that started *settle window* after the directory's
 end (server time) saw all of it; an object landing there later is never listed again. So what matters
 is the time between the moment in an object's name and the moment it is stored, and
 :class:`LogWriter` bounds it:
@@ -97,7 +97,7 @@ class LogWriter:
         prefix = topic.shard_prefix(shard)
 
         async def attempt(seq: int) -> tuple[str, str, str | None]:
-            name = log_key(prefix, self._stamp(topic.bucket), self.id, seq, lane, suffix)
+            name = log_key(prefix, self._stamp(topic.bucket), self.id, seq, lane, suffix, topic.span_ms)
             etag, version = await put(store, self._settings, topic.bucket, name, data, create_only=True,
                                       metadata=metadata, content_encoding=content_encoding)
             return name, etag, version

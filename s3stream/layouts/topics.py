@@ -38,11 +38,13 @@ CONTROL_PREFIX = "_s3stream"
 TOPICS_PREFIX = f"{CONTROL_PREFIX}/topics/"
 DIRECTORY_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]*--[a-z0-9-]+--x-s3$")
 MINUTE_MS = 60_000
+DIR_SECONDS = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)  # how long a log-layout directory may span
+DEFAULT_DIR_SECONDS = 10  # new log topics: a directory is listed whole each pass, so keep it small
 KEY_METADATA = "s3stream-key"  # user metadata holding a log object's message key (URL-quoted)
 SEGMENTS_LANE = "00000000"  # the lane of segments holding keyed messages: one per shard, in order
 
 _LOG_NAME = re.compile(
-    r"(?P<dir>\d{12})/(?P<ms>\d{13})-(?P<pid>[a-z0-9]+)-(?P<seq>\d{12})-(?P<lane>[0-9a-f]{8}|_)"
+    r"(?P<dir>\d{12}(?:\d{2})?)/(?P<ms>\d{13})-(?P<pid>[a-z0-9]+)-(?P<seq>\d{12})-(?P<lane>[0-9a-f]{8}|_)"
     r"(?P<suffix>(\.seg\.jsonl|\.jsonl|\.csv|\.txt)?(\.gz|\.zst)?)$"
 )
 
@@ -76,6 +78,12 @@ class Topic:
     shards: int = 1
     created_ms: int = 0
     plain: bool = False  # a bare prefix with no metadata: one shard, no shard directory
+    dir_seconds: int = 60  # log layout: the time one directory spans (topics from before it: a minute)
+
+    @property
+    def span_ms(self) -> int:
+        """How long one log-layout directory spans, in ms."""
+        return self.dir_seconds * 1000
 
     @property
     def width(self) -> int:
@@ -99,16 +107,20 @@ class Topic:
         return f"{TOPICS_PREFIX}{self.name}.json"
 
     def to_json(self) -> bytes:
-        return orjson.dumps({
-            "format": 1, "name": self.name, "layout": self.layout, "shards": self.shards,
-            "created_ms": self.created_ms,
-        })
+        doc: dict[str, object] = {"format": 1, "name": self.name, "layout": self.layout,
+                                  "shards": self.shards, "created_ms": self.created_ms}
+        if self.layout == "log":
+            doc["dir_seconds"] = self.dir_seconds
+        return orjson.dumps(doc)
 
     @classmethod
     def from_json(cls, bucket: str, data: bytes) -> Topic:
         doc = orjson.loads(data)
+        dir_seconds = int(doc.get("dir_seconds", 60))
+        if dir_seconds not in DIR_SECONDS:
+            raise ValueError(f"dir_seconds {dir_seconds} is not one of {', '.join(map(str, DIR_SECONDS))}")
         return cls(bucket=bucket, name=doc["name"], layout=doc["layout"], shards=int(doc["shards"]),
-                   created_ms=int(doc.get("created_ms", 0)))
+                   created_ms=int(doc.get("created_ms", 0)), dir_seconds=dir_seconds)
 
 
 async def resolve_topic(store: Store, bucket: str, prefix: str) -> Topic:
@@ -132,15 +144,19 @@ def validate_topic_name(name: str) -> str:
 
 
 async def create_topic(store: Store, bucket: str, name: str, *, shards: int = 1,
-                       layout: Layout = "versions") -> Topic:
-    """Write the topic's metadata with ``If-None-Match: *``: creating it twice is an error."""
+                       layout: Layout = "versions", dir_seconds: int = DEFAULT_DIR_SECONDS) -> Topic:
+    """Write the topic's metadata with ``If-None-Match: *``: creating it twice is an error.
+    ``dir_seconds`` (log layout) is how long one directory spans, a divisor of a minute."""
     if not 1 <= shards <= 4096:
         raise ConfigError(f"shards: must be between 1 and 4096, got {shards}")
+    if dir_seconds not in DIR_SECONDS:
+        raise ConfigError(f"dir_seconds: must divide a minute ({', '.join(map(str, DIR_SECONDS))}), "
+                          f"got {dir_seconds}")
     if layout == "versions" and is_directory_bucket(bucket):
         raise ConfigError(f"bucket {bucket!r} is an S3 Express directory bucket: it has no versioning; "
                           "use --layout log")
     topic = Topic(bucket=bucket, name=validate_topic_name(name), layout=layout, shards=shards,
-                  created_ms=int(time.time() * 1000))
+                  created_ms=int(time.time() * 1000), dir_seconds=dir_seconds if layout == "log" else 60)
     try:
         await store.put_object(bucket, topic.metadata_key, topic.to_json(), if_none_match=True,
                                content_type="application/json")
@@ -198,18 +214,33 @@ def minute_dir(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y%m%d%H%M")
 
 
+def dir_name(ms: int, span_ms: int = MINUTE_MS) -> str:
+    """The directory holding time ``ms`` when directories span ``span_ms``: ``yyyymmddHHMM`` for a
+    minute, ``yyyymmddHHMMSS`` (its first second) for less."""
+    if span_ms == MINUTE_MS:
+        return minute_dir(ms)
+    return datetime.fromtimestamp((ms - ms % span_ms) / 1000, tz=UTC).strftime("%Y%m%d%H%M%S")
+
+
+def is_dir_name(name: str) -> bool:
+    """True for a log-layout directory name (``yyyymmddHHMM`` or ``yyyymmddHHMMSS``)."""
+    return len(name) in (12, 14) and name.isdigit()
+
+
 @functools.lru_cache(maxsize=4096)
 def dir_start_ms(name: str) -> int:
-    """Epoch ms of the start of a ``yyyymmddHHMM`` directory."""
-    if len(name) != 12 or not name.isdigit():
-        raise ValueError(f"not a minute directory: {name!r}")
-    fields = (int(name[0:4]), int(name[4:6]), int(name[6:8]), int(name[8:10]), int(name[10:12]), 0)
+    """Epoch ms of the start of a ``yyyymmddHHMM`` or ``yyyymmddHHMMSS`` directory."""
+    if not is_dir_name(name):
+        raise ValueError(f"not a log directory: {name!r}")
+    second = int(name[12:14]) if len(name) == 14 else 0
+    fields = (int(name[0:4]), int(name[4:6]), int(name[6:8]), int(name[8:10]), int(name[10:12]), second)
     return calendar.timegm(fields) * 1000
 
 
-def log_key(shard_prefix: str, ms: int, producer: str, seq: int, lane: str, suffix: str = "") -> str:
+def log_key(shard_prefix: str, ms: int, producer: str, seq: int, lane: str, suffix: str = "",
+            span_ms: int = MINUTE_MS) -> str:
     """The object key of one log-layout message or segment."""
-    return f"{shard_prefix}{minute_dir(ms)}/{ms:013d}-{producer}-{seq:012d}-{lane}{suffix}"
+    return f"{shard_prefix}{dir_name(ms, span_ms)}/{ms:013d}-{producer}-{seq:012d}-{lane}{suffix}"
 
 
 @functools.lru_cache(maxsize=16384)

@@ -22,6 +22,7 @@ from s3stream.layouts.cursor import Checkpoint
 from s3stream.layouts.heads import head_key
 from s3stream.layouts.logcursor import LogCheckpoint
 from s3stream.layouts.topics import (
+    DEFAULT_DIR_SECONDS,
     Layout,
     Topic,
     create_topic,
@@ -151,7 +152,8 @@ async def decommission(settings: Settings, name: str, *, yes: bool,
     return f"deleted {deleted} {what} and bucket {name}"
 
 
-async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout) -> str:
+async def topic_create(settings: Settings, url: str, *, shards: int, layout: Layout,
+                       dir_seconds: int = DEFAULT_DIR_SECONDS) -> str:
     """Write a topic's metadata; a versions-layout topic needs a versioned bucket. Returns what was
     done, as one line."""
     bucket, name = split_url(url)
@@ -159,9 +161,10 @@ async def topic_create(settings: Settings, url: str, *, shards: int, layout: Lay
         await store.check_bucket(bucket)
         if layout == "versions" and not is_directory_bucket(bucket):
             await store.require_versioning(bucket)
-        topic = await create_topic(store, bucket, name, shards=shards, layout=layout)
+        topic = await create_topic(store, bucket, name, shards=shards, layout=layout, dir_seconds=dir_seconds)
     span = topic.prefixes[0] if shards == 1 else f"{topic.prefixes[0]} … {topic.prefixes[-1]}"
-    return f"created topic s3://{bucket}/{topic.name} ({layout} layout, {shards} shard(s): {span})"
+    dirs = f", a directory every {topic.dir_seconds} s" if layout == "log" else ""
+    return f"created topic s3://{bucket}/{topic.name} ({layout} layout, {shards} shard(s): {span}{dirs})"
 
 
 async def topic_list(settings: Settings, url: str) -> list[Topic]:

@@ -22,7 +22,7 @@ from s3stream.integrations.routing import handler_names, source_handler
 from s3stream.layouts.cursor import Checkpoint, VersionCursor
 from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
 from s3stream.layouts.logpoller import LogPoller
-from s3stream.layouts.topics import CONTROL_PREFIX, Topic, is_directory_bucket, resolve_topic
+from s3stream.layouts.topics import CONTROL_PREFIX, MINUTE_MS, Topic, is_directory_bucket, resolve_topic
 from s3stream.ops.doctorprobes import require_conditional_writes
 from s3stream.pipeline.checkpoint import (
     CheckpointStore,
@@ -66,6 +66,7 @@ class Consumer:
         self._candidates: list[Candidate] = []  # a group member's shards to share (leases enabled)
         self._pollers: dict[Shard, asyncio.Task[None]] = {}
         self._watchers: dict[tuple[str, str], HeadWatcher] = {}  # by (bucket, source prefix)
+        self._spans: dict[str, int] = {}  # log layout: how long a source's directories span (ms)
         self.membership: Membership | None = None
         self._store: Store | None = None
         self._control: Store | None = None  # leases' own connections: never queued behind data
@@ -327,6 +328,7 @@ class Consumer:
         await store.check_bucket(src.bucket)
         topic = await resolve_topic(store, src.bucket, src.prefix)
         layout: ShardLayout = topic.layout
+        self._spans[src.url] = topic.span_ms
         if topic.layout == "versions" and not topic.plain:
             await store.require_versioning(src.bucket)
         elif topic.layout == "versions" and await store.versioning_status(src.bucket) != "Enabled":
@@ -362,7 +364,7 @@ class Consumer:
             saved = await checkpoints.load()
         cursor: VersionCursor | LogCursor
         if layout == "log" and not isinstance(saved, Checkpoint):
-            cursor = LogCursor(prefix, saved)
+            cursor = LogCursor(prefix, saved, span_ms=self._spans.get(src.url, MINUTE_MS))
         elif layout != "log" and not isinstance(saved, LogCheckpoint):
             cursor = (NotifyCursor if src.notifications else VersionCursor)(saved)
         else:
