@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -90,8 +91,22 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 async def serve(consumer: Consumer) -> None:
     """Run a consumer until SIGTERM or SIGINT; a second SIGINT exits at once."""
-    with stop_on_signals(consumer.stop):
-        await consumer.run()
+    freezing = asyncio.create_task(freeze_heap_when_started(consumer))
+    try:
+        with stop_on_signals(consumer.stop):
+            await consumer.run()
+    finally:
+        freezing.cancel()
+
+
+async def freeze_heap_when_started(consumer: Consumer) -> None:
+    """Once the consumer has started, leave what it has built (modules, the S3 client's service
+    models: some 180,000 objects) out of the garbage collector's full passes. Each of those took
+    about 100 ms while messages flowed, and showed in the tail of publish-to-handler latency. The
+    daemon owns its process, so it decides this; a library leaves it to the application."""
+    await consumer.started.wait()
+    gc.collect()
+    gc.freeze()
 
 
 @click.group(cls=cliopts.MainGroup, context_settings={"help_option_names": ["-h", "--help"]},
