@@ -131,6 +131,7 @@ def run_express(suite: Suite) -> None:
             )
             latency_once(suite, "express", emu, target, "log")
             latency_once(suite, "express", emu, target, "log", poll_interval=FAST_POLL)
+            latency_once(suite, "express", emu, target, "log", minute=True)
 
 
 def run_standard(suite: Suite) -> None:

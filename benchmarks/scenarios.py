@@ -13,6 +13,7 @@ counts and CPU time. Consumers use default settings except a fresh group per run
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from s3stream.cli.app import freeze_heap_when_started
 from s3stream.config import S3Settings, Settings
 from s3stream.layouts import segments
 from s3stream.layouts.producer import Producer
@@ -398,6 +400,7 @@ async def latency(target: Target, topic: str, *, layout: Layout, messages: int, 
 
         async def publish_steadily() -> None:
             await asyncio.wait_for(recorder.warm.wait(), time_limit)
+            await freeze_heap_when_started(consumer)  # as `s3stream consume` does
             meter.begin()
             await _publish_at_rate(producer, url, messages, rate)
             await asyncio.wait_for(recorder.done.wait(), time_limit)
@@ -405,7 +408,10 @@ async def latency(target: Target, topic: str, *, layout: Layout, messages: int, 
         finished = asyncio.Event()
         sender = asyncio.create_task(publish_steadily())
         sender.add_done_callback(lambda _: finished.set())
-        await run_until(consumer, finished, time_limit + messages / rate + 60, "latency")
+        try:
+            await run_until(consumer, finished, time_limit + messages / rate + 60, "latency")
+        finally:
+            gc.unfreeze()  # the next scenario starts as a fresh process would
         sender.result()
     usage = meter.end()
     ordered = sorted(recorder.seconds)

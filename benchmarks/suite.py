@@ -33,6 +33,7 @@ class Sizes:
     shards_one: int = 600  # objects, at put_rate=200 per prefix
     shards_eight: int = 4000
     latency: int = 1000  # messages at latency_rate per second
+    latency_minute: int = 12_000  # the same over a whole minute: a log directory filling up
     latency_rate: float = 200.0
     idle_warmup: float = 8.0
     idle_seconds: float = 30.0
@@ -60,6 +61,7 @@ SIZES = {
         shards_one=300,
         shards_eight=1500,
         latency=200,
+        latency_minute=2000,
         idle_warmup=3,
         idle_seconds=10,
         rss_segments=100,
@@ -81,6 +83,7 @@ SIZES = {
         shards_one=20,
         shards_eight=80,
         latency=20,
+        latency_minute=40,
         idle_warmup=1,
         idle_seconds=3,
         idle_shards=2,
@@ -285,10 +288,12 @@ def produce_once(suite: Suite, key: str, label: str, emu: Any, target: sc.Target
 
 
 def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout: str,
-                 poll_interval: float | None = None) -> None:
+                 poll_interval: float | None = None, *, minute: bool = False) -> None:
     """Publish → handler latency at a steady rate; with ``poll_interval``, of a consumer tuned for
-    latency (recorded apart, as ``latency.<profile>.fast``, with the listings it cost)."""
+    latency (recorded apart, as ``latency.<profile>.fast``, with the listings it cost); with
+    ``minute``, over a whole minute (``latency.<profile>.minute``)."""
     tuned = {"poll_interval": poll_interval} if poll_interval is not None else None
+    messages = suite.sizes.latency_minute if minute else suite.sizes.latency
 
     def measure() -> tuple[float, dict[str, Any]]:
         topic = f"l{sc.new_group()[6:]}"
@@ -297,7 +302,7 @@ def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout
                 target,
                 topic,
                 layout=layout,  # type: ignore[arg-type]
-                messages=suite.sizes.latency,
+                messages=messages,
                 rate=suite.sizes.latency_rate,
                 meter=EmuMeter(emu),
                 time_limit=300,
@@ -314,7 +319,10 @@ def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout
             **usage_extra(res.usage, seconds),
         }
 
-    if poll_interval is None:
+    if minute:
+        suite.record(f"latency.{profile}.minute", f"{profile}: latency p50 ({layout}, {messages:,} "
+                     "messages)", "ms", measure)
+    elif poll_interval is None:
         suite.record(f"latency.{profile}", f"{profile}: latency p50 ({layout})", "ms", measure)
     else:
         suite.record(f"latency.{profile}.fast", f"{profile}: latency p50 ({layout}, poll_interval "
