@@ -155,3 +155,19 @@ def test_topic_metadata_says_how_long_a_directory_spans(stored: dict[str, object
     assert Topic.from_json("b", topic.to_json()) == topic
     with pytest.raises(ValueError, match="dir_seconds 7"):
         Topic.from_json("b", orjson.dumps({**stored, "dir_seconds": 7}))
+
+
+def test_a_pass_lists_the_directories_near_now_and_the_older_ones_every_few_seconds() -> None:
+    """With ten-second directories and a 30 s settle window, 35 s after T0: the directories within
+    3 s of now are listed on every pass, the older open ones on the first pass and then once 5 s
+    have passed, those that may be sealed on every pass, and those named more than 3 s ahead not
+    until now comes near them."""
+    cursor = LogCursor(PREFIX, start_ms=T0, span_ms=10_000)
+    now = T0 + 35_000
+    assert cursor.due_dirs(now, 30_000, 60) == [T0, T0 + 10_000, T0 + 20_000, T0 + 30_000]
+    assert cursor.due_dirs(now + 1_000, 30_000, 60) == [T0 + 30_000]  # T0 + 40 s: 4 s ahead
+    assert cursor.due_dirs(now + 4_000, 30_000, 60) == [T0 + 30_000, T0 + 40_000]  # 1 s ahead: near
+    assert cursor.due_dirs(now + 5_000, 30_000, 60) == [T0, T0 + 10_000, T0 + 20_000, T0 + 30_000,
+                                                        T0 + 40_000]  # which starts now
+    # T0's end plus the settle window has passed: it may be sealed, so it is listed on every pass
+    assert cursor.due_dirs(now + 7_500, 30_000, 60) == [T0, T0 + 30_000, T0 + 40_000]
