@@ -201,7 +201,7 @@ def seed_objects(topic: Topic, messages: int, per_object: int) -> Iterator[dict[
     suffix = segments.SUFFIXES["none"] if per_object > 1 else ""
     segment_text = segments.encode([(None, body(i)) for i in range(per_object)]).decode()
     for number, start in enumerate(range(0, messages, per_object), start=1):
-        name = log_key(topic.shard_prefix(0), ms, producer, number, "_", suffix)
+        name = log_key(topic.shard_prefix(0), ms, producer, number, "_", suffix, span_ms=topic.span_ms)
         text = segment_text if per_object > 1 else body(start).decode()
         if per_object > 1 and messages - start < per_object:
             text = segments.encode([(None, body(i)) for i in range(messages - start)]).decode()

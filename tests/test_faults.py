@@ -501,10 +501,10 @@ async def test_undecodable_segment_is_dead_lettered(store: Store, bucket: str, p
     topic = await create_topic(store, bucket, "lg", layout="log")
     prefix = topic.shard_prefix(0)
     now = int(time.time() * 1000)
-    good = [log_key(prefix, now + i, "good", i, "_") for i in range(20)]
+    good = [log_key(prefix, now + i, "good", i, "_", span_ms=topic.span_ms) for i in range(20)]
     for i, key in enumerate(good):
         await store.put_object(bucket, key, f"good {i}".encode())
-    bad = log_key(prefix, now + 5, "bad", 1, "_", ".seg.jsonl.zst")
+    bad = log_key(prefix, now + 5, "bad", 1, "_", ".seg.jsonl.zst", span_ms=topic.span_ms)
     await store.put_object(bucket, bad, b"\x28\xb5\x2f\xfd this is not zstd at all")
     rec = Recorder()
     consumer = Consumer(settings(proxy.endpoint, f"s3://{bucket}/lg", group=group))

@@ -23,7 +23,8 @@ T0 = 1_795_000_020_000 - 1_795_000_020_000 % MINUTE_MS  # a minute boundary
 
 
 def _entry(ms: int, producer: str = "p1", seq: int = 1) -> Entry:
-    return Entry(key=log_key(PREFIX, ms, producer, seq, "_"), version_id="null", last_modified_ms=ms)
+    key = log_key(PREFIX, ms, producer, seq, "_", span_ms=MINUTE_MS)
+    return Entry(key=key, version_id="null", last_modified_ms=ms)
 
 
 def test_rangeset_merges_neighbours() -> None:
@@ -84,7 +85,8 @@ def test_checkpoint_round_trip_and_foreign_names() -> None:
     """A cursor rebuilt from its checkpoint knows what was done, including keys other tools wrote."""
     cursor = LogCursor(PREFIX, start_ms=T0)
     ours = _entry(T0 + 1)
-    foreign = Entry(key=f"{PREFIX}{log_key('', T0, 'x', 1, '_').split('/')[0]}/hand-written.json",
+    minute = log_key("", T0, "x", 1, "_", span_ms=MINUTE_MS).split("/")[0]
+    foreign = Entry(key=f"{PREFIX}{minute}/hand-written.json",
                     version_id="null", last_modified_ms=T0)
     outside = Entry(key=f"{PREFIX}not-a-directory.json", version_id="null", last_modified_ms=T0)
     for e in (ours, foreign):

@@ -115,7 +115,7 @@ def log_messages(messages: list[tuple[int, int, bool]], seek_ms: int) -> list[tu
         producer = f"p{key % 2}"
         seqs[producer] += 1
         ms = BASE_MS + offset
-        name = log_key(PREFIX, ms, producer, seqs[producer], "_")
+        name = log_key(PREFIX, ms, producer, seqs[producer], "_", span_ms=MINUTE_MS)
         listed = ms < seek_ms and (visible or ms < seek_ms - SETTLE_MS)
         out.append((Entry(name, "null", ms - ms % 1000 + 1000), ms, listed))
     return out
@@ -176,7 +176,7 @@ def test_compare_counts_replays_and_skips() -> None:
     assert (ahead.replay, ahead.skip, ahead.deliver) == (0, 3, 2)
     fresh = compare(PREFIX, "versions", None, Checkpoint(watermark_ms=BASE_MS + 8000), entries)
     assert (fresh.replay, fresh.skip) == (0, 8)
-    named = Entry(log_key(PREFIX, BASE_MS + 5, "p", 1, "_"), "null", 0)
+    named = Entry(log_key(PREFIX, BASE_MS + 5, "p", 1, "_", span_ms=MINUTE_MS), "null", 0)
     logged = compare(PREFIX, "log", LogCheckpoint(sealed_ms=BASE_MS + MINUTE_MS),
                      LogCheckpoint(sealed_ms=BASE_MS), [named])
     assert (logged.replay, logged.skip, logged.deliver) == (1, 0, 1)

@@ -97,7 +97,8 @@ class LogWriter:
         prefix = topic.shard_prefix(shard)
 
         async def attempt(seq: int) -> tuple[str, str, str | None]:
-            name = log_key(prefix, self._stamp(topic.bucket), self.id, seq, lane, suffix, topic.span_ms)
+            name = log_key(prefix, self._stamp(topic.bucket), self.id, seq, lane, suffix,
+                           span_ms=topic.span_ms)
             etag, version = await put(store, self._settings, topic.bucket, name, data, create_only=True,
                                       metadata=metadata, content_encoding=content_encoding)
             return name, etag, version

@@ -237,9 +237,10 @@ def dir_start_ms(name: str) -> int:
     return calendar.timegm(fields) * 1000
 
 
-def log_key(shard_prefix: str, ms: int, producer: str, seq: int, lane: str, suffix: str = "",
-            span_ms: int = MINUTE_MS) -> str:
-    """The object key of one log-layout message or segment."""
+def log_key(shard_prefix: str, ms: int, producer: str, seq: int, lane: str, suffix: str = "", *,
+            span_ms: int) -> str:
+    """The object key of one log-layout message or segment, in directories of ``span_ms`` (the
+    topic's :attr:`Topic.span_ms`)."""
     return f"{shard_prefix}{dir_name(ms, span_ms)}/{ms:013d}-{producer}-{seq:012d}-{lane}{suffix}"
 
 
