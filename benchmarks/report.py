@@ -329,8 +329,8 @@ def latency_section(r: dict[str, Any]) -> str:
         "(`poll_interval` 50 ms while messages flow) in the same process; on the Express profile also "
         "one tuned for latency (`poll_interval` 10 ms), with what its listings cost while messages "
         f"flow, and the default consumer over a whole minute ({s.get('latency_minute', 0):,} messages): "
-        "a log-layout directory holds a minute of messages, and a directory bucket lists it in no "
-        "order, so every pass lists the whole of it.\n\n"
+        "a log-layout directory fills up over its span (ten seconds by default), and a directory "
+        "bucket lists it in no order, so a pass reads the whole of each directory it lists.\n\n"
         + table(
             [
                 "profile",
@@ -600,9 +600,10 @@ def render(results: dict[str, Any], png_name: str) -> str:
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``<date>.json``, ``<date>.md`` and ``<date>.png`` into ``out``; returns their paths."""
+    """Write ``<date>.json``, ``<date>.md`` and ``<date>.png`` into ``out`` (``<date>-<profiles>`` for a
+    run of some profiles only, so it never overwrites a whole suite's); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / results["date"]
+    stem = out / results.get("stem", results["date"])
     data, md, png = stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")
     data.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, png)

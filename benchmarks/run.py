@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         check_awscli(suite)
     for name in args.profiles:
         STAGES[name](suite)
+    date = time.strftime("%Y-%m-%d")
     results = {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": date,
+        "stem": date if args.profiles == list(STAGES) else "-".join([date, *args.profiles]),
         "started": suite.started,
         "seconds": time.time() - suite.started,
         "sizes_name": args.sizes,
