@@ -5,7 +5,7 @@ The bridge is a :class:`~s3stream.pipeline.consumer.Consumer` whose handler is t
 sends
 only what is new. ``--once`` stops the consumer cleanly when it is idle: every shard has completed a
 listing pass that began after the start and covered everything up to then (a log-layout pass lists
-at most 60 minute directories, so an older backlog takes several), and nothing is in flight; so
+at most 60 directories, so an older backlog takes several), and nothing is in flight; so
 everything that existed when the command started was sent (and checkpointed). On a prefix that is
 never quiet, ``--once`` waits for a quiet moment.
 """
@@ -93,7 +93,7 @@ async def stop_when_idle(consumer: Consumer, *, check: float = 0.05) -> None:
 
 def _caught_up(shard: Shard, settle_ms: int) -> bool:
     """True when the shard's next pass lists everything up to now (a log-layout pass lists at most
-    ``MAX_DIRS_PER_PASS`` minute directories; a versions pass lists every page). Times are the
+    ``MAX_DIRS_PER_PASS`` directories; a versions pass lists every page). Times are the
     server's, so a host clock ahead or behind does not matter."""
     if not isinstance(shard.cursor, LogCursor):
         return True

@@ -6,7 +6,7 @@ the cursor deliver the messages whose time is at or after T and skip those the s
 * **versions layout**: a message's time is its ``LastModified`` (when its write began, by the server's
   clock), which listings give in whole seconds; T counts from the start of its second, so a version
   written at or after T is never skipped and one written earlier in T's second may be delivered again.
-* **log layout**: a message's time is the time in its object name (``<minute>/<ms>-…``, the server's
+* **log layout**: a message's time is the time in its object name (``<dir>/<ms>-…``, the server's
   time when the producer named it). Objects other tools wrote (names s3stream did not make) go by
   their ``LastModified``.
 
@@ -18,7 +18,7 @@ the settle window, is delivered rather than lost, exactly as the cursor would ha
 ``latest`` is a seek to the server's time at the seek with everything listed marked handled: nothing
 stored now is delivered again, anything written after the seek is (a new group started with
 ``--from latest`` is placed the same way). ``earliest`` is a watermark of 0 (versions) or the oldest
-minute directory (log): everything still stored is delivered again.
+directory (log): everything still stored is delivered again.
 """
 
 from __future__ import annotations
@@ -113,14 +113,14 @@ def log_position(prefix: str, at_ms: int, listed: Iterable[Entry] = (), *, settl
 
 
 def earliest_log_ms(prefix: str, listed: Iterable[Entry], now_ms: int) -> int:
-    """The start of the oldest minute directory under ``prefix`` (``now_ms`` without one)."""
+    """The start of the oldest directory under ``prefix`` (``now_ms`` without one)."""
     probe = LogCursor(prefix)
     dirs = [d for e in listed if (d := probe.dir_of(e.key)) is not None]
     return min(dirs, default=now_ms - now_ms % MINUTE_MS)
 
 
 def log_floor_ms(prefix: str, listed: Iterable[Entry], now_ms: int, settle_ms: int) -> int:
-    """The earliest sealed boundary worth having: the oldest minute directory of the shard, or the one a
+    """The earliest sealed boundary worth having: the oldest directory of the shard, or the minute a
     settle window before now if that is older. No object can appear before it (a producer names
     objects with the server's time, at most a settle window late), and a cursor never lists the empty
     minutes before it one by one."""

@@ -1,7 +1,7 @@
 """When a shard's poller lists next: a pure state machine (the caller passes the time).
 
-* A pass that filled a page, or stopped short of the present (a log-layout shard lists at most an
-  hour of minute directories a pass), is followed at once: a backlog is read at full speed.
+* A pass that filled a page, or stopped short of the present (a log-layout shard lists at most 60
+  directories a pass), is followed at once: a backlog is read at full speed.
 * While messages flow, passes *start* ``poll_interval`` apart.
 * An idle shard backs off, doubling, up to ``max_poll_interval``; so does a failed pass.
 * Once the topic's head object is known (s3stream producers rewrite it after publishing), an idle
