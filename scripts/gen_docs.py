@@ -103,8 +103,9 @@ def cli_reference() -> str:
 
 
 def latest_report() -> Path:
-    """The newest ``benchmarks/results/<date>.md``."""
-    return sorted((ROOT / "benchmarks" / "results").glob("*.md"))[-1]
+    """The newest ``benchmarks/results/<date>.md`` of a whole suite (a run of some profiles only is
+    written as ``<date>-<profiles>.md`` and is not the reference)."""
+    return sorted((ROOT / "benchmarks" / "results").glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].md"))[-1]
 
 
 def benchmarks_reference() -> str:
