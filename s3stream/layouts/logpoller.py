@@ -1,9 +1,11 @@
 """Log-layout pollers: list the open directories of one shard with ListObjectsV2.
 
 Nothing here depends on key order or ``StartAfter`` (S3 Express directory buckets offer neither).
-Each pass lists every open directory in full, oldest first; new objects of a directory are handed out
-sorted by the time, producer and sequence in their names. After the pass, the cursor seals the
-directories that were listed after their end plus the settle window and have nothing in flight.
+Each pass lists in full the open directories the cursor says are due (``LogCursor.due_dirs``: those
+near now and those it may seal on every pass, the older rest every few seconds), oldest first; new
+objects of a directory are handed out sorted by the time, producer and sequence in their names. After
+the pass, the cursor seals the directories that were listed after their end plus the settle window
+and have nothing in flight.
 
 A pass holds at most ``held_limit`` listed objects (plus a page): a directory with more new objects
 than that is handed out in parts. A general purpose bucket lists in key order, which is the order of

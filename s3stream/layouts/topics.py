@@ -209,17 +209,11 @@ class LogName:
         return self.suffix.startswith(".seg.")
 
 
-def minute_dir(ms: int) -> str:
-    """``yyyymmddHHMM`` of an epoch-millisecond time (UTC)."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y%m%d%H%M")
-
-
-def dir_name(ms: int, span_ms: int = MINUTE_MS) -> str:
-    """The directory holding time ``ms`` when directories span ``span_ms``: ``yyyymmddHHMM`` for a
-    minute, ``yyyymmddHHMMSS`` (its first second) for less."""
-    if span_ms == MINUTE_MS:
-        return minute_dir(ms)
-    return datetime.fromtimestamp((ms - ms % span_ms) / 1000, tz=UTC).strftime("%Y%m%d%H%M%S")
+def dir_name(ms: int, span_ms: int) -> str:
+    """The directory holding time ``ms`` (epoch ms, UTC) when directories span ``span_ms``:
+    ``yyyymmddHHMM`` for a minute, ``yyyymmddHHMMSS`` (its first second) for less."""
+    form = "%Y%m%d%H%M" if span_ms == MINUTE_MS else "%Y%m%d%H%M%S"
+    return datetime.fromtimestamp((ms - ms % span_ms) / 1000, tz=UTC).strftime(form)
 
 
 def is_dir_name(name: str) -> bool:

@@ -22,7 +22,7 @@ from s3stream.integrations.routing import handler_names, source_handler
 from s3stream.layouts.cursor import Checkpoint, VersionCursor
 from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
 from s3stream.layouts.logpoller import LogPoller
-from s3stream.layouts.topics import CONTROL_PREFIX, MINUTE_MS, Topic, is_directory_bucket, resolve_topic
+from s3stream.layouts.topics import CONTROL_PREFIX, Topic, is_directory_bucket, resolve_topic
 from s3stream.ops.doctorprobes import require_conditional_writes
 from s3stream.pipeline.checkpoint import (
     CheckpointStore,
@@ -66,7 +66,6 @@ class Consumer:
         self._candidates: list[Candidate] = []  # a group member's shards to share (leases enabled)
         self._pollers: dict[Shard, asyncio.Task[None]] = {}
         self._watchers: dict[tuple[str, str], HeadWatcher] = {}  # by (bucket, source prefix)
-        self._spans: dict[str, int] = {}  # log layout: how long a source's directories span (ms)
         self.membership: Membership | None = None
         self._store: Store | None = None
         self._control: Store | None = None  # leases' own connections: never queued behind data
@@ -199,9 +198,9 @@ class Consumer:
         """A lease was taken: fence the checkpoint, open the shard, start its poller."""
         assert self._store is not None
         assert self.membership is not None
-        src, layout = cand.payload
+        src, layout, span_ms = cand.payload
         try:
-            shard = await self._open_shard(self._store, src, cand.prefix, layout,
+            shard = await self._open_shard(self._store, src, cand.prefix, layout, span_ms,
                                            lease=(self.membership.member, tenure.generation))
         except (CheckpointConflict, RetriableError) as exc:
             log.warning("could not open a leased shard; giving the lease back", shard=cand.prefix,
@@ -312,23 +311,25 @@ class Consumer:
 
     async def _open_shards(self, store: Store, src: SourceSettings) -> list[Shard]:
         """One shard per prefix of the source: a topic's shards, or the plain prefix itself."""
-        prefixes, layout = await self._source_shards(store, src)
-        shards = [await self._open_shard(store, src, prefix, layout) for prefix in prefixes]
+        prefixes, layout, span_ms = await self._source_shards(store, src)
+        shards = [await self._open_shard(store, src, prefix, layout, span_ms) for prefix in prefixes]
         if src.notifications is not None:
             self._notified.append((src, shards))
         return shards
 
     async def _candidates_of(self, store: Store, src: SourceSettings) -> list[Candidate]:
         """A group member's view of a source: its shards, to be opened when leased."""
-        prefixes, layout = await self._source_shards(store, src)
-        return [Candidate(src.bucket, prefix, (src, layout), topic=src.prefix) for prefix in prefixes]
+        prefixes, layout, span_ms = await self._source_shards(store, src)
+        return [Candidate(src.bucket, prefix, (src, layout, span_ms), topic=src.prefix)
+                for prefix in prefixes]
 
-    async def _source_shards(self, store: Store, src: SourceSettings) -> tuple[list[str], ShardLayout]:
-        """The source's shard prefixes and how to list them (checking the bucket on the way)."""
+    async def _source_shards(self, store: Store,
+                             src: SourceSettings) -> tuple[list[str], ShardLayout, int]:
+        """The source's shard prefixes and how to list them: the layout, and how long a log-layout
+        directory spans (ms). Checks the bucket on the way."""
         await store.check_bucket(src.bucket)
         topic = await resolve_topic(store, src.bucket, src.prefix)
         layout: ShardLayout = topic.layout
-        self._spans[src.url] = topic.span_ms
         if topic.layout == "versions" and not topic.plain:
             await store.require_versioning(src.bucket)
         elif topic.layout == "versions" and await store.versioning_status(src.bucket) != "Enabled":
@@ -342,10 +343,10 @@ class Consumer:
         if src.notifications is not None and topic.layout != "versions":
             raise ConfigError(f"sources ({src.url}): notifications need the versions layout, "
                               f"not {topic.layout!r}")
-        return prefixes, layout
+        return prefixes, layout, topic.span_ms
 
     async def _open_shard(self, store: Store, src: SourceSettings, prefix: str, layout: ShardLayout,
-                          lease: tuple[str, int] | None = None) -> Shard:
+                          span_ms: int, lease: tuple[str, int] | None = None) -> Shard:
         consumer = self.settings.consumer
         ckpt = consumer.checkpoint
         checkpoints: CheckpointStore
@@ -364,7 +365,7 @@ class Consumer:
             saved = await checkpoints.load()
         cursor: VersionCursor | LogCursor
         if layout == "log" and not isinstance(saved, Checkpoint):
-            cursor = LogCursor(prefix, saved, span_ms=self._spans.get(src.url, MINUTE_MS))
+            cursor = LogCursor(prefix, saved, span_ms=span_ms)
         elif layout != "log" and not isinstance(saved, LogCheckpoint):
             cursor = (NotifyCursor if src.notifications else VersionCursor)(saved)
         else:
