@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -26,6 +27,7 @@ from s3stream.pipeline.consumer import Consumer
 from s3stream.pipeline.handlers import as_handler
 from s3stream.pipeline.shard import Shard
 from s3stream.pipeline.workers import WorkerPool
+from s3stream.s3.s3xml import ObjectPage
 from s3stream.s3.store import Store, open_store
 from s3stream.service.deadletter import DeadLetter, iter_dead_letters
 from tests.conftest import Recorder, make_settings, running, wait_until
@@ -467,6 +469,40 @@ async def test_a_crowded_directory_is_handed_out_in_bounded_parts(
     for k in range(5):
         lane = [bodies[e.key] for e in handed if bodies[e.key] % 5 == k]
         assert lane == sorted(lane)
+
+
+async def test_a_directory_listed_again_reads_only_what_is_new(
+    store: Store, bucket: str, moto_endpoint: str, express: S3Proxy
+) -> None:
+    """After a pass handed out a directory's 300 objects, the next passes list it whole (a directory
+    bucket has no StartAfter) but the listings leave those 300 out unread: a pass after 3 more writes
+    hands out exactly those 3, and the poller remembers all 303 keys of the open directory."""
+    await create_topic(store, bucket, "again", layout="log")
+    minute = time.time()
+    async with Producer(store=store, clock=lambda: minute) as p:
+        await p.publish_many(f"s3://{bucket}/again", [(None, str(i)) for i in range(300)])
+    settings = make_settings(express.endpoint, f"s3://{bucket}/again", page_size=100, settle_window=60)
+    async with open_store(settings.s3) as proxied:
+        pool = WorkerPool(proxied, queue_size=1000, handler_attempts=1)
+        cursor = LogCursor("again/00/", span_ms=10_000)
+        shard = Shard(bucket=bucket, prefix="again/00/", handler=as_handler(Recorder(), "rec"),
+                      checkpoints=MemoryCheckpointStore(), cursor=cursor, layout="log")
+        poller = LogPoller(shard, cursor, proxied, pool, settings.consumer, lambda: None)
+        assert await poller.poll_once() == 300
+        seen: list[int] = []
+        listed = proxied.list_objects
+
+        async def counting(*args: Any, **kwargs: Any) -> ObjectPage:
+            page = await listed(*args, **kwargs)
+            seen.append(len(page.entries))
+            return page
+
+        proxied.list_objects = counting  # type: ignore[method-assign]
+        async with Producer(store=store, clock=lambda: minute) as p:
+            await p.publish_many(f"s3://{bucket}/again", [(None, f"late {i}") for i in range(3)])
+        assert await poller.poll_once() == 3
+    assert sum(seen) == 3, f"listed entries per page: {seen}"
+    assert poller.known.size == 303
 
 
 async def test_a_segment_past_the_sources_max_decompressed_mb_is_dead_lettered(

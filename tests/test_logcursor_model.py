@@ -13,18 +13,23 @@ committed checks:
   directory that has since been sealed (the documented "at least once" of rewritten messages);
 * after a restart only what was not committed in the last checkpoint is handed out again (same
   exception);
+* the keys the poller remembers as not new (:class:`~s3stream.layouts.knownkeys.KnownKeys`, which its
+  listings leave out) are not new, and leaving them out loses nothing (the delivery checks above hold
+  with them left out, as the poller lists);
 * the checkpoint holds only open directories, and a pass with nothing in flight seals everything
   older than the settle window: its size follows the open window, not the history.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from s3stream.layouts.knownkeys import KnownKeys
 from s3stream.layouts.logcursor import LogCheckpoint, LogCursor
 from s3stream.layouts.logpoller import delivery_order
 from s3stream.layouts.topics import MINUTE_MS, log_key, parse_log_key
@@ -55,6 +60,7 @@ class LogCursorMachine(RuleBasedStateMachine):
     """The cursor of one shard against a reference model of delivery (see the module docstring)."""
 
     SPAN = MINUTE_MS  # how long a directory spans: a minute, as topics made before shorter ones
+    KNOWN_LIMIT = 50_000  # keys the poller remembers as not new
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,6 +76,7 @@ class LogCursorMachine(RuleBasedStateMachine):
         self.committed: dict[Ident, int] = {}  # completed as of the last checkpoint
         self.saved: LogCheckpoint | None = None
         self.ever: set[Ident] = set()
+        self.known = KnownKeys(self.KNOWN_LIMIT)
 
     # --- producers ---
 
@@ -98,19 +105,31 @@ class LogCursorMachine(RuleBasedStateMachine):
 
     @rule()
     def list_pass(self) -> None:
-        """A pass as the log poller makes it: the open directories, each listed whole and its new
-        objects handed out in delivery order, then sealing with the pass's start (whole seconds,
-        minus one) as the server time."""
+        """A pass as the log poller makes it: the open directories, each listed whole but for the keys
+        known not to be new, and its new objects handed out in delivery order, then sealing with the
+        pass's start (whole seconds, minus one) as the server time. The keys left out are checked
+        against a copy of the cursor (asking the cursor itself would change what it records)."""
         dirs = self.cursor.due_dirs(self.now, SETTLE, MAX_DIRS)
         idle = not self.in_flight
+        aside = copy.deepcopy(self.cursor)
         for dir_ms in dirs:
             visible = [e for e in self.objects if _dir(e.key) == dir_ms and e.last_modified_ms <= self.now]
-            new = [e for e in visible if self.cursor.is_new(e)]
+            known = self.known.of(dir_ms)
+            assert not any(aside.is_new(e) for e in visible if e.key in known), "a known key is new"
+            new = []
+            for e in (e for e in visible if e.key not in known):
+                if self.cursor.is_new(e):
+                    new.append(e)
+                else:
+                    self.known.add(dir_ms, e.key)
             for entry in sorted(new, key=delivery_order):
+                self.known.add(dir_ms, entry.key)
                 if self.cursor.is_new(entry):  # asked again, as the poller does: copies in one listing
                     self._hand_out(entry, dir_ms)
         pass_start = self.now - self.now % 1000 - 1000
         self.cursor.pass_complete(dirs, pass_start, SETTLE)
+        self.known.forget_before(self.cursor.sealed_ms)
+        assert self.known.size == sum(len(self.known.of(d)) for d in {_dir(e.key) for e in self.objects})
         if idle and not self.in_flight and len(dirs) < MAX_DIRS:
             assert self.cursor.sealed_ms + self.SPAN + SETTLE > pass_start, "an idle pass sealed too little"
 
@@ -141,6 +160,7 @@ class LogCursorMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         """A crash: in-flight work is lost; the cursor comes back from the last checkpoint."""
         self.cursor = LogCursor(PREFIX, self.saved, start_ms=T0, span_ms=self.SPAN)
+        self.known = KnownKeys(self.KNOWN_LIMIT)  # a new poller
         self.in_flight.clear()
         self.handed.clear()
         self.completed.clear()
@@ -169,9 +189,11 @@ class LogCursorMachine(RuleBasedStateMachine):
 
 
 class TenSecondDirsMachine(LogCursorMachine):
-    """The same with directories of ten seconds, as new topics have."""
+    """The same with directories of ten seconds, as new topics have, and a poller that remembers
+    at most 6 keys (beyond it, objects are listed and asked about as before)."""
 
     SPAN = 10_000
+    KNOWN_LIMIT = 6
 
 
 LogCursorMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)

@@ -14,7 +14,9 @@ token once the held objects are handed out. A directory bucket lists in no order
 ``held_limit / 2`` first objects (in delivery order) of a whole listing, hands them out, and lists the
 directory again for the next ones, so order holds and memory stays bounded whatever a directory holds.
 A directory bucket's pass costs as many pages as the open directories hold, which is why new topics'
-directories span ten seconds, not a minute.
+directories span ten seconds, not a minute. The objects of an open directory already known not to be
+new (:class:`~s3stream.layouts.knownkeys.KnownKeys`) are left out of its listings after reading their
+key alone, so listing a busy directory again costs little more than the request.
 Every time comes from the server (:class:`~s3stream.s3.serverclock.ServerClock`): a new group's starting
 point, the directories to list and the sealing, whatever this host's clock says.
 """
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from s3stream.config import ConsumerSettings
+from s3stream.layouts.knownkeys import KnownKeys
 from s3stream.layouts.logcursor import LogCursor
 from s3stream.layouts.topics import (
     dir_name,
@@ -75,6 +78,7 @@ class LogPoller(ShardPoller[LogCursor]):
         self.held_limit = HELD_LIMIT
         self.ordered_listing = not is_directory_bucket(shard.bucket)  # keys listed in ascending order
         self.peak_held = 0  # the most listed objects held at once (for tests and diagnostics)
+        self.known = KnownKeys()  # keys not new, which the open directories' listings leave out
 
     async def poll_once(self, *, skip: bool = False) -> int:
         """One pass over the open directories; returns how many objects were handed out (or skipped)."""
@@ -97,17 +101,20 @@ class LogPoller(ShardPoller[LogCursor]):
             for prefix, (page, _) in zip(group, timed, strict=True):
                 found += await self._drain(prefix, page, skip)
         self.cursor.pass_complete(dirs, pass_start or self.clock.now_ms() - 1000, settle_ms)
+        self.known.forget_before(self.cursor.sealed_ms)
         # more open directories than a pass lists, and this one sealed some: catching up, go on at once
         self.behind = len(dirs) >= MAX_DIRS_PER_PASS and self.cursor.sealed_ms > sealed_before
         self.shard.last_poll = time.monotonic()
         self.on_pass()
         return found
 
-    async def _hand_out(self, new: list[Entry], skip: bool) -> int:
+    async def _hand_out(self, prefix: str, new: list[Entry], skip: bool) -> int:
         """Hand one directory's new objects to the pool in delivery order (or skip them). Each is asked
         again just before: an earlier one may have been a copy of the same message."""
         handed = 0
+        dir_ms = self.cursor.dir_of(prefix)
         for entry in sorted(new, key=delivery_order):
+            self.known.add(dir_ms, entry.key)  # handed out, skipped or a copy: not new from now on
             if not self.cursor.is_new(entry):
                 continue
             handed += 1
@@ -127,7 +134,8 @@ class LogPoller(ShardPoller[LogCursor]):
 
     async def _list(self, prefix: str, token: str | None = None) -> ObjectPage:
         page = await self.store.list_objects(self.shard.bucket, prefix, token=token,
-                                             max_keys=self.settings.page_size)
+                                             max_keys=self.settings.page_size,
+                                             known=self.known.of(self.cursor.dir_of(prefix)))
         self.pages += 1
         if token is None:
             self.clock.observe(page.server_time_ms)
@@ -139,7 +147,7 @@ class LogPoller(ShardPoller[LogCursor]):
         found = 0
         while True:
             held, token, again = await self._collect(prefix, page)
-            found += await self._hand_out(held, skip)
+            found += await self._hand_out(prefix, held, skip)
             if not again:
                 return found
             page = await self._list(prefix, token)  # on from the pause, or (no order) from the start
@@ -151,9 +159,14 @@ class LogPoller(ShardPoller[LogCursor]):
         were more: list the directory again)."""
         held: list[Entry] = []
         keep = max(1, self.held_limit // 2)
+        dir_ms = self.cursor.dir_of(prefix)
         more = False
         while True:
-            held.extend(e for e in page.entries if self.shard.wants(e.key) and self.cursor.is_new(e))
+            for e in page.entries:
+                if self.shard.wants(e.key) and self.cursor.is_new(e):
+                    held.append(e)
+                else:
+                    self.known.add(dir_ms, e.key)
             self.peak_held = max(self.peak_held, len(held))
             token = page.next_token
             if self.ordered_listing:

@@ -5,6 +5,12 @@ parsers read the raw XML with ElementTree (about 10 µs per version) and keep S3
 per-key order needs. Keys arrive URL-encoded when the request asked ``encoding-type=url`` (every lean
 listing does, so that keys with characters XML 1.0 cannot carry still list).
 
+A directory bucket lists a directory whole on every pass, so most of what a page holds was seen
+before: :func:`parse_object_page` takes the keys the caller already knows and leaves them out after
+reading only their ``<Key>``, by a scan of the raw page (about 1 µs an entry instead of 10); anything
+the scan is not sure of (comments, CDATA, a DOCTYPE, carriage returns, an unexpected shape) is read
+by ElementTree instead, so both give the same page.
+
 A ``200`` whose body is not the listing asked for (a proxy's or captive portal's HTML page, a body cut
 short) raises :class:`UnreadableListing`, a retriable error: taken for an empty page, it would let a
 pass complete without listing what is there.
@@ -13,8 +19,10 @@ pass complete without listing what is there.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -99,17 +107,81 @@ def parse_version_page(body: bytes, server_time_ms: int) -> VersionPage:
     )
 
 
-def parse_object_page(body: bytes, server_time_ms: int) -> ObjectPage:
-    """A whole ListBucketResult (ListObjectsV2) page."""
+def parse_object_page(body: bytes, server_time_ms: int, known: Container[str] = frozenset()) -> ObjectPage:
+    """A whole ListBucketResult (ListObjectsV2) page, leaving out the objects whose keys are in ``known``."""
+    page = _scan_object_page(body, server_time_ms, known) if known else None
+    if page is not None:
+        return page
     doc = _Doc(body, OBJECTS_ROOT)
-    ns = doc.ns
     stamps: dict[str, int] = {}
-    entries = [
-        Entry(key=doc.key(el.findtext(ns + "Key")) or "", version_id="null",
-              last_modified_ms=_iso_ms(el.findtext(ns + "LastModified") or "", stamps),
-              size=int(el.findtext(ns + "Size") or 0), etag=(el.findtext(ns + "ETag") or "").strip('"'))
-        for el in doc.root.iterfind(ns + "Contents")
-    ]
+    entries = [_object_entry(el, doc.ns, doc.encoded, stamps)
+               for el in doc.root.iterfind(doc.ns + "Contents")]
+    return _object_page(doc, [e for e in entries if e.key not in known] if known else entries, server_time_ms)
+
+
+_KEYS = re.compile(rb"<Contents><Key>([^<&]*)</Key>")
+_BETWEEN = re.compile(rb"</Contents>\s*<Contents>")
+_OPEN, _CLOSE = b"<Contents>", b"</Contents>"
+SCAN_NEW_LIMIT = 32  # a page with more new objects than this is read whole by the parser
+
+
+def _scan_object_page(body: bytes, server_time_ms: int, known: Container[str]) -> ObjectPage | None:
+    """The page read by a scan of its ``<Contents>`` blocks, or None where only a parser is sure.
+    The blocks must be one run, each opening with its ``<Key>``; ElementTree reads what is around the
+    run (the root, the token, the prefixes) and each block whose key is not in ``known``."""
+    raw_keys = _KEYS.findall(body)
+    if not raw_keys or not _plain(body, body.find(_OPEN)):
+        return None
+    if body.count(b"Contents>") != 2 * len(raw_keys):
+        return None  # a block that does not open with its key, a prefixed name: not for a scan
+    first, last = body.find(_OPEN), body.rfind(_CLOSE) + len(_CLOSE)
+    if body.count(_CLOSE + _OPEN, first, last) != len(raw_keys) - 1 \
+            and len(_BETWEEN.findall(body, first, last)) != len(raw_keys) - 1:
+        return None  # something else between the blocks
+    try:
+        keys = [raw.decode() for raw in raw_keys]
+        doc = _Doc(body[:first] + body[last:], OBJECTS_ROOT)
+    except (UnicodeDecodeError, UnreadableListing):
+        return None  # cut short, say: the parser names what is wrong
+    if doc.encoded:
+        keys = [unquote_plus(key) if ("%" in key or "+" in key) else key for key in keys]
+    new = [i for i, key in enumerate(keys) if key not in known]
+    if len(new) > SCAN_NEW_LIMIT:
+        return None
+    stamps: dict[str, int] = {}
+    entries: list[Entry] = []
+    at = first
+    for i in new:
+        at = body.find(_OPEN + b"<Key>" + raw_keys[i] + b"</Key>", at)
+        end = body.find(_CLOSE, at) + len(_CLOSE)
+        try:
+            entries.append(_object_entry(ET.fromstring(body[at:end]), "", doc.encoded, stamps))
+        except ET.ParseError:
+            return None
+        at = end
+    return _object_page(doc, entries, server_time_ms)
+
+
+def _plain(body: bytes, first: int) -> bool:
+    """Whether ``body`` is UTF-8 without what a scan cannot read as plain text (carriage returns,
+    comments, CDATA, a DOCTYPE, namespace prefixes): single-byte tests first, as they cost nothing."""
+    if b"\r" in body or (b"!" in body and b"<!" in body) or b"xmlns:" in body[:first]:
+        return False
+    if body.startswith(b"<?xml"):
+        declaration = body[:body.find(b"?>")].lower()
+        return b"encoding" not in declaration or b"utf-8" in declaration
+    return True
+
+
+def _object_entry(el: ET.Element, ns: str, encoded: bool, stamps: dict[str, int]) -> Entry:
+    key = el.findtext(ns + "Key") or ""
+    return Entry(key=unquote_plus(key) if encoded else key, version_id="null",
+                 last_modified_ms=_iso_ms(el.findtext(ns + "LastModified") or "", stamps),
+                 size=int(el.findtext(ns + "Size") or 0), etag=(el.findtext(ns + "ETag") or "").strip('"'))
+
+
+def _object_page(doc: _Doc, entries: list[Entry], server_time_ms: int) -> ObjectPage:
+    ns = doc.ns
     prefixes = [doc.key(el.findtext(ns + "Prefix")) or "" for el in doc.root.iterfind(ns + "CommonPrefixes")]
     token = doc.text("NextContinuationToken") if doc.text("IsTruncated") == "true" else None
     return ObjectPage(entries=entries, prefixes=prefixes, next_token=token, server_time_ms=server_time_ms)
