@@ -67,6 +67,10 @@ def ratios(top: list[float | None], bottom: list[float | None]) -> list[float]:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table; a row with more or fewer cells than the header is refused, not misaligned."""
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a row of {len(row)} cells under a header of {len(header)}: {row}")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

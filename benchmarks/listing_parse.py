@@ -1,9 +1,14 @@
-"""What parsing one listed version costs: botocore's parser against s3stream's (``s3stream.s3.s3xml``).
+"""What parsing one listed entry costs: botocore's parser against s3stream's (``s3stream.s3.s3xml``).
 
 A pass lists every version under a shard, so at thousands of messages a second the listing parse
 is the next limit after the GET itself. This times, on the same 1,000-version ListVersionsResult
 document, botocore's response parser (what aiobotocore runs for ``list_object_versions``) and
 ``s3xml.parse_version_page`` (what the lean path runs), alternating, and prints µs per version.
+
+A log-layout pass on a directory bucket lists each hot directory whole, again and again, and most of
+what it lists is known. The second table times, on one 1,000-object ListBucketResult page, botocore's
+parser, ``s3xml.parse_object_page`` reading it whole, and the same told all but 10 keys are known
+(the scan that leaves known objects out unread), in µs per listed object.
 
     .venv/bin/python benchmarks/listing_parse.py [--versions 1000] [--runs 5]
 """
@@ -18,7 +23,7 @@ from collections.abc import Callable
 import botocore.session
 from botocore.parsers import create_parser
 
-from s3stream.s3.s3xml import parse_version_page
+from s3stream.s3.s3xml import parse_object_page, parse_version_page
 
 VERSION = (
     "<Version><Key>orders/0a/customer-{i:06d}</Key><VersionId>3HL4kqtJlcpXroDTDmjVBH40Nrjfkd{i:06d}"
@@ -40,10 +45,28 @@ def document(versions: int) -> bytes:
     ).encode()
 
 
-def botocore_parse() -> Callable[[bytes], object]:
-    """botocore's rest-xml parser bound to ListObjectVersions' output shape."""
+OBJECT = (
+    "<Contents><Key>orders/00/20261206201500/1765052100{i:03d}-p7f3a9c2e-{i}-_-{i:x}</Key><LastModified>"
+    "2026-12-06T20:15:{s:02d}.000Z</LastModified><ETag>&quot;fba9dede5f27731c9771645a39863328&quot;</ETag>"
+    "<Size>1024</Size><StorageClass>EXPRESS_ONEZONE</StorageClass></Contents>"
+)
+
+
+def object_document(objects: int) -> bytes:
+    """A ListBucketResult page as a directory bucket writes it (URL-encoded keys)."""
+    body = "".join(OBJECT.format(i=i, s=i % 60) for i in range(objects))
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+        '2006-03-01/"><Name>b--use1-az4--x-s3</Name><Prefix>orders/00/20261206201500/</Prefix>'
+        f"<KeyCount>{objects}</KeyCount><MaxKeys>1000</MaxKeys><EncodingType>url</EncodingType>"
+        f"<IsTruncated>false</IsTruncated>{body}</ListBucketResult>"
+    ).encode()
+
+
+def botocore_parse(operation: str = "ListObjectVersions") -> Callable[[bytes], object]:
+    """botocore's rest-xml parser bound to an operation's output shape."""
     model = botocore.session.get_session().get_service_model("s3")
-    shape = model.operation_model("ListObjectVersions").output_shape
+    shape = model.operation_model(operation).output_shape
     parser = create_parser("rest-xml")
 
     def parse(body: bytes) -> object:
@@ -58,24 +81,41 @@ def time_per_version(parse: Callable[[bytes], object], body: bytes, versions: in
     return (time.perf_counter() - started) / versions * 1e6
 
 
+def table(title: str, parsers: dict[str, Callable[[bytes], object]], body: bytes, entries: int,
+          runs: int) -> list[float]:
+    """Time each parser on ``body`` ``runs`` times, alternating; print and return the medians."""
+    times: dict[str, list[float]] = {name: [] for name in parsers}
+    for _ in range(runs):
+        for name, parse in parsers.items():
+            times[name].append(time_per_version(parse, body, entries))
+    print(title)
+    print(f"{'parser':<44} {'median':>8} {'min':>8} {'max':>8}")
+    for name, values in times.items():
+        print(f"{name:<44} {statistics.median(values):>8.2f} {min(values):>8.2f} {max(values):>8.2f}")
+    return [statistics.median(v) for v in times.values()]
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--versions", type=int, default=1000)
     args.add_argument("--runs", type=int, default=5)
     opts = args.parse_args()
-    body = document(opts.versions)
-    parsers = {"botocore (aiobotocore path)": botocore_parse(),
-               "s3stream.s3.s3xml (lean path)": lambda b: parse_version_page(b, 0)}
-    times: dict[str, list[float]] = {name: [] for name in parsers}
-    for _ in range(opts.runs):
-        for name, parse in parsers.items():
-            times[name].append(time_per_version(parse, body, opts.versions))
-    print(f"parse one ListVersionsResult page of {opts.versions} versions, {opts.runs} runs (µs per version)")
-    print(f"{'parser':<30} {'median':>8} {'min':>8} {'max':>8}")
-    for name, values in times.items():
-        print(f"{name:<30} {statistics.median(values):>8.1f} {min(values):>8.1f} {max(values):>8.1f}")
-    boto, lean = (statistics.median(v) for v in times.values())
-    print(f"ratio botocore / s3xml (medians): {boto / lean:.1f}x")
+    boto, lean = table(
+        f"parse one ListVersionsResult page of {opts.versions} versions, {opts.runs} runs (µs per version)",
+        {"botocore (aiobotocore path)": botocore_parse(),
+         "s3stream.s3.s3xml (lean path)": lambda b: parse_version_page(b, 0)},
+        document(opts.versions), opts.versions, opts.runs)
+    print(f"ratio botocore / s3xml (medians): {boto / lean:.1f}x\n")
+    page = object_document(opts.versions)
+    keys = [e.key for e in parse_object_page(page, 0).entries]
+    known = frozenset(keys[10:])
+    boto, whole, scan = table(
+        f"parse one ListBucketResult page of {opts.versions} objects, {opts.runs} runs (µs per object)",
+        {"botocore (aiobotocore path)": botocore_parse("ListObjectsV2"),
+         "s3xml, read whole (nothing known)": lambda b: parse_object_page(b, 0),
+         f"s3xml, {len(known)} of {len(keys)} known": lambda b: parse_object_page(b, 0, known)},
+        page, opts.versions, opts.runs)
+    print(f"ratio botocore / s3xml whole: {boto / whole:.1f}x; s3xml whole / with keys known: {whole / scan:.1f}x")
 
 
 if __name__ == "__main__":

@@ -163,11 +163,9 @@ def consume_section(r: dict[str, Any]) -> str:
                 else f"{num(med(ratios(ours, v)), TIMES)} ({spread(ratios(ours, v), TIMES)})"
             )
             layout = LAYOUT[profile] if name == "s3stream" else "versions"
-            seconds = (extras(r, key, "seconds") or [None])[0]
             rows.append(
                 [
                     PROFILE_NAMES.get(profile, profile),
-                    num(seconds, " s"),
                     label + cap,
                     layout,
                     num(med(v)),
