@@ -115,7 +115,8 @@ def main() -> None:
          "s3xml, read whole (nothing known)": lambda b: parse_object_page(b, 0),
          f"s3xml, {len(known)} of {len(keys)} known": lambda b: parse_object_page(b, 0, known)},
         page, opts.versions, opts.runs)
-    print(f"ratio botocore / s3xml whole: {boto / whole:.1f}x; s3xml whole / with keys known: {whole / scan:.1f}x")
+    print(f"ratio botocore / s3xml whole: {boto / whole:.1f}x; "
+          f"s3xml whole / with keys known: {whole / scan:.1f}x")
 
 
 if __name__ == "__main__":
