@@ -11,11 +11,14 @@ import pytest
 
 from s3stream.errors import CheckpointConflict
 from s3stream.layouts.cursor import Checkpoint
+from s3stream.layouts.producer import Producer
+from s3stream.layouts.topics import create_topic
 from s3stream.message import Message
 from s3stream.pipeline.checkpoint import S3CheckpointStore, decode
 from s3stream.pipeline.consumer import Consumer
 from s3stream.s3.store import Store
 from tests.conftest import Recorder, make_settings, put_versions, running, wait_until
+from tests.s3proxy import S3Proxy
 
 
 async def test_one_key_never_runs_concurrently_while_keys_run_in_parallel(
@@ -266,3 +269,46 @@ async def _stored_watermark(store: Store, bucket: str, key: str) -> int | None:
     stored = decode((await store.get_object(bucket, key)).body, where=key)
     assert isinstance(stored, Checkpoint)
     return stored.watermark_ms if stored.watermark_ms > 1000 else None
+
+
+async def test_a_steady_stream_commits_about_once_per_checkpoint_interval(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """A consumer keeping up with a steady stream (40 messages a second for 3 s, listing every 10 ms)
+    finishes its work between most messages, yet writes its checkpoint about once per
+    ``checkpoint.interval`` (1 s), not once per pass: at most 3 s / 1 s plus the first and the
+    final commit, counted as PUTs of checkpoint objects through a proxy. A restart then delivers
+    nothing again."""
+    await create_topic(store, bucket, "steady", layout="log")
+    url = f"s3://{bucket}/steady"
+    with S3Proxy(moto_endpoint) as proxy:
+        consumer = Consumer(make_settings(proxy.endpoint, url, poll_interval=0.01))
+        rec = Recorder()
+        consumer.register_handler("rec", rec)
+        async with running(consumer), Producer(store=store) as producer:
+            await producer.publish(url, "first")
+            await rec.wait_count(1)
+            started = len(_checkpoint_puts(proxy))
+            for i in range(120):
+                await producer.publish(url, f"m{i}")
+                await asyncio.sleep(0.025)  # the stream's pace, not a wait for a result
+            await rec.wait_count(121)
+        commits = len(_checkpoint_puts(proxy)) - started
+    assert 1 <= commits <= 6, f"{commits} checkpoint writes for 3 s of messages"
+    again = Recorder()
+    consumer = Consumer(make_settings(moto_endpoint, url))
+    consumer.register_handler("rec", again)
+    async with running(consumer):
+        await wait_until(lambda: consumer.shards and consumer.shards[0].last_poll, what="a first pass")
+        await producer_publish(store, url, "after")
+        await again.wait_count(1)
+    assert [m.body for m in again.messages] == [b"after"]
+
+
+def _checkpoint_puts(proxy: S3Proxy) -> list[str]:
+    return [path for method, path, _ in proxy.requests if method == "PUT" and "/checkpoints/" in path]
+
+
+async def producer_publish(store: Store, url: str, body: str) -> None:
+    async with Producer(store=store) as producer:
+        await producer.publish(url, body)

@@ -117,9 +117,10 @@ class CheckpointSettings(_Model):
     )
     interval: float = Field(
         default=1.0, gt=0,
-        description="Most seconds between commits while busy. A commit also happens whenever all "
-                    "handed-out work is finished and at shutdown, and is skipped when nothing changed. "
-                    "After a crash, up to about this much work is delivered again.",
+        description="Seconds between commits while work completes: a consumer that goes idle commits at "
+                    "once unless it committed less than this ago, then when it is this long; one more at "
+                    "shutdown; none when nothing changed. After a crash, up to about this much work is "
+                    "delivered again.",
     )
 
 

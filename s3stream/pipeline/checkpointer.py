@@ -1,4 +1,4 @@
-"""The checkpointer: commits each shard's cursor when a batch completes, or every ``interval`` s.
+"""The checkpointer: commits each shard's cursor every ``interval`` s while work completes.
 
 Thin by design: the cursor decides *what* may be committed (completed work only); this module only
 decides *when* and writes it. A commit is skipped when the done set has not changed since the last one.
@@ -20,7 +20,7 @@ log = get_logger("s3stream.pipeline.checkpointer")
 
 
 class Checkpointer:
-    """Commits shard cursors after each batch and at shutdown."""
+    """Commits shard cursors about once per ``interval`` while work completes, and at shutdown."""
 
     def __init__(self, shards: list[Shard], *, interval: float,
                  on_conflict: Callable[[Shard], bool] | None = None) -> None:
@@ -32,12 +32,20 @@ class Checkpointer:
         self.series = metrics.ShardSeries()
 
     async def run(self) -> None:
-        """Commit whenever woken (a batch completed) and at least every ``interval`` seconds."""
+        """Commit every ``interval`` seconds, and when woken (a pass or a batch finished): at once if
+        the last commit is ``interval`` old, else when it is. A consumer keeping up with a steady
+        stream finishes its work between most messages; it still writes one checkpoint per shard per
+        interval, not one per pass, and a crash redelivers at most about an interval of work."""
+        last = float("-inf")
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self.wake.wait()
+            rest = last + self.interval - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)
             self.wake.clear()
+            last = time.monotonic()
             self.observe_lag()
             try:
                 await self.flush()
