@@ -24,12 +24,13 @@ def plot(r: dict[str, Any], path: Path) -> None:
         log=True,
         lines={"target at express: 4,000": 4000},
     )
-    lat = shown(r, {p: f"latency.{p}" for p in ("express", "express.fast", "express.minute", "standard",
-                                                 "seaweedfs")})
+    lat = shown(r, {p: f"latency.{p}" for p in ("express", "express.fast", "express.minute", "express.tuned",
+                                                 "standard", "seaweedfs")})
     _bars(
         axes[0][1],
         "Publish → handler latency at 200 msg/s (ms)",
-        [{"express.fast": "express\npoll 10 ms", "express.minute": "express\na whole minute"}.get(
+        [{"express.fast": "express\npoll 10 ms", "express.minute": "express\na whole minute",
+          "express.tuned": "express, a minute\n10 ms, 5 s dirs"}.get(
             p, PROFILE_NAMES.get(p, p).replace(" (", "\n(")) for p in lat],
         {
             "p50": [values(r, f"latency.{p}") for p in lat],

@@ -383,12 +383,14 @@ class _Latencies:
 async def latency(target: Target, topic: str, *, layout: Layout, messages: int, rate: float = 200.0,
                   group: str | None = None, meter: Meter | None = None,
                   time_limit: float = 300.0,
-                  consumer_settings: dict[str, Any] | None = None) -> LatencyResult:
+                  consumer_settings: dict[str, Any] | None = None, dir_seconds: int = 10) -> LatencyResult:
     """Publish ``messages`` at ``rate``/s (send time in the body) while a default-settings consumer
     (or one with ``consumer_settings``) runs; returns the percentiles of receive time minus send time.
+    A log topic's directories span ``dir_seconds`` (the default of ``s3stream topic create``).
     A first message, not counted, makes sure the consumer is up before the clock starts."""
     async with open_store(target.s3, max_connections=4) as store:
-        await create_topic(store, target.bucket, topic, layout=layout)
+        await create_topic(store, target.bucket, topic, layout=layout,
+                           dir_seconds=dir_seconds if layout == "log" else 10)
     group = group or new_group()
     recorder = _Latencies(messages)
     consumer = Consumer(target.settings(topic, consumer={**(consumer_settings or {}), "group": group}))

@@ -187,7 +187,8 @@ def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     failures = {k: s["errors"] for k, s in results["series"].items() if s["errors"]}
     assert not failures
     for key in ("consume.zero.s3stream", "consume.express.s3stream", "consume.standard.boto3",
-                "segments.express", "produce.express.segments", "shards.8", "latency.express", "idle",
+                "segments.express", "produce.express.segments", "shards.8", "latency.express",
+                "latency.express.tuned", "idle",
                 "rss.segments", "wakeup.sporadic.express", "wakeup.idle.versions.head.4", "groups.1",
                 "groups.2", "groups.2p", "consume.seaweedfs.s3stream", "consume.seaweedfs.aiobotocore",
                 "consume.seaweedfs.boto3", "latency.seaweedfs"):
