@@ -172,3 +172,22 @@ def test_a_pass_lists_the_directories_near_now_and_the_older_ones_every_few_seco
                                                         T0 + 40_000]  # which starts now
     # T0's end plus the settle window has passed: it may be sealed, so it is listed on every pass
     assert cursor.due_dirs(now + 7_500, 30_000, 60) == [T0, T0 + 30_000, T0 + 40_000]
+
+
+def test_a_directory_just_ended_is_listed_on_every_pass_then_every_quarter_second() -> None:
+    """With five-second directories, passes every 10 ms: the directory now filling is listed on every
+    pass; the one before it on every pass for 250 ms after its end (where writes still land), then
+    at most every 250 ms until 3 s after its end (a write that slow waits up to 250 ms more), then
+    with the older ones every 5 s."""
+    cursor = LogCursor(PREFIX, start_ms=T0 + 60_000, span_ms=5_000)
+    start = T0 + 65_000  # the directory T0 + 60 s has just ended
+    listed: dict[int, list[int]] = {}
+    for now in range(start, start + 4_000, 10):
+        for dir_ms in cursor.due_dirs(now, 30_000, 60):
+            listed.setdefault(dir_ms, []).append(now - start)
+    assert len(listed[T0 + 65_000]) == 400  # every pass
+    previous = listed[T0 + 60_000]
+    assert [t for t in previous if t < 250] == list(range(0, 250, 10))
+    warm = [t for t in previous if 250 <= t < 3_000]
+    assert warm == list(range(240 + 250, 3_000, 250))  # 250 ms after the last listing, and so on
+    assert [t for t in previous if t >= 3_000] == []  # cool: next due 5 s after it was last listed
