@@ -7,7 +7,7 @@ listing does, so that keys with characters XML 1.0 cannot carry still list).
 
 A directory bucket lists a directory whole on every pass, so most of what a page holds was seen
 before: :func:`parse_object_page` takes the keys the caller already knows and leaves them out after
-reading only their ``<Key>``, by a scan of the raw page (about 1 µs an entry instead of 10); anything
+reading only their ``<Key>``, by a scan of the raw page (under 1 µs an entry instead of 5); anything
 the scan is not sure of (comments, CDATA, a DOCTYPE, carriage returns, an unexpected shape) is read
 by ElementTree instead, so both give the same page.
 
