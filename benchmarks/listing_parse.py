@@ -34,15 +34,17 @@ VERSION = (
 )
 
 
+def _page(root: str, head: str, entry: str, count: int) -> bytes:
+    """A listing document as S3 writes it: ``head``, then ``count`` entries from the template."""
+    body = "".join(entry.format(i=i, s=i % 60) for i in range(count))
+    return (f'<?xml version="1.0" encoding="UTF-8"?><{root} xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"{head}<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{body}</{root}>").encode()
+
+
 def document(versions: int) -> bytes:
     """A ListVersionsResult page as S3 writes it."""
-    body = "".join(VERSION.format(i=i, s=i % 60) for i in range(versions))
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><ListVersionsResult xmlns="http://s3.amazonaws.com/doc/'
-        '2006-03-01/"><Name>b</Name><Prefix>orders/0a/</Prefix><KeyMarker></KeyMarker><VersionIdMarker>'
-        f"</VersionIdMarker><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{body}"
-        "</ListVersionsResult>"
-    ).encode()
+    return _page("ListVersionsResult", "<Name>b</Name><Prefix>orders/0a/</Prefix><KeyMarker></KeyMarker>"
+                 "<VersionIdMarker></VersionIdMarker>", VERSION, versions)
 
 
 OBJECT = (
@@ -54,13 +56,9 @@ OBJECT = (
 
 def object_document(objects: int) -> bytes:
     """A ListBucketResult page as a directory bucket writes it (URL-encoded keys)."""
-    body = "".join(OBJECT.format(i=i, s=i % 60) for i in range(objects))
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
-        '2006-03-01/"><Name>b--use1-az4--x-s3</Name><Prefix>orders/00/20261206201500/</Prefix>'
-        f"<KeyCount>{objects}</KeyCount><MaxKeys>1000</MaxKeys><EncodingType>url</EncodingType>"
-        f"<IsTruncated>false</IsTruncated>{body}</ListBucketResult>"
-    ).encode()
+    head = ("<Name>b--use1-az4--x-s3</Name><Prefix>orders/00/20261206201500/</Prefix>"
+            f"<KeyCount>{objects}</KeyCount><EncodingType>url</EncodingType>")
+    return _page("ListBucketResult", head, OBJECT, objects)
 
 
 def botocore_parse(operation: str = "ListObjectVersions") -> Callable[[bytes], object]:

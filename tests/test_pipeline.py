@@ -300,7 +300,7 @@ async def test_a_steady_stream_commits_about_once_per_checkpoint_interval(
     consumer.register_handler("rec", again)
     async with running(consumer):
         await wait_until(lambda: consumer.shards and consumer.shards[0].last_poll, what="a first pass")
-        await producer_publish(store, url, "after")
+        await _publish_one(store, url, "after")
         await again.wait_count(1)
     assert [m.body for m in again.messages] == [b"after"]
 
@@ -309,6 +309,6 @@ def _checkpoint_puts(proxy: S3Proxy) -> list[str]:
     return [path for method, path, _ in proxy.requests if method == "PUT" and "/checkpoints/" in path]
 
 
-async def producer_publish(store: Store, url: str, body: str) -> None:
+async def _publish_one(store: Store, url: str, body: str) -> None:
     async with Producer(store=store) as producer:
         await producer.publish(url, body)

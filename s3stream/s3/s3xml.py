@@ -114,8 +114,7 @@ def parse_object_page(body: bytes, server_time_ms: int, known: Container[str] = 
         return page
     doc = _Doc(body, OBJECTS_ROOT)
     stamps: dict[str, int] = {}
-    entries = [_object_entry(el, doc.ns, doc.encoded, stamps)
-               for el in doc.root.iterfind(doc.ns + "Contents")]
+    entries = [_object_entry(el, doc, doc.ns, stamps) for el in doc.root.iterfind(doc.ns + "Contents")]
     return _object_page(doc, [e for e in entries if e.key not in known] if known else entries, server_time_ms)
 
 
@@ -130,11 +129,11 @@ def _scan_object_page(body: bytes, server_time_ms: int, known: Container[str]) -
     The blocks must be one run, each opening with its ``<Key>``; ElementTree reads what is around the
     run (the root, the token, the prefixes) and each block whose key is not in ``known``."""
     raw_keys = _KEYS.findall(body)
-    if not raw_keys or not _plain(body, body.find(_OPEN)):
+    first, last = body.find(_OPEN), body.rfind(_CLOSE) + len(_CLOSE)
+    if not raw_keys or not _plain(body, first):
         return None
     if body.count(b"Contents>") != 2 * len(raw_keys):
         return None  # a block that does not open with its key, a prefixed name: not for a scan
-    first, last = body.find(_OPEN), body.rfind(_CLOSE) + len(_CLOSE)
     if body.count(_CLOSE + _OPEN, first, last) != len(raw_keys) - 1 \
             and len(_BETWEEN.findall(body, first, last)) != len(raw_keys) - 1:
         return None  # something else between the blocks
@@ -155,7 +154,7 @@ def _scan_object_page(body: bytes, server_time_ms: int, known: Container[str]) -
         at = body.find(_OPEN + b"<Key>" + raw_keys[i] + b"</Key>", at)
         end = body.find(_CLOSE, at) + len(_CLOSE)
         try:
-            entries.append(_object_entry(ET.fromstring(body[at:end]), "", doc.encoded, stamps))
+            entries.append(_object_entry(ET.fromstring(body[at:end]), doc, "", stamps))
         except ET.ParseError:
             return None
         at = end
@@ -173,9 +172,9 @@ def _plain(body: bytes, first: int) -> bool:
     return True
 
 
-def _object_entry(el: ET.Element, ns: str, encoded: bool, stamps: dict[str, int]) -> Entry:
-    key = el.findtext(ns + "Key") or ""
-    return Entry(key=unquote_plus(key) if encoded else key, version_id="null",
+def _object_entry(el: ET.Element, doc: _Doc, ns: str, stamps: dict[str, int]) -> Entry:
+    """One ``<Contents>`` element of ``doc`` (``ns``: its names' namespace, none in a block read alone)."""
+    return Entry(key=doc.key(el.findtext(ns + "Key")) or "", version_id="null",
                  last_modified_ms=_iso_ms(el.findtext(ns + "LastModified") or "", stamps),
                  size=int(el.findtext(ns + "Size") or 0), etag=(el.findtext(ns + "ETag") or "").strip('"'))
 
