@@ -62,7 +62,21 @@ def plot(r: dict[str, Any], path: Path) -> None:
         {"msg/s": [values(r, k) for k in ("groups.1", "groups.2", "groups.2p")]},
         lines={"1.6 \u00d7 one member": 1.6 * one} if one else None,
     )
-    axes[1][2].axis("off")
+    idle = [("wakeup.idle.versions.head.1", "head\n1 shard"),
+            ("wakeup.idle.versions.head.4", "head\n4 shards"),
+            ("wakeup.idle.versions.listing.4", "listing\n4 shards"),
+            ("wakeup.idle.notifications.1", "notifications\n1 shard")]
+    idle = [(k, label) for k, label in idle if k in r["series"]]
+    if idle:
+        _bars(
+            axes[1][2],
+            "An idle versions shard, a day at S3 Standard prices ($)",
+            [label for _, label in idle],
+            {"$ per shard-day": [values(r, k) for k, _ in idle]},
+            lines={"target $0.05": 0.05},
+        )
+    else:
+        axes[1][2].axis("off")
     fig.suptitle(
         f"s3stream benchmarks {r['date']} (commit {r['machine']['commit']}; bars: median, whiskers: "
         "min\u2013max)",

@@ -24,6 +24,7 @@ import orjson
 from benchmarks import bucket as bench
 from benchmarks import scenarios as sc
 from benchmarks.figures import num, table
+from benchmarks.notifywake import run_notify_wakeup
 from benchmarks.report import dollars
 from benchmarks.suite import EmuMeter, Suite, arun, emulator, make_bucket, target_of, usage_extra
 from s3stream.layouts.producer import Producer
@@ -138,6 +139,8 @@ def run_wakeup(suite: Suite) -> None:
             suite.record(f"wakeup.sporadic.{profile}", f"{profile}: one message after 10-14 s of silence",
                          "ms p99", measure)
     _idle_costs(suite, size)
+    seconds, warmup = {"tiny": (1.0, 1.0), "quick": (20.0, 4.0)}.get(size, (120.0, 8.0))
+    run_notify_wakeup(suite, gaps, warmup=warmup, seconds=seconds)
 
 
 def _idle_costs(suite: Suite, size: str) -> None:
@@ -223,6 +226,8 @@ def wakeup_targets(r: dict[str, Any]) -> list[tuple[str, list[Any], str, float, 
          " $", 0.05, True, "≤ $0.05"),
         ("idle shard-day, Standard prices, 1 shard", first("wakeup.idle.versions.head.1", "standard_usd"),
          " $", 0.05, True, "≤ $0.05"),
+        ("idle shard-day, Standard prices, 1 shard (S3 event notifications)",
+         first("wakeup.idle.notifications.1", "standard_usd"), " $", 0.05, True, "≤ $0.05"),
         ("quiet 100,000-version shard, listing requests/h (head)",
          series.get("wakeup.history.head", {}).get("values", [None])[:1], "", 120, True, "not every poll"),
     ]
@@ -241,9 +246,17 @@ def wakeup_section(r: dict[str, Any]) -> str:
             m = modes[mode]
             rows.append([profile, mode, num(m["p50_ms"]), num(m["p99_ms"]), num(m["max_ms"]),
                          str(m["messages"])])
+    s = series.get("wakeup.sporadic.notifications")
+    if s and s["extra"] and s["extra"][0]:
+        m = s["extra"][0]
+        rows.append(["moto, local", "notifications", num(m["p50_ms"]), num(m["p99_ms"]), num(m["max_ms"]),
+                     str(m["messages"])])
     out = ["## Waking up: one message after silence, and what an idle shard costs", "",
            "Sporadic traffic: one message after 10-14 s of silence (a listing consumer has backed off to "
-           "its 5 s ceiling by then, as after a minute), both consumers on the same topic at once.", "",
+           "its 5 s ceiling by then, as after a minute), both consumers on the same topic at once. The "
+           "notifications row is a consumer woken by S3 Event Notifications through SQS, both served by "
+           "moto on this machine: it is s3stream's part only (the long poll returning, one key's listing, "
+           "the GET); on AWS, the time S3 takes to deliver the event comes on top.", "",
            table(["profile", "wake-up", "p50 ms", "p99 ms", "max ms", "messages"], rows), ""]
     idle_rows = []
     for layout in ("versions", "log"):
@@ -255,6 +268,12 @@ def wakeup_section(r: dict[str, Any]) -> str:
             reqs = ", ".join(f"{op} {n:,.0f}" for op, n in e["requests_per_day"].items())
             idle_rows.append([layout, mode, str(shards), reqs, dollars(e["standard_usd"]),
                               dollars(e["express_usd"])])
+    s = series.get("wakeup.idle.notifications.1")
+    if s and s["extra"] and s["extra"][0]:
+        e = s["extra"][0]
+        reqs = ", ".join(f"{op} {n:,.0f}" for op, n in e["requests_per_day"].items())
+        idle_rows.append(["versions", "notifications (SQS priced at $0.40 per million)", "1", reqs,
+                          dollars(e["standard_usd"]), "no notifications"])
     out += ["An idle shard, per day (the head is read once per topic, so its reads are shared by the "
             "topic's shards):", "",
             table(["layout", "wake-up", "shards", "requests per shard-day", "S3 Standard", "S3 Express"],
