@@ -97,7 +97,14 @@ def _bars(
     log: bool = False,
     lines: dict[str, float] | None = None,
 ) -> None:
-    """Grouped bars at the medians with min-max whiskers, and dashed lines at ``lines`` (targets)."""
+    """Grouped bars at the medians with min-max whiskers, and dashed lines at ``lines`` (targets); a
+    panel with no figure (its part was not run) says so instead."""
+    if not any(med(v) for per_group in series.values() for v in per_group):
+        ax.set_title(title, fontsize=10)
+        ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
     width = 0.8 / max(len(series), 1)
     for i, (name, per_group) in enumerate(series.items()):
         meds = [med(v) or 0.0 for v in per_group]

@@ -190,8 +190,9 @@ def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
                 "segments.express", "produce.express.segments", "shards.8", "latency.express",
                 "latency.express.tuned", "idle",
                 "rss.segments", "wakeup.sporadic.express", "wakeup.idle.versions.head.4", "groups.1",
-                "wakeup.sporadic.notifications", "wakeup.idle.notifications.1", "groups.2", "groups.2p", "consume.seaweedfs.s3stream", "consume.seaweedfs.aiobotocore",
-                "consume.seaweedfs.boto3", "latency.seaweedfs"):
+                "wakeup.sporadic.notifications", "wakeup.idle.notifications.1", "groups.2", "groups.2p",
+                "consume.seaweedfs.s3stream", "consume.seaweedfs.aiobotocore", "consume.seaweedfs.boto3",
+                "latency.seaweedfs"):
         assert results["series"][key]["values"][0] > 0, key
     assert sum(results["series"]["groups.2p"]["extra"][0]["per_member"]) == results["sizes"]["group_backlog"]
 
