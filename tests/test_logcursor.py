@@ -174,6 +174,20 @@ def test_a_pass_lists_the_directories_near_now_and_the_older_ones_every_few_seco
     assert cursor.due_dirs(now + 7_500, 30_000, 60) == [T0, T0 + 30_000, T0 + 40_000]
 
 
+def test_a_directory_not_yet_begun_is_listed_every_quarter_second_until_it_is_near() -> None:
+    """With five-second directories, passes every 10 ms: the next directory, named by writers only
+    when their server time runs ahead of the consumer's, is listed at most every 250 ms from 3 s before
+    its start, and on every pass from 1.25 s before it (each side's estimate of the server's time may
+    be up to a second ahead)."""
+    cursor = LogCursor(PREFIX, start_ms=T0 + 60_000, span_ms=5_000)
+    start = T0 + 61_000
+    listed = [now - start for now in range(start, start + 4_500, 10)
+              if T0 + 65_000 in cursor.due_dirs(now, 30_000, 60)]
+    assert [t for t in listed if t < 1_000] == []  # more than 3 s ahead
+    assert [t for t in listed if 1_000 <= t < 2_750] == list(range(1_000, 2_750, 250))
+    assert [t for t in listed if t >= 2_750] == list(range(2_750, 4_500, 10))
+
+
 def test_a_directory_just_ended_is_listed_on_every_pass_then_every_quarter_second() -> None:
     """With five-second directories, passes every 10 ms: the directory now filling is listed on every
     pass; the one before it on every pass for 250 ms after its end (where writes still land), then

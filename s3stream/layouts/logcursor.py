@@ -79,6 +79,9 @@ class LogCheckpoint:
 
 HOT_MS = 3_000  # directories this close to now are listed often: where writes land
 FRESH_MS = 250  # on every pass until this long after their end, then at most every WARM_MS
+AHEAD_MS = 1_250  # on every pass from this long before their start: a producer's server time may run
+# up to a second ahead of this consumer's (each estimate is up to 1 s ahead, ServerClock), and more
+# than this ahead of it, at most every WARM_MS
 WARM_MS = 250
 COOL_MS = 5_000  # the other open ones at least this often: writes that landed late
 
@@ -130,18 +133,23 @@ class LogCursor:
     def due_dirs(self, now_ms: int, settle_ms: int, limit: int, *, hot_ms: int = HOT_MS,
                  cool_ms: int = COOL_MS) -> list[int]:
         """The open directories (:meth:`open_dirs`) a pass lists: on every pass, those old enough to be
-        sealed and those where writes land (filling now, or ended less than ``FRESH_MS`` ago); at most
-        every ``WARM_MS``, those ended less than ``hot_ms`` ago; the older rest once ``cool_ms`` has
-        passed since they were last listed. A write that landed seconds late in an older directory
-        waits up to ``cool_ms`` more; one named more than ``hot_ms`` ahead of now (a writer whose clock
-        runs ahead), until now comes near. Neither is lost: a directory is sealed only by a pass that
-        listed it in full after its end plus the settle window."""
+        sealed and those where writes land (filling now, beginning within ``AHEAD_MS``, or ended less
+        than ``FRESH_MS`` ago); at most every ``WARM_MS``, those ended less than ``hot_ms`` ago and
+        those beginning within ``hot_ms``; the older rest once ``cool_ms`` has passed since they were
+        last listed. A write that landed seconds late in an older directory waits up to ``cool_ms``
+        more; one named ahead of now (a writer whose server time runs ahead of this consumer's) up to
+        ``WARM_MS`` more, or, more than ``hot_ms`` ahead, until now comes near. None is lost: a
+        directory is sealed only by a pass that listed it in full after its end plus the settle
+        window."""
         due = []
         for dir_ms in self.open_dirs(now_ms, settle_ms, limit):
             end = dir_ms + self.span_ms
             if dir_ms > now_ms + hot_ms:
                 break
-            every = 0 if end > now_ms - FRESH_MS else WARM_MS if end > now_ms - hot_ms else cool_ms
+            if dir_ms > now_ms + AHEAD_MS:  # not begun: only writers whose clocks run ahead write there
+                every = WARM_MS
+            else:
+                every = 0 if end > now_ms - FRESH_MS else WARM_MS if end > now_ms - hot_ms else cool_ms
             last = self._listed.get(dir_ms)  # (the server clock's estimate may step back a little)
             if not every or end + settle_ms <= now_ms or last is None or now_ms - last >= every:
                 due.append(dir_ms)
