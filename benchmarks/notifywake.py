@@ -137,15 +137,23 @@ async def idle(endpoint: str, queue_url: str, *, warmup: float, seconds: float) 
     day = {op: n * 86_400 / seconds for op, n in usage.requests.items()}
     if seconds < RECONCILE:
         day["reconciling listings"] = 86_400 / RECONCILE
+    sqs_ops = set(_sqs_counts())
     s3 = {("ListObjectVersions" if op == "reconciling listings" else op): round(n) for op, n in day.items()
-          if op not in _SQS_OPS}
-    sqs = sum(n for op, n in day.items() if op in _SQS_OPS)
+          if op not in sqs_ops}
+    sqs = sum(n for op, n in day.items() if op in sqs_ops)
     return {"requests_per_day": day, "seconds": seconds,
             "standard_usd": bench.request_cost(s3, "standard") + sqs * SQS_USD_PER_MILLION / 1e6}
 
 
-_SQS_OPS = frozenset({"ReceiveMessage", "DeleteMessage", "DeleteMessageBatch", "ChangeMessageVisibility",
-                      "ChangeMessageVisibilityBatch", "GetQueueAttributes", "GetQueueUrl"})
+def _sqs_counts() -> dict[str, float]:
+    """SQS requests s3stream sent in this process, by operation (``s3stream_sqs_requests_total``)."""
+    out: dict[str, float] = {}
+    for family in SQS_REQUESTS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                op = sample.labels["operation"]
+                out[op] = out.get(op, 0.0) + sample.value
+    return out
 
 
 class _S3AndSqsMeter(sc.MetricMeter):
@@ -153,12 +161,7 @@ class _S3AndSqsMeter(sc.MetricMeter):
 
     @staticmethod
     def snapshot() -> dict[str, float]:
-        out = sc.MetricMeter.snapshot()
-        for family in SQS_REQUESTS.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    out[sample.labels["operation"]] = out.get(sample.labels["operation"], 0.0) + sample.value
-        return out
+        return {**sc.MetricMeter.snapshot(), **_sqs_counts()}
 
 
 async def _ignore(message: Message) -> None:
