@@ -4,6 +4,7 @@ position, checkpoints and their fencing by conditional writes."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -276,9 +277,10 @@ async def test_a_steady_stream_commits_about_once_per_checkpoint_interval(
 ) -> None:
     """A consumer keeping up with a steady stream (40 messages a second for 3 s, listing every 10 ms)
     finishes its work between most messages, yet writes its checkpoint about once per
-    ``checkpoint.interval`` (1 s), not once per pass: at most 3 s / 1 s plus the first and the
-    final commit, counted as PUTs of checkpoint objects through a proxy. A restart then delivers
-    nothing again."""
+    ``checkpoint.interval`` (1 s), not once per pass: at most one per whole second the stream and the
+    shutdown took (3 s or more: a loaded machine publishes more slowly) plus the first and the final
+    commit, counted as PUTs of checkpoint objects through a proxy. A restart then delivers nothing
+    again."""
     await create_topic(store, bucket, "steady", layout="log")
     url = f"s3://{bucket}/steady"
     with S3Proxy(moto_endpoint) as proxy:
@@ -288,13 +290,13 @@ async def test_a_steady_stream_commits_about_once_per_checkpoint_interval(
         async with running(consumer), Producer(store=store) as producer:
             await producer.publish(url, "first")
             await rec.wait_count(1)
-            started = len(_checkpoint_puts(proxy))
+            started, began = len(_checkpoint_puts(proxy)), time.monotonic()
             for i in range(120):
                 await producer.publish(url, f"m{i}")
                 await asyncio.sleep(0.025)  # the stream's pace, not a wait for a result
             await rec.wait_count(121)
-        commits = len(_checkpoint_puts(proxy)) - started
-    assert 1 <= commits <= 6, f"{commits} checkpoint writes for 3 s of messages"
+        commits, took = len(_checkpoint_puts(proxy)) - started, time.monotonic() - began
+    assert 1 <= commits <= int(took) + 2, f"{commits} checkpoint writes for {took:.1f} s of messages"
     again = Recorder()
     consumer = Consumer(make_settings(moto_endpoint, url))
     consumer.register_handler("rec", again)
