@@ -3,7 +3,8 @@ Hypothesis state machine against a reference model.
 
 The promises: a full page, or a pass that stopped short of the present, is followed at once;
 while messages flow, passes start ``poll_interval`` apart; an idle shard backs off to
-``max_poll_interval`` without a head, and waits for the head (up to the reconcile delay) with one; a
+``max_poll_interval`` without a head, and waits for the head (up to the reconcile delay) with one,
+after lingering on the back-off up to the head's read interval when it had just found messages; a
 reconciling pass that finds messages shows writers the head does not announce, and the shard then
 never waits longer than ``max_poll_interval`` for ten reconcile intervals, so those writers are
 found within the back-off, as without a head.
@@ -15,11 +16,13 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from s3stream.pipeline.pacing import UNANNOUNCED_HOLD, Next, Pacer, Wait
+from s3stream.pipeline.pacing import UNANNOUNCED_HOLD, Next, Pacer, Wait, flow_interval
+
+HEAD = 0.3  # the head's read interval
 
 
 def pacer() -> Pacer:
-    return Pacer(poll_interval=0.05, max_poll_interval=5.0, reconcile_interval=60.0)
+    return Pacer(poll_interval=0.05, max_poll_interval=5.0, reconcile_interval=60.0, head_interval=HEAD)
 
 
 def test_without_a_head_an_idle_shard_backs_off_to_the_maximum() -> None:
@@ -41,8 +44,26 @@ def test_with_a_head_an_idle_shard_waits_for_it_and_reconciles_by_pages() -> Non
     assert p.after_pass(found=0, full=False, pages=1, head_seen=True, now=0) == Next(Wait.RECONCILE, 60.0)
     p.rung()  # the head changed: a producer published
     assert p.after_pass(found=2, full=False, pages=100, head_seen=True, now=1) == Next(Wait.FLOW, 0.05)
-    assert p.after_pass(found=0, full=False, pages=100, head_seen=True, now=2) == \
+    lingering = [p.after_pass(found=0, full=False, pages=100, head_seen=True, now=2).wait for _ in range(2)]
+    assert lingering == [Wait.BACKOFF, Wait.BACKOFF]
+    assert p.after_pass(found=0, full=False, pages=100, head_seen=True, now=3) == \
         Next(Wait.RECONCILE, 6000.0)
+
+
+def test_a_stream_that_pauses_is_listed_on_a_short_back_off_before_the_head_takes_over() -> None:
+    """An empty pass right after passes that found messages (a stream of a few messages a second,
+    listed every 50 ms) does not hand the shard to the head at once: it lists again on a doubling
+    back-off while that back-off is no longer than the head's read interval, so the stream's next
+    message waits a poll interval or two, not a head read and a head write. Only then does the shard
+    wait for the head; the next message found starts the short back-off again."""
+    p = pacer()
+    assert p.after_pass(found=2, full=False, pages=1, head_seen=True, now=0).wait is Wait.FLOW
+    waits = [p.after_pass(found=0, full=False, pages=1, head_seen=True, now=t) for t in (1, 2, 3)]
+    assert waits == [Next(Wait.BACKOFF, 0.1), Next(Wait.BACKOFF, 0.2), Next(Wait.RECONCILE, 60.0)]
+    p.rung()
+    assert p.after_pass(found=1, full=False, pages=1, head_seen=True, now=4).wait is Wait.FLOW
+    assert p.after_pass(found=0, full=False, pages=1, head_seen=True, now=5) == Next(Wait.BACKOFF, 0.1)
+    assert p.after_pass(found=1, full=False, pages=1, head_seen=True, now=6) == Next(Wait.FLOW, 0.05)
 
 
 def test_a_reconciling_pass_that_finds_messages_turns_to_listing_for_a_while() -> None:
@@ -59,13 +80,17 @@ def test_a_reconciling_pass_that_finds_messages_turns_to_listing_for_a_while() -
     assert p.after_pass(found=0, full=False, pages=1, head_seen=True, now=hold_ends).wait is Wait.RECONCILE
     p.rung()
     assert not p.after_pass(found=1, full=False, pages=1, head_seen=True, now=hold_ends + 1).unannounced
-    idle = p.after_pass(found=0, full=False, pages=1, head_seen=True, now=hold_ends + 2)
+    lingering = [p.after_pass(found=0, full=False, pages=1, head_seen=True, now=hold_ends + 2)
+                 for _ in range(2)]
+    assert [after.wait for after in lingering] == [Wait.BACKOFF, Wait.BACKOFF]
+    idle = p.after_pass(found=0, full=False, pages=1, head_seen=True, now=hold_ends + 3)
     assert idle.wait is Wait.RECONCILE
 
 
 class PacingModel(RuleBasedStateMachine):
     """Passes (finding nothing, some, a page), failures, rings and the head appearing or going,
-    against a model that keeps only: the current back-off, and when the last unannounced find was."""
+    against a model that keeps only: the current back-off, whether messages were found since the last
+    wait for the head, and when the last unannounced find was."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,6 +99,7 @@ class PacingModel(RuleBasedStateMachine):
         self.backoff = 0.05
         self.last_unannounced: float | None = None
         self.waiting_for_head = False  # the last wait was a reconcile wait the head did not end
+        self.lingering = False  # messages were found since the last reconcile wait began
         self.last: Next | None = None
 
     def holding(self) -> bool:
@@ -89,16 +115,15 @@ class PacingModel(RuleBasedStateMachine):
         after = self.pacer.after_pass(found=found, full=full, pages=pages, head_seen=head, now=self.now)
         assert after.unannounced == (found > 0 and self.waiting_for_head)
         self.waiting_for_head = False
+        if found:
+            self.backoff, self.lingering = 0.05, True
         if full:  # more to list: at once, whatever the head
             assert after.wait is Wait.NONE
-            if found:
-                self.backoff = 0.05
         elif found:
-            self.backoff = 0.05
             assert after.wait is Wait.FLOW
-        elif head and not self.holding():
+        elif head and not self.holding() and not (self.lingering and self.backoff * 2 <= HEAD):
             assert after == Next(Wait.RECONCILE, 60.0 * pages)
-            self.waiting_for_head = True
+            self.waiting_for_head, self.lingering = True, False
         else:
             self.backoff = min(5.0, self.backoff * 2)
             assert after == Next(Wait.BACKOFF, self.backoff)
@@ -123,3 +148,12 @@ class PacingModel(RuleBasedStateMachine):
 
 
 TestPacingModel = PacingModel.TestCase
+
+
+def test_the_flow_interval_is_ten_milliseconds_in_a_directory_bucket_unless_configured() -> None:
+    """Unset, ``poll_interval`` is 10 ms in a directory bucket (S3 Express: a request takes about 5 ms,
+    so a longer wait would be most of a message's latency) and 50 ms elsewhere; a configured value
+    is used as it is, in either kind of bucket."""
+    assert flow_interval(None, directory_bucket=True) == 0.01
+    assert flow_interval(None, directory_bucket=False) == 0.05
+    assert flow_interval(0.2, directory_bucket=True) == flow_interval(0.2, directory_bucket=False) == 0.2

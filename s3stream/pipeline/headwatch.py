@@ -31,7 +31,8 @@ MAX_HEAD_BYTES = 64 << 10  # a head is a few dozen bytes; anything bigger is not
 class Bell:
     """The pollers of one topic's shards, to be woken together."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.0) -> None:
+        self.interval = interval  # how often the head is read: pollers linger on listing up to this
         self.seen = False  # a head was read: producers write it, so idle pollers may wait for its ring
         self._events: set[asyncio.Event] = set()
 

@@ -4,8 +4,11 @@
   directories a pass), is followed at once: a backlog is read at full speed.
 * While messages flow, passes *start* ``poll_interval`` apart.
 * An idle shard backs off, doubling, up to ``max_poll_interval``; so does a failed pass.
-* Once the topic's head object is known (s3stream producers rewrite it after publishing), an idle
-  shard waits for the head to change instead, and lists on its own only to *reconcile*: a pass of
+* Once the topic's head object is known (s3stream producers rewrite it after publishing), a shard
+  whose pass found nothing right after passes that found messages first *lingers*: it goes on
+  listing on the doubling back-off while that is no longer than the head's read interval (a stream
+  of a few messages a second is found within a poll interval or two, not a head read and a head
+  write later), then waits for the head to change instead, and lists on its own only to *reconcile*: a pass of
   ``pages`` listing requests waits ``pages`` reconcile intervals, so a quiet shard with a long history
   costs about one listing request per interval.
 * A reconciling pass (one the head did not call for) that finds messages shows writers that do not
@@ -19,6 +22,15 @@ from dataclasses import dataclass
 from enum import Enum
 
 UNANNOUNCED_HOLD = 10  # reconcile intervals of listing back-off after a pass found unannounced writes
+POLL_INTERVAL = 0.05  # seconds between passes while messages flow, unless configured
+DIRECTORY_POLL_INTERVAL = 0.01  # in a directory bucket (S3 Express), where a request takes ~5 ms
+
+
+def flow_interval(configured: float | None, *, directory_bucket: bool) -> float:
+    """The ``poll_interval`` of a shard: as configured, else by the kind of bucket it lives in."""
+    if configured is not None:
+        return configured
+    return DIRECTORY_POLL_INTERVAL if directory_bucket else POLL_INTERVAL
 
 
 class Wait(Enum):
@@ -48,9 +60,11 @@ class Pacer:
     poll_interval: float
     max_poll_interval: float
     reconcile_interval: float
+    head_interval: float = 0.0  # how often the head is read: a lingering shard lists no less often
     delay: float = 0.0
     listing_until: float = float("-inf")  # until then idle waits back off, head or not
     reconciling: bool = False  # the wait before the pass now running was a reconcile wait, not rung
+    lingering: bool = False  # messages were found since the shard last waited for the head
 
     def __post_init__(self) -> None:
         self.delay = self.poll_interval
@@ -73,13 +87,14 @@ class Pacer:
             self.listing_until = now + UNANNOUNCED_HOLD * self.reconcile_interval
         self.reconciling = False
         if found:
-            self.delay = self.poll_interval
+            self.delay, self.lingering = self.poll_interval, True
         if full:
             return Next(Wait.NONE, 0.0, unannounced)
         if found:
             return Next(Wait.FLOW, max(0.0, self.poll_interval - took), unannounced)
-        if head_seen and now >= self.listing_until:
-            self.reconciling = True
+        longer = min(self.max_poll_interval, self.delay * 2)
+        if head_seen and now >= self.listing_until and not (self.lingering and longer <= self.head_interval):
+            self.reconciling, self.lingering = True, False
             return Next(Wait.RECONCILE, self.reconcile_interval * max(1, pages))
-        self.delay = min(self.max_poll_interval, self.delay * 2)
+        self.delay = longer
         return Next(Wait.BACKOFF, self.delay)

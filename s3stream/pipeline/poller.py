@@ -19,9 +19,10 @@ from s3stream.config import ConsumerSettings
 from s3stream.errors import RetriableError
 from s3stream.groups.lease import clock as lease_clock
 from s3stream.layouts.cursor import VersionCursor
+from s3stream.layouts.topics import is_directory_bucket
 from s3stream.message import Entry
 from s3stream.pipeline.headwatch import Bell, rest
-from s3stream.pipeline.pacing import Pacer, Wait
+from s3stream.pipeline.pacing import Pacer, Wait, flow_interval
 from s3stream.pipeline.shard import Shard, WorkItem
 from s3stream.pipeline.workers import WorkerPool
 from s3stream.s3.s3xml import VersionPage
@@ -87,7 +88,9 @@ class ShardPoller(Generic[C]):
 
     async def _poll(self, wake: asyncio.Event | None) -> None:
         settings = self.settings
-        pacer = Pacer(settings.poll_interval, settings.max_poll_interval, settings.reconcile_interval)
+        every = flow_interval(settings.poll_interval, directory_bucket=is_directory_bucket(self.shard.bucket))
+        pacer = Pacer(every, settings.max_poll_interval, settings.reconcile_interval,
+                      head_interval=self.bell.interval if self.bell is not None else 0.0)
         skip = self.shard.fresh and settings.start_from == "latest"
         while True:
             started = time.monotonic()
