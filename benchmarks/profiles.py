@@ -23,6 +23,7 @@ from benchmarks import scenarios as sc
 from benchmarks.seaweed import SeaweedFS, start_seaweedfs
 from benchmarks.suite import (
     EmuMeter,
+    LatencyRun,
     Suite,
     arun,
     baselines_once,
@@ -39,8 +40,17 @@ from s3stream.layouts.topics import Layout
 ROOT = Path(__file__).resolve().parents[1]
 DIRECTORY_BUCKET = "bench--use1-az4--x-s3"
 SEGMENT = 1000
-FAST_POLL = 0.01  # a consumer tuned for latency: passes 10 ms apart while messages flow
-TUNED_DIR_SECONDS = 5  # and a topic whose directories hold 1,000 messages at 200/s: one page each
+PREVIOUS_POLL = 0.05  # directory buckets' poll_interval before it became 10 ms; the default elsewhere
+EXPRESS_LATENCY = (  # the Express profile's latency runs, side by side in each run
+    LatencyRun(),
+    LatencyRun("poll50", "poll_interval 50 ms", poll_interval=PREVIOUS_POLL),
+    LatencyRun("minute", "a whole minute", minute=True),
+    # a topic whose directories hold 1,000 messages at 200/s: one page each
+    LatencyRun("tuned", "a whole minute, 5 s directories", dir_seconds=5, minute=True),
+    LatencyRun("moderate", "a slower stream", moderate=True),
+    LatencyRun("moderate50", "a slower stream, poll_interval 50 ms", poll_interval=PREVIOUS_POLL,
+               moderate=True),
+)
 
 
 # --- profiles -------------------------------------------------------------------------------------
@@ -130,11 +140,8 @@ def run_express(suite: Suite) -> None:
                 per_object=SEGMENT,
                 layout="log",
             )
-            latency_once(suite, "express", emu, target, "log")
-            latency_once(suite, "express", emu, target, "log", poll_interval=FAST_POLL)
-            latency_once(suite, "express", emu, target, "log", minute=True)
-            latency_once(suite, "express", emu, target, "log", poll_interval=FAST_POLL, minute=True,
-                         dir_seconds=TUNED_DIR_SECONDS)
+            for latency_run in EXPRESS_LATENCY:
+                latency_once(suite, "express", emu, target, "log", latency_run)
 
 
 def run_standard(suite: Suite) -> None:

@@ -383,11 +383,14 @@ class _Latencies:
 async def latency(target: Target, topic: str, *, layout: Layout, messages: int, rate: float = 200.0,
                   group: str | None = None, meter: Meter | None = None,
                   time_limit: float = 300.0,
-                  consumer_settings: dict[str, Any] | None = None, dir_seconds: int = 10) -> LatencyResult:
+                  consumer_settings: dict[str, Any] | None = None, dir_seconds: int = 10,
+                  lead_in: float = 1.0) -> LatencyResult:
     """Publish ``messages`` at ``rate``/s (send time in the body) while a default-settings consumer
     (or one with ``consumer_settings``) runs; returns the percentiles of receive time minus send time.
     A log topic's directories span ``dir_seconds`` (the default of ``s3stream topic create``).
-    A first message, not counted, makes sure the consumer is up before the clock starts."""
+    A first message, not counted, makes sure the consumer is up before the clock starts; then the
+    stream runs ``lead_in`` seconds before its messages count (and ``meter`` starts), so that a steady
+    stream is measured, not the consumer waking up to it (the sporadic scenarios measure that)."""
     async with open_store(target.s3, max_connections=4) as store:
         await create_topic(store, target.bucket, topic, layout=layout,
                            dir_seconds=dir_seconds if layout == "log" else 10)
@@ -403,8 +406,8 @@ async def latency(target: Target, topic: str, *, layout: Layout, messages: int, 
         async def publish_steadily() -> None:
             await asyncio.wait_for(recorder.warm.wait(), time_limit)
             await freeze_heap_when_started(consumer)  # as `s3stream consume` does
-            meter.begin()
-            await _publish_at_rate(producer, url, messages, rate)
+            await _publish_at_rate(producer, url, messages, rate, lead=round(lead_in * rate),
+                                   counting=meter.begin)
             await asyncio.wait_for(recorder.done.wait(), time_limit)
 
         finished = asyncio.Event()
@@ -421,14 +424,20 @@ async def latency(target: Target, topic: str, *, layout: Layout, messages: int, 
                          p99_ms=percentile(ordered, 99) * 1000, max_ms=ordered[-1] * 1000, usage=usage)
 
 
-async def _publish_at_rate(producer: Producer, url: str, messages: int, rate: float) -> None:
+async def _publish_at_rate(producer: Producer, url: str, messages: int, rate: float, *, lead: int = 0,
+                           counting: Callable[[], None] = lambda: None) -> None:
+    """``lead`` messages that do not count (no send time), then ``messages`` that do, all at ``rate``;
+    ``counting`` is called as the first counted one is sent."""
     start = time.perf_counter()
     async with asyncio.TaskGroup() as tg:
-        for seq in range(messages):
+        for seq in range(lead + messages):
             delay = start + seq / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tg.create_task(producer.publish(url, body(seq, sent=time.time())))
+            if seq == lead:
+                counting()
+            counted = seq >= lead
+            tg.create_task(producer.publish(url, body(seq - lead, sent=time.time()) if counted else body(-2)))
 
 
 def percentile(ordered: list[float], pct: float) -> float:

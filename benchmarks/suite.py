@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks import baselines
 from benchmarks import scenarios as sc
 from s3stream.layouts.topics import is_directory_bucket
+from s3stream.pipeline.pacing import flow_interval
 from s3stream.s3.store import open_store
 
 
@@ -35,6 +36,8 @@ class Sizes:
     latency: int = 1000  # messages at latency_rate per second
     latency_minute: int = 12_000  # the same over a whole minute: a log directory filling up
     latency_rate: float = 200.0
+    latency_moderate: int = 300  # messages of a slower stream, at latency_moderate_rate per second
+    latency_moderate_rate: float = 20.0
     idle_warmup: float = 8.0
     idle_seconds: float = 30.0
     idle_shards: int = 4
@@ -62,6 +65,7 @@ SIZES = {
         shards_eight=1500,
         latency=200,
         latency_minute=2000,
+        latency_moderate=100,
         idle_warmup=3,
         idle_seconds=10,
         rss_segments=100,
@@ -84,6 +88,7 @@ SIZES = {
         shards_eight=80,
         latency=20,
         latency_minute=40,
+        latency_moderate=10,
         idle_warmup=1,
         idle_seconds=3,
         idle_shards=2,
@@ -287,14 +292,30 @@ def produce_once(suite: Suite, key: str, label: str, emu: Any, target: sc.Target
     suite.record(key, label, "msg/s" if options.get("per_object", 1) > 1 else "objects/s", measure)
 
 
+@dataclass(frozen=True)
+class LatencyRun:
+    """One kind of latency run: its series key after ``latency.<profile>`` ("" for the defaults), what it
+    changes from a default consumer and topic, and which stream it measures."""
+
+    variant: str = ""
+    label: str = "defaults"
+    poll_interval: float | None = None
+    dir_seconds: int = 10
+    minute: bool = False
+    moderate: bool = False
+
+
 def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout: str,
-                 poll_interval: float | None = None, *, minute: bool = False, dir_seconds: int = 10) -> None:
-    """Publish → handler latency at a steady rate; with ``poll_interval``, of a consumer tuned for
-    latency (recorded apart, as ``latency.<profile>.fast``, with the listings it cost); with
-    ``minute``, over a whole minute (``latency.<profile>.minute``); with both, over a whole minute
-    with a consumer and a topic (``dir_seconds``) tuned for latency (``latency.<profile>.tuned``)."""
-    tuned = {"poll_interval": poll_interval} if poll_interval is not None else None
-    messages = suite.sizes.latency_minute if minute else suite.sizes.latency
+                 run: LatencyRun = LatencyRun()) -> None:
+    """Publish → handler latency of a steady stream (``latency.<profile>[.<variant>]``): 5 s at
+    ``latency_rate`` by default, a whole minute with ``minute``, a slower stream (``latency_moderate``
+    messages at ``latency_moderate_rate``) with ``moderate``; with the listings it cost."""
+    sizes = suite.sizes
+    messages = (sizes.latency_moderate if run.moderate else sizes.latency_minute if run.minute
+                else sizes.latency)
+    rate = sizes.latency_moderate_rate if run.moderate else sizes.latency_rate
+    tuned = {"poll_interval": run.poll_interval} if run.poll_interval is not None else None
+    poll = flow_interval(run.poll_interval, directory_bucket=is_directory_bucket(target.bucket))
 
     def measure() -> tuple[float, dict[str, Any]]:
         topic = f"l{sc.new_group()[6:]}"
@@ -304,11 +325,11 @@ def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout
                 topic,
                 layout=layout,  # type: ignore[arg-type]
                 messages=messages,
-                rate=suite.sizes.latency_rate,
+                rate=rate,
                 meter=EmuMeter(emu),
                 time_limit=300,
                 consumer_settings=tuned,
-                dir_seconds=dir_seconds,
+                dir_seconds=run.dir_seconds,
             )
         )
         seconds = res.messages / res.rate
@@ -317,21 +338,14 @@ def latency_once(suite: Suite, profile: str, emu: Any, target: sc.Target, layout
             "max_ms": res.max_ms,
             "layout": layout,
             "seconds": seconds,
-            "poll_interval": poll_interval,
-            "dir_seconds": dir_seconds,
+            "rate": rate,
+            "poll_interval": poll,
+            "poll_default": run.poll_interval is None,
+            "dir_seconds": run.dir_seconds,
             "messages": res.messages,
             **usage_extra(res.usage, seconds),
         }
 
-    if minute and poll_interval is not None:
-        suite.record(f"latency.{profile}.tuned", f"{profile}: latency p50 ({layout}, {messages:,} messages, "
-                     f"poll_interval {poll_interval * 1000:.0f} ms, {dir_seconds} s directories)", "ms",
-                     measure)
-    elif minute:
-        suite.record(f"latency.{profile}.minute", f"{profile}: latency p50 ({layout}, {messages:,} "
-                     "messages)", "ms", measure)
-    elif poll_interval is None:
-        suite.record(f"latency.{profile}", f"{profile}: latency p50 ({layout})", "ms", measure)
-    else:
-        suite.record(f"latency.{profile}.fast", f"{profile}: latency p50 ({layout}, poll_interval "
-                     f"{poll_interval * 1000:.0f} ms)", "ms", measure)
+    key = f"latency.{profile}" + (f".{run.variant}" if run.variant else "")
+    suite.record(key, f"{profile}: latency p50 ({layout}, {messages:,} messages at {rate:.0f}/s, "
+                 f"{run.label})", "ms", measure)

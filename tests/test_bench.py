@@ -188,7 +188,7 @@ def test_quick_suite_writes_markdown_and_png(tmp_path: Path) -> None:
     assert not failures
     for key in ("consume.zero.s3stream", "consume.express.s3stream", "consume.standard.boto3",
                 "segments.express", "produce.express.segments", "shards.8", "latency.express",
-                "latency.express.tuned", "idle",
+                "latency.express.tuned", "latency.express.poll50", "latency.express.moderate", "idle",
                 "rss.segments", "wakeup.sporadic.express", "wakeup.idle.versions.head.4", "groups.1",
                 "wakeup.sporadic.notifications", "wakeup.idle.notifications.1", "groups.2", "groups.2p",
                 "consume.seaweedfs.s3stream", "consume.seaweedfs.aiobotocore", "consume.seaweedfs.boto3",
