@@ -44,18 +44,17 @@ def test_with_a_head_an_idle_shard_waits_for_it_and_reconciles_by_pages() -> Non
     assert p.after_pass(found=0, full=False, pages=1, head_seen=True, now=0) == Next(Wait.RECONCILE, 60.0)
     p.rung()  # the head changed: a producer published
     assert p.after_pass(found=2, full=False, pages=100, head_seen=True, now=1) == Next(Wait.FLOW, 0.05)
-    lingering = [p.after_pass(found=0, full=False, pages=100, head_seen=True, now=2).wait for _ in range(2)]
-    assert lingering == [Wait.BACKOFF, Wait.BACKOFF]
-    assert p.after_pass(found=0, full=False, pages=100, head_seen=True, now=3) == \
-        Next(Wait.RECONCILE, 6000.0)
+    assert p.after_pass(found=0, full=False, pages=100, head_seen=True, now=2) == \
+        Next(Wait.RECONCILE, 6000.0)  # a pass of 100 pages does not linger: the head is the cheaper wait
 
 
 def test_a_stream_that_pauses_is_listed_on_a_short_back_off_before_the_head_takes_over() -> None:
     """An empty pass right after passes that found messages (a stream of a few messages a second,
     listed every 50 ms) does not hand the shard to the head at once: it lists again on a doubling
-    back-off while that back-off is no longer than the head's read interval, so the stream's next
-    message waits a poll interval or two, not a head read and a head write. Only then does the shard
-    wait for the head; the next message found starts the short back-off again."""
+    back-off while that back-off, times the pass's listing requests, is no longer than the head's read
+    interval, so the stream's next message waits a poll interval or two, not a head read and a head
+    write. Only then does the shard wait for the head; the next message found starts the short
+    back-off again. A pass of many pages (a long history) goes to the head at once."""
     p = pacer()
     assert p.after_pass(found=2, full=False, pages=1, head_seen=True, now=0).wait is Wait.FLOW
     waits = [p.after_pass(found=0, full=False, pages=1, head_seen=True, now=t) for t in (1, 2, 3)]
@@ -64,6 +63,12 @@ def test_a_stream_that_pauses_is_listed_on_a_short_back_off_before_the_head_take
     assert p.after_pass(found=1, full=False, pages=1, head_seen=True, now=4).wait is Wait.FLOW
     assert p.after_pass(found=0, full=False, pages=1, head_seen=True, now=5) == Next(Wait.BACKOFF, 0.1)
     assert p.after_pass(found=1, full=False, pages=1, head_seen=True, now=6) == Next(Wait.FLOW, 0.05)
+    # a pass of two listing requests lingers half as long; one of many pages not at all
+    assert p.after_pass(found=0, full=False, pages=2, head_seen=True, now=7) == Next(Wait.BACKOFF, 0.1)
+    assert p.after_pass(found=0, full=False, pages=2, head_seen=True, now=8) == Next(Wait.RECONCILE, 120.0)
+    p.rung()
+    assert p.after_pass(found=9, full=False, pages=7, head_seen=True, now=9).wait is Wait.FLOW
+    assert p.after_pass(found=0, full=False, pages=7, head_seen=True, now=10) == Next(Wait.RECONCILE, 420.0)
 
 
 def test_a_reconciling_pass_that_finds_messages_turns_to_listing_for_a_while() -> None:
@@ -121,7 +126,8 @@ class PacingModel(RuleBasedStateMachine):
             assert after.wait is Wait.NONE
         elif found:
             assert after.wait is Wait.FLOW
-        elif head and not self.holding() and not (self.lingering and self.backoff * 2 <= HEAD):
+        elif head and not self.holding() and not (
+                self.lingering and min(5.0, self.backoff * 2) * pages <= HEAD):
             assert after == Next(Wait.RECONCILE, 60.0 * pages)
             self.waiting_for_head, self.lingering = True, False
         else:

@@ -6,11 +6,12 @@
 * An idle shard backs off, doubling, up to ``max_poll_interval``; so does a failed pass.
 * Once the topic's head object is known (s3stream producers rewrite it after publishing), a shard
   whose pass found nothing right after passes that found messages first *lingers*: it goes on
-  listing on the doubling back-off while that is no longer than the head's read interval (a stream
-  of a few messages a second is found within a poll interval or two, not a head read and a head
-  write later), then waits for the head to change instead, and lists on its own only to *reconcile*: a pass of
-  ``pages`` listing requests waits ``pages`` reconcile intervals, so a quiet shard with a long history
-  costs about one listing request per interval.
+  listing on the doubling back-off while that, times the pass's listing requests, is no longer than
+  the head's read interval (a stream of a few messages a second is found within a poll interval or
+  two, not a head read and a head write later; a pass of many pages does not linger, since the head
+  is the cheaper wait), then waits for the head to change instead, and lists on its own only to
+  *reconcile*: a pass of ``pages`` listing requests waits ``pages`` reconcile intervals, so a quiet
+  shard with a long history costs about one listing request per interval.
 * A reconciling pass (one the head did not call for) that finds messages shows writers that do not
   touch the head (``aws s3 cp``, or head writes that failed): that shard backs off as without a head
   for ``UNANNOUNCED_HOLD`` reconcile intervals after, so those writers wait minutes at most once.
@@ -93,7 +94,8 @@ class Pacer:
         if found:
             return Next(Wait.FLOW, max(0.0, self.poll_interval - took), unannounced)
         longer = min(self.max_poll_interval, self.delay * 2)
-        if head_seen and now >= self.listing_until and not (self.lingering and longer <= self.head_interval):
+        lingers = self.lingering and longer * max(1, pages) <= self.head_interval
+        if head_seen and now >= self.listing_until and not lingers:
             self.reconciling, self.lingering = True, False
             return Next(Wait.RECONCILE, self.reconcile_interval * max(1, pages))
         self.delay = longer
