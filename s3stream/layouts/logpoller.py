@@ -134,12 +134,13 @@ class LogPoller(ShardPoller[LogCursor]):
         return page, listed_after_ms(page.server_time_ms, time.monotonic() - sent)
 
     async def _list(self, prefix: str, token: str | None = None) -> ObjectPage:
+        sent = time.monotonic()
         page = await self.store.list_objects(self.shard.bucket, prefix, token=token,
                                              max_keys=self.settings.page_size,
                                              known=self.known.of(self.cursor.dir_of(prefix)))
         self.pages += 1
         if token is None:
-            self.clock.observe(page.server_time_ms)
+            self.clock.observe(page.server_time_ms, received=time.monotonic(), sent=sent)
         return page
 
     async def _drain(self, prefix: str, page: ObjectPage, skip: bool) -> int:
@@ -193,8 +194,9 @@ class LogPoller(ShardPoller[LogCursor]):
 
     async def _read_clock(self) -> int:
         """The server's time, from the answer to the smallest listing of the shard."""
+        sent = time.monotonic()
         page = await self.store.list_objects(self.shard.bucket, self.shard.prefix, delimiter="/", max_keys=1)
-        self.clock.observe(page.server_time_ms)
+        self.clock.observe(page.server_time_ms, received=time.monotonic(), sent=sent)
         return page.server_time_ms
 
     async def _oldest_dir(self) -> tuple[int | None, int]:
@@ -203,11 +205,12 @@ class LogPoller(ShardPoller[LogCursor]):
         oldest: int | None = None
         server_ms: int | None = None
         while True:
+            sent = time.monotonic()
             page = await self.store.list_objects(self.shard.bucket, self.shard.prefix, delimiter="/",
                                                  token=token)
             if server_ms is None:
                 server_ms = page.server_time_ms
-                self.clock.observe(server_ms)
+                self.clock.observe(server_ms, received=time.monotonic(), sent=sent)
             for p in page.prefixes:
                 name = p[len(self.shard.prefix):].rstrip("/")
                 if is_dir_name(name):
