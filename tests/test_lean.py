@@ -4,6 +4,7 @@ against aiobotocore's own answers for the same requests: same objects, same page
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -128,3 +129,29 @@ async def test_lean_path_retries_throttling() -> None:
             page = await store.list_objects("slow", "t/00/")
             assert len(page.entries) == 60
             assert emu.stats()["throttled"] > 0
+
+
+async def test_every_answer_on_the_lean_path_narrows_its_buckets_server_clock(
+    stores: tuple[Store, Store],
+) -> None:
+    """The ``Date`` of each answer on the lean path feeds the bucket's server clock (a producer's names
+    come from it): writes at different fractions of a second narrow it from a second to well under
+    half of one, and it reads the emulator's time (this host's) without falling behind. The
+    aiobotocore path feeds nothing: its users read the clock themselves."""
+    lean, boto = stores
+    bucket = new_bucket_name("clk")
+    await lean.create_bucket(bucket, versioning=False)
+    clock = lean.server_clock(bucket)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    n = 0
+    while not (clock.known and clock.uncertainty_ms() < 400):
+        assert loop.time() < deadline, f"still {clock.uncertainty_ms():.0f} ms uncertain after {n} writes"
+        await lean.put_object(bucket, f"clk/{n}", b"x")
+        await boto.put_object(bucket, f"clk/boto{n}", b"x")
+        n += 1
+        await asyncio.sleep(0.037)  # the next write at another fraction of a second
+    assert n >= 2
+    host_ms = time.time() * 1000
+    assert host_ms - 5 <= clock.now_ms() <= host_ms + 400
+    assert not boto.server_clock(bucket).known

@@ -83,7 +83,6 @@ class LogWriter:
         self._settings = settings
         self._slots = slots
         self._seq: defaultdict[tuple[str, str, int], int] = defaultdict(int)
-        self._clocks: dict[str, ServerClock] = {}
         self._clock_lock = asyncio.Lock()
         self._last_ms = 0
 
@@ -97,7 +96,7 @@ class LogWriter:
         prefix = topic.shard_prefix(shard)
 
         async def attempt(seq: int) -> tuple[str, str, str | None]:
-            name = log_key(prefix, self._stamp(topic.bucket), self.id, seq, lane, suffix,
+            name = log_key(prefix, self._stamp(store.server_clock(topic.bucket)), self.id, seq, lane, suffix,
                            span_ms=topic.span_ms)
             etag, version = await put(store, self._settings, topic.bucket, name, data, create_only=True,
                                       metadata=metadata, content_encoding=content_encoding)
@@ -126,27 +125,29 @@ class LogWriter:
                 operation="PutObject",
             )
 
-    def _stamp(self, bucket: str) -> int:
+    def _stamp(self, server: ServerClock) -> int:
         """The time for a new name: the server's (or the given clock's), never before the last one, so
         one producer's names follow the order it wrote in."""
-        now = int(self.clock() * 1000) if self.clock is not None else self._clocks[bucket].now_ms()
+        now = int(self.clock() * 1000) if self.clock is not None else server.now_ms()
         self._last_ms = max(self._last_ms, now)
         return self._last_ms
 
     async def _sync_clock(self, store: Store, topic: Topic) -> None:
         """Make sure the server's clock for ``topic``'s bucket was read in the last ``CLOCK_REFRESH``
-        seconds: a listing of one key, whose answer's ``Date`` is the time. A producer allowed to
-        write but not to list falls back to this host's clock (and says so once)."""
+        seconds: by the answers to this process's requests (on the lean path each one's ``Date``
+        narrows it), else a listing of one key, whose answer's ``Date`` is the time. A producer
+        allowed to write but not to list falls back to this host's clock (and says so once) until the
+        answers to its writes correct it."""
         if self.clock is not None:
             return
-        server = self._clocks.get(topic.bucket)
-        if server is not None and server.age() < CLOCK_REFRESH:
+        server = store.server_clock(topic.bucket)
+        if server.age() < CLOCK_REFRESH:
             return
         async with self._clock_lock:
-            server = self._clocks.setdefault(topic.bucket, ServerClock())
             if server.age() < CLOCK_REFRESH:
                 return
             try:
+                sent = time.monotonic()
                 page = await store.list_objects(topic.bucket, topic.shard_prefix(0), delimiter="/",
                                                 max_keys=1)
             except AccessDenied as exc:
@@ -155,4 +156,4 @@ class LogWriter:
                                 bucket=topic.bucket, error=str(exc))
                 server.assume_local()
                 return
-            server.observe(page.server_time_ms)
+            server.observe(page.server_time_ms, received=time.monotonic(), sent=sent)

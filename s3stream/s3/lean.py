@@ -12,13 +12,16 @@ rules for refreshing them are botocore's. Retries, pacing, metrics and error tra
 store's, exactly as for every other request: this module raises :class:`S3HTTPError` with the status
 and S3 error code, and :func:`s3stream.s3.translate.translate` turns it into an :mod:`s3stream.errors` type.
 
-Everything else (bucket set-up, multipart, deletes, checkpoints' rare requests) stays on aiobotocore.
+Every answer's ``Date`` feeds its bucket's :class:`~s3stream.s3.serverclock.ServerClock` (``clock``),
+so a producer's clock is narrowed by its own writes. Everything else (bucket set-up, multipart,
+deletes, checkpoints' rare requests) stays on aiobotocore.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +34,8 @@ from yarl import URL
 
 from s3stream import errors
 from s3stream.s3.requestopts import EXPECTED_OWNER_HEADER, lean_user_agent
+from s3stream.s3.s3xml import http_date_ms
+from s3stream.s3.serverclock import ServerClock
 from s3stream.s3.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, Signer, canonical_query, quote_path
 
 _PROBE = "s3stream-probe"
@@ -80,6 +85,8 @@ class LeanClient:
         self._user_agent = lean_user_agent()
         self._targets: dict[str, _Target] = {}
         self._express: AioS3ExpressIdentityCache | None = None
+        self._clocks: dict[str, ServerClock] = {}
+        self._date = ("", 0)  # the latest Date header and its epoch ms: it changes once a second
         connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300, keepalive_timeout=30)
         timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._session = aiohttp.ClientSession(
@@ -111,11 +118,27 @@ class LeanClient:
         signed["host"] = target.host
         signed["user-agent"] = self._user_agent  # not signed, as botocore leaves it out
         url = URL(target.base + quote_path(key) + ("?" + query if query else ""), encoded=True)
+        sent = time.monotonic()
         async with self._session.request(method, url, headers=signed, data=body or None) as resp:
+            self._dated(bucket, resp.headers.get("Date"), sent)
             if resp.status >= 300 and resp.status != 304:
                 raise _error(resp.status, await resp.read())
             data = await (resp.read() if max_body is None else read_capped(resp, max_body))
             return Response(resp.status, resp.headers, data)
+
+    def clock(self, bucket: str) -> ServerClock:
+        """``bucket``'s server clock, read from the ``Date`` of every answer this client receives."""
+        clock = self._clocks.get(bucket)
+        if clock is None:
+            clock = self._clocks[bucket] = ServerClock()
+        return clock
+
+    def _dated(self, bucket: str, date: str | None, sent: float) -> None:
+        if not date:
+            return
+        if date != self._date[0]:
+            self._date = (date, http_date_ms(date))
+        self.clock(bucket).observe(self._date[1], received=time.monotonic(), sent=sent)
 
     async def _resolve(self, bucket: str) -> _Target:
         """Ask botocore where ``bucket`` lives: a presigned URL for a probe key carries it all."""

@@ -39,6 +39,7 @@ from s3stream.s3.s3xml import (
     parse_object_page,
     parse_version_page,
 )
+from s3stream.s3.serverclock import ServerClock
 from s3stream.s3.translate import translate
 from s3stream.s3.versionorder import ListingOrder
 from s3stream.service import metrics
@@ -71,6 +72,13 @@ class Store(BucketOperations):
         self._throttles: dict[str, Throttle] = {}
         self.lean = lean
         self.listing = ListingOrder()  # how this server orders versions and delete markers, once seen
+        self._clocks: dict[str, ServerClock] = {}
+
+    def server_clock(self, bucket: str) -> ServerClock:
+        """``bucket``'s server clock: fed by every answer on the lean path, else only by its users."""
+        if self.lean is not None:
+            return self.lean.clock(bucket)
+        return self._clocks.setdefault(bucket, ServerClock())
 
     async def list_versions(
         self, bucket: str, prefix: str, *, key_marker: str | None = None,
