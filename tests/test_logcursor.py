@@ -161,8 +161,9 @@ def test_topic_metadata_says_how_long_a_directory_spans(stored: dict[str, object
 def test_a_pass_lists_the_directories_near_now_and_the_older_ones_every_few_seconds() -> None:
     """With ten-second directories and a 30 s settle window, 35 s after T0: the directories within
     3 s of now are listed on every pass, the older open ones on the first pass and then once 5 s
-    have passed, those that may be sealed on every pass, and those named more than 3 s ahead not
-    until now comes near them."""
+    have passed, those that may be sealed every 250 ms until they are (a pass seals one only once
+    the server's ``Date`` shows it began after the settle window, up to two seconds after that), and
+    those named more than 3 s ahead not until now comes near them."""
     cursor = LogCursor(PREFIX, start_ms=T0, span_ms=10_000)
     now = T0 + 35_000
     assert cursor.due_dirs(now, 30_000, 60) == [T0, T0 + 10_000, T0 + 20_000, T0 + 30_000]
@@ -170,22 +171,24 @@ def test_a_pass_lists_the_directories_near_now_and_the_older_ones_every_few_seco
     assert cursor.due_dirs(now + 4_000, 30_000, 60) == [T0 + 30_000, T0 + 40_000]  # 1 s ahead: near
     assert cursor.due_dirs(now + 5_000, 30_000, 60) == [T0, T0 + 10_000, T0 + 20_000, T0 + 30_000,
                                                         T0 + 40_000]  # which starts now
-    # T0's end plus the settle window has passed: it may be sealed, so it is listed on every pass
+    # T0's end plus the settle window has passed: it may be sealed, so it is listed every 250 ms
     assert cursor.due_dirs(now + 7_500, 30_000, 60) == [T0, T0 + 30_000, T0 + 40_000]
+    assert cursor.due_dirs(now + 7_600, 30_000, 60) == [T0 + 40_000]
+    assert cursor.due_dirs(now + 7_750, 30_000, 60) == [T0, T0 + 30_000, T0 + 40_000]
 
 
 def test_a_directory_not_yet_begun_is_listed_every_quarter_second_until_it_is_near() -> None:
     """With five-second directories, passes every 10 ms: the next directory, named by writers only
     when their server time runs ahead of the consumer's, is listed at most every 250 ms from 3 s before
-    its start, and on every pass from 1.25 s before it (each side's estimate of the server's time may
-    be up to a second ahead)."""
+    its start, and on every pass from 250 ms before it (a producer's estimate of the server's time is
+    never behind it, and ahead by no more than a round trip once a few answers narrowed it)."""
     cursor = LogCursor(PREFIX, start_ms=T0 + 60_000, span_ms=5_000)
     start = T0 + 61_000
     listed = [now - start for now in range(start, start + 4_500, 10)
               if T0 + 65_000 in cursor.due_dirs(now, 30_000, 60)]
     assert [t for t in listed if t < 1_000] == []  # more than 3 s ahead
-    assert [t for t in listed if 1_000 <= t < 2_750] == list(range(1_000, 2_750, 250))
-    assert [t for t in listed if t >= 2_750] == list(range(2_750, 4_500, 10))
+    assert [t for t in listed if 1_000 <= t < 3_750] == list(range(1_000, 3_750, 250))
+    assert [t for t in listed if t >= 3_750] == list(range(3_750, 4_500, 10))
 
 
 def test_a_directory_just_ended_is_listed_on_every_pass_then_every_quarter_second() -> None:

@@ -79,9 +79,10 @@ class LogCheckpoint:
 
 HOT_MS = 3_000  # directories this close to now are listed often: where writes land
 FRESH_MS = 250  # on every pass until this long after their end, then at most every WARM_MS
-AHEAD_MS = 1_250  # on every pass from this long before their start: a producer's server time may run
-# up to a second ahead of this consumer's (each estimate is up to 1 s ahead, ServerClock), and more
-# than this ahead of it, at most every WARM_MS
+AHEAD_MS = 250  # on every pass from this long before their start: a producer's estimate of the
+# server's time is never behind it, and ahead by about a round trip once the answers to its writes
+# narrowed it (ServerClock); a producer further ahead (one just started, up to a second) writes where
+# passes list at most every WARM_MS
 WARM_MS = 250
 COOL_MS = 5_000  # the other open ones at least this often: writes that landed late
 
@@ -132,9 +133,9 @@ class LogCursor:
 
     def due_dirs(self, now_ms: int, settle_ms: int, limit: int, *, hot_ms: int = HOT_MS,
                  cool_ms: int = COOL_MS) -> list[int]:
-        """The open directories (:meth:`open_dirs`) a pass lists: on every pass, those old enough to be
-        sealed and those where writes land (filling now, beginning within ``AHEAD_MS``, or ended less
-        than ``FRESH_MS`` ago); at most every ``WARM_MS``, those ended less than ``hot_ms`` ago and
+        """The open directories (:meth:`open_dirs`) a pass lists: on every pass, those where writes land
+        (filling now, beginning within ``AHEAD_MS``, or ended less than ``FRESH_MS`` ago); at most
+        every ``WARM_MS``, those old enough to be sealed, those ended less than ``hot_ms`` ago and
         those beginning within ``hot_ms``; the older rest once ``cool_ms`` has passed since they were
         last listed. A write that landed seconds late in an older directory waits up to ``cool_ms``
         more; one named ahead of now (a writer whose server time runs ahead of this consumer's) up to
@@ -150,8 +151,10 @@ class LogCursor:
                 every = WARM_MS
             else:
                 every = 0 if end > now_ms - FRESH_MS else WARM_MS if end > now_ms - hot_ms else cool_ms
+            if end + settle_ms <= now_ms:  # may be sealed: by a pass whose Date shows it began after
+                every = min(every, WARM_MS)  # that, up to 2 s later; a listing each pass costs pages
             last = self._listed.get(dir_ms)  # (the server clock's estimate may step back a little)
-            if not every or end + settle_ms <= now_ms or last is None or now_ms - last >= every:
+            if not every or last is None or now_ms - last >= every:
                 due.append(dir_ms)
                 self._listed[dir_ms] = now_ms
         return due
