@@ -575,7 +575,8 @@ def notes_section(r: dict[str, Any]) -> str:
         "versioned general-purpose bucket holding the same number of 1 KiB messages. At zero and standard "
         "s3stream and the baselines read the very same objects.",
         "- **Consumers.** s3stream: default settings (concurrency 64, S3 checkpoints written during the run, "
-        "`poll_interval` 10 ms in the directory bucket, 50 ms elsewhere), a fresh consumer group per run, handler counting messages. Baselines: "
+        "`poll_interval` 10 ms in the directory bucket, 50 ms elsewhere), a fresh consumer group per run, "
+        "handler counting messages. Baselines: "
         "`benchmarks/baselines.py`, no checkpoints. Capped baselines (boto3 sequential, AWS CLI) fetch the "
         "first N objects and their rate is extrapolated to the backlog.",
         "- **Runs.** Each run alternates s3stream and the baselines on the same data, so the ratios compare "
