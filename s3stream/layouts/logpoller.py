@@ -2,8 +2,8 @@
 
 Nothing here depends on key order or ``StartAfter`` (S3 Express directory buckets offer neither).
 Each pass lists in full the open directories the cursor says are due (``LogCursor.due_dirs``: those
-where writes land and those it may seal on every pass, those ended up to 3 s ago or beginning within
-3 s every 250 ms, the older rest every few seconds), oldest first; new
+where writes land on every pass; those it may seal, those ended up to 3 s ago and those beginning
+within 3 s every 250 ms; the older rest every few seconds), oldest first; new
 objects of a directory are handed out sorted by the time, producer and sequence in their names. After
 the pass, the cursor seals the directories that were listed after their end plus the settle window
 and have nothing in flight.

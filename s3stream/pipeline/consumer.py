@@ -179,7 +179,7 @@ class Consumer:
         interval = self.settings.consumer.head_interval or (
             DIRECTORY_HEAD_INTERVAL if is_directory_bucket(src.bucket) else HEAD_INTERVAL)
         self._watchers[(src.bucket, src.prefix)] = HeadWatcher(
-            store, src.bucket, topic.name, Bell(interval), interval=interval,
+            store, src.bucket, topic.name, Bell(interval),
             absent_interval=self.settings.consumer.max_poll_interval)
 
     def _control_store(self, store: Store) -> contextlib.AbstractAsyncContextManager[Store]:

@@ -31,7 +31,7 @@ MAX_HEAD_BYTES = 64 << 10  # a head is a few dozen bytes; anything bigger is not
 class Bell:
     """The pollers of one topic's shards, to be woken together."""
 
-    def __init__(self, interval: float = 0.0) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval  # how often the head is read: pollers linger on listing up to this
         self.seen = False  # a head was read: producers write it, so idle pollers may wait for its ring
         self._events: set[asyncio.Event] = set()
@@ -62,15 +62,15 @@ async def rest(seconds: float, wake: asyncio.Event | None) -> bool:
 
 
 class HeadWatcher:
-    """Reads one topic's head every ``interval`` seconds and rings its bell when the head changed."""
+    """Reads one topic's head every ``bell.interval`` seconds and rings its bell when the head changed."""
 
-    def __init__(self, store: Store, bucket: str, topic: str, bell: Bell, *, interval: float,
+    def __init__(self, store: Store, bucket: str, topic: str, bell: Bell, *,
                  absent_interval: float | None = None) -> None:
         self.store = store
         self.bucket = bucket
         self.key = head_key(topic)
         self.bell = bell
-        self.interval = interval
+        interval = self.interval = bell.interval
         self.absent_interval = max(interval, absent_interval or interval)
         self.wait = interval  # doubles up to absent_interval while there is no head
         self.etag: str | None = None

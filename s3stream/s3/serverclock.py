@@ -53,12 +53,10 @@ class ServerClock:
         """Seconds since the latest reading (infinite before the first)."""
         return float("inf") if self._at is None else time.monotonic() - self._observed
 
-    def observe(self, date_ms: int, received: float | None = None, sent: float | None = None) -> None:
+    def observe(self, date_ms: int, *, sent: float, received: float) -> None:
         """Read an answer's ``Date`` (``date_ms``) that was asked for at ``sent`` and arrived at
-        ``received`` (``time.monotonic()``; ``sent`` unknown: as ``received``, which may leave the
-        clock a round trip behind)."""
-        received = time.monotonic() if received is None else received
-        sent = received if sent is None else min(sent, received)
+        ``received`` (both ``time.monotonic()``)."""
+        sent = min(sent, received)
         lo, hi = date_ms - received * 1000, date_ms + SECOND_MS - sent * 1000
         if self._at is not None:
             old_lo, old_hi = self._bounds(received)
