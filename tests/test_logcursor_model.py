@@ -16,8 +16,9 @@ committed checks:
 * the keys the poller remembers as not new (:class:`~s3stream.layouts.knownkeys.KnownKeys`, which its
   listings leave out) are not new, and leaving them out loses nothing (the delivery checks above hold
   with them left out, as the poller lists);
-* the checkpoint holds only open directories, and a pass with nothing in flight seals everything
-  older than the settle window: its size follows the open window, not the history.
+* the checkpoint holds only open directories, and a pass with nothing in flight that lists every
+  directory it may seal (they are listed at most every 250 ms) seals everything older than the
+  settle window: its size follows the open window, not the history.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class LogCursorMachine(RuleBasedStateMachine):
         pass's start (whole seconds, minus one) as the server time. The keys left out are checked
         against a copy of the cursor (asking the cursor itself would change what it records)."""
         dirs = self.cursor.due_dirs(self.now, SETTLE, MAX_DIRS)
+        pass_start = self.now - self.now % 1000 - 1000
+        sealable = {d for d in self.cursor.open_dirs(self.now, SETTLE, MAX_DIRS)
+                    if d + self.SPAN + SETTLE <= pass_start}
         idle = not self.in_flight
         aside = copy.deepcopy(self.cursor)
         for dir_ms in dirs:
@@ -126,11 +130,10 @@ class LogCursorMachine(RuleBasedStateMachine):
                 self.known.add(dir_ms, entry.key)
                 if self.cursor.is_new(entry):  # asked again, as the poller does: copies in one listing
                     self._hand_out(entry, dir_ms)
-        pass_start = self.now - self.now % 1000 - 1000
         self.cursor.pass_complete(dirs, pass_start, SETTLE)
         self.known.forget_before(self.cursor.sealed_ms)
         assert self.known.size == sum(len(self.known.of(d)) for d in {_dir(e.key) for e in self.objects})
-        if idle and not self.in_flight and len(dirs) < MAX_DIRS:
+        if idle and not self.in_flight and len(dirs) < MAX_DIRS and sealable <= set(dirs):
             assert self.cursor.sealed_ms + self.SPAN + SETTLE > pass_start, "an idle pass sealed too little"
 
     def _hand_out(self, entry: Entry, dir_ms: int) -> None:
