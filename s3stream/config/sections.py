@@ -202,7 +202,7 @@ class ConsumerSettings(_Model):
     head_interval: float | None = Field(
         default=None, gt=0, examples=[0.3],
         description="Seconds between two reads of a topic's head object (one GET per topic, shared by its "
-                    "shards). Unset: 0.2 in a directory bucket (S3 Express One Zone), 0.3 elsewhere. A shard "
+                    "shards). Unset: 0.1 in a directory bucket (S3 Express One Zone), 0.3 elsewhere. A shard "
                     "whose listing just found messages keeps listing, backing off from poll_interval up "
                     "to this (divided by the listing requests of its pass), before it waits for the "
                     "head: a stream with short pauses is not slowed down to the head's pace.",

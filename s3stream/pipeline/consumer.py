@@ -33,6 +33,7 @@ from s3stream.pipeline.checkpoint import (
 from s3stream.pipeline.checkpointer import Checkpointer
 from s3stream.pipeline.handlers import Handler, as_handler, open_handler
 from s3stream.pipeline.headwatch import Bell, HeadWatcher
+from s3stream.pipeline.pacing import head_interval
 from s3stream.pipeline.poller import Poller
 from s3stream.pipeline.shard import Shard, ShardLayout
 from s3stream.pipeline.workers import WorkerPool
@@ -43,9 +44,6 @@ from s3stream.service.metrics import HealthServer
 from s3stream.service.tracing import MessageTracer
 
 log = get_logger("s3stream.pipeline.consumer")
-
-HEAD_INTERVAL = 0.3  # seconds between reads of a topic's head object (S3 Standard: a GET per 0.3 s)
-DIRECTORY_HEAD_INTERVAL = 0.2  # in a directory bucket, where a GET costs 37 times less than a LIST
 
 
 class Consumer:
@@ -176,8 +174,8 @@ class Consumer:
         """Read the topic's head object (once per topic, for all its shards) to wake idle pollers."""
         if (src.bucket, src.prefix) in self._watchers:
             return
-        interval = self.settings.consumer.head_interval or (
-            DIRECTORY_HEAD_INTERVAL if is_directory_bucket(src.bucket) else HEAD_INTERVAL)
+        interval = head_interval(self.settings.consumer.head_interval,
+                                 directory_bucket=is_directory_bucket(src.bucket))
         self._watchers[(src.bucket, src.prefix)] = HeadWatcher(
             store, src.bucket, topic.name, Bell(interval),
             absent_interval=self.settings.consumer.max_poll_interval)
