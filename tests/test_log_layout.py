@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from s3stream.config import build_settings
 from s3stream.layouts.logcursor import HOT_MS, LogCheckpoint, LogCursor
@@ -439,6 +440,37 @@ async def test_writes_landing_seconds_late_in_older_directories_are_delivered(
             and stored[k] - (n.dir_ms + topic.span_ms) > HOT_MS]
     assert late, f"seed {seed}: no write landed in a directory that had ended {HOT_MS} ms before"
     assert sorted(_identity(m.key) for m in rec.messages) == sorted(_identity(r.key) for r in published)
+
+
+async def test_a_pass_after_silence_lists_every_open_directory_at_once(
+    store: Store, bucket: str, moto_endpoint: str
+) -> None:
+    """After a silence every open directory is due at once: six or seven with ten-second directories
+    and the default 30 s settle window. A pass lists all their first pages together, so a message in
+    the newest waits for one listing, not two in turn: each directory's LIST is answered a second
+    late, and every one of them reaches the server before the first is answered."""
+    topic = await create_topic(store, bucket, "quiet", layout="log")
+    arrived: list[float] = []
+
+    def first_page(request: web.Request) -> bool:  # a directory's listing (their names begin 20...)
+        if "list-type" in request.query and request.query.get("prefix", "").startswith("quiet/00/2"):
+            arrived.append(time.monotonic())
+            return True
+        return False
+
+    with S3Proxy(moto_endpoint, [Rule(Delay(1.0), method="GET", when=first_page)]) as proxy:
+        settings = make_settings(proxy.endpoint, f"s3://{bucket}/quiet", settle_window=30)
+        async with open_store(settings.s3) as proxied:
+            cursor = LogCursor("quiet/00/", span_ms=topic.span_ms)
+            now_ms = int(time.time() * 1000)
+            cursor.sealed_ms = now_ms - now_ms % topic.span_ms - 5 * topic.span_ms  # 50 s of open directories
+            shard = Shard(bucket=bucket, prefix="quiet/00/", handler=as_handler(Recorder(), "rec"),
+                          checkpoints=MemoryCheckpointStore(), cursor=cursor, layout="log", fresh=False)
+            poller = LogPoller(shard, cursor, proxied, WorkerPool(proxied, queue_size=10, handler_attempts=1),
+                               settings.consumer, lambda: None)
+            assert await poller.poll_once() == 0
+    assert len(arrived) >= 6
+    assert max(arrived) - min(arrived) < 0.5, f"listed in turn: {[round(t - arrived[0], 2) for t in arrived]}"
 
 
 @pytest.mark.parametrize("ordered", [True, False], ids=["key-ordered", "unordered"])

@@ -49,7 +49,8 @@ from s3stream.s3.serverclock import ServerClock, listed_after_ms
 from s3stream.s3.store import Store
 
 MAX_DIRS_PER_PASS = 60
-DIRS_AT_ONCE = 4  # first pages listed concurrently: an idle pass takes about one LIST's latency
+DIRS_AT_ONCE = 8  # first pages listed concurrently: a pass over a default topic's open directories (up to
+# seven: ten-second directories, a 30 s settle window), as after a silence, takes one LIST's latency
 HELD_LIMIT = 100_000  # listed objects a pass holds at most (plus a page) before handing them out
 
 
