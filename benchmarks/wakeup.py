@@ -198,10 +198,12 @@ class _Count:
             self.done.set()
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    """The percentiles of one consumer's wake-ups, and each one in the order they came (ms)."""
     ordered = sorted(values)
     return {"p50_ms": sc.percentile(ordered, 50) * 1000, "p99_ms": sc.percentile(ordered, 99) * 1000,
-            "max_ms": ordered[-1] * 1000, "messages": len(ordered)}
+            "max_ms": ordered[-1] * 1000, "messages": len(ordered),
+            "each_ms": [round(v * 1000, 1) for v in values]}
 
 
 def wakeup_targets(r: dict[str, Any]) -> list[tuple[str, list[Any], str, float, bool, str]]:
