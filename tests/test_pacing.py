@@ -16,7 +16,16 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from s3stream.pipeline.pacing import UNANNOUNCED_HOLD, Next, Pacer, Wait, flow_interval, head_interval
+from s3stream.config import ProducerSettings
+from s3stream.pipeline.pacing import (
+    LINGER_FLOOR,
+    UNANNOUNCED_HOLD,
+    Next,
+    Pacer,
+    Wait,
+    flow_interval,
+    head_interval,
+)
 
 HEAD = 0.3  # the head's read interval
 
@@ -69,6 +78,25 @@ def test_a_stream_that_pauses_is_listed_on_a_short_back_off_before_the_head_take
     p.rung()
     assert p.after_pass(found=9, full=False, pages=7, head_seen=True, now=9).wait is Wait.FLOW
     assert p.after_pass(found=0, full=False, pages=7, head_seen=True, now=10) == Next(Wait.RECONCILE, 420.0)
+
+
+def test_a_head_read_often_does_not_cut_lingering_shorter_than_the_producers_head_gap() -> None:
+    """While a stream flows, producers rewrite the head at most every ``head_gap`` (0.25 s by
+    default), so a shard that waits for the head mid-stream may wait that long for a ring however
+    often it reads the head. With the head read every 0.1 s (a directory bucket), a shard that lists
+    three directories a pass still lingers on 20, 40 and 80 ms before it waits for the head; the
+    floor is the producers' default gap. Lingering ends where the back-off stops growing
+    (``max_poll_interval`` below the floor): it never turns into listing for good."""
+    p = Pacer(poll_interval=0.01, max_poll_interval=5.0, reconcile_interval=60.0, head_interval=0.1)
+    assert p.after_pass(found=1, full=False, pages=3, head_seen=True, now=0).wait is Wait.FLOW
+    waits = [p.after_pass(found=0, full=False, pages=3, head_seen=True, now=t) for t in (1, 2, 3, 4)]
+    assert waits == [Next(Wait.BACKOFF, 0.02), Next(Wait.BACKOFF, 0.04), Next(Wait.BACKOFF, 0.08),
+                     Next(Wait.RECONCILE, 180.0)]
+    assert ProducerSettings.model_fields["head_gap"].default == LINGER_FLOOR
+    capped = Pacer(poll_interval=0.05, max_poll_interval=0.2, reconcile_interval=3.0, head_interval=0.1)
+    capped.after_pass(found=1, full=False, pages=1, head_seen=True, now=0)
+    waits = [capped.after_pass(found=0, full=False, pages=1, head_seen=True, now=t) for t in (1, 2, 3)]
+    assert waits == [Next(Wait.BACKOFF, 0.1), Next(Wait.BACKOFF, 0.2), Next(Wait.RECONCILE, 3.0)]
 
 
 def test_a_reconciling_pass_that_finds_messages_turns_to_listing_for_a_while() -> None:
@@ -126,8 +154,9 @@ class PacingModel(RuleBasedStateMachine):
             assert after.wait is Wait.NONE
         elif found:
             assert after.wait is Wait.FLOW
-        elif head and not self.holding() and not (
-                self.lingering and min(5.0, self.backoff * 2) * pages <= HEAD):
+        elif head and not self.holding() and not (  # lingering: a growing back-off within the horizon
+                self.lingering and self.backoff < (longer := min(5.0, self.backoff * 2))
+                and longer * pages <= max(HEAD, LINGER_FLOOR)):
             assert after == Next(Wait.RECONCILE, 60.0 * pages)
             self.waiting_for_head, self.lingering = True, False
         else:

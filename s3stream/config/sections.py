@@ -204,8 +204,9 @@ class ConsumerSettings(_Model):
         description="Seconds between two reads of a topic's head object (one GET per topic, shared by its "
                     "shards). Unset: 0.1 in a directory bucket (S3 Express One Zone), 0.3 elsewhere. A shard "
                     "whose listing just found messages keeps listing, backing off from poll_interval up "
-                    "to this (divided by the listing requests of its pass), before it waits for the "
-                    "head: a stream with short pauses is not slowed down to the head's pace.",
+                    "to this or 0.25 s, whichever is longer (divided by the listing requests of its "
+                    "pass), before it waits for the head: a stream with short pauses is not slowed "
+                    "down to the head's pace.",
     )
     reconcile_interval: float = Field(
         default=60.0, gt=0,

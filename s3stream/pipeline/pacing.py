@@ -6,12 +6,14 @@
 * An idle shard backs off, doubling, up to ``max_poll_interval``; so does a failed pass.
 * Once the topic's head object is known (s3stream producers rewrite it after publishing), a shard
   whose pass found nothing right after passes that found messages first *lingers*: it goes on
-  listing on the doubling back-off while that, times the pass's listing requests, is no longer than
-  the head's read interval (a stream of a few messages a second is found within a poll interval or
-  two, not a head read and a head write later; a pass of many pages does not linger, since the head
-  is the cheaper wait), then waits for the head to change instead, and lists on its own only to
-  *reconcile*: a pass of ``pages`` listing requests waits ``pages`` reconcile intervals, so a quiet
-  shard with a long history costs about one listing request per interval.
+  listing on the doubling back-off while that grows and, times the pass's listing requests, is no
+  longer than the head's read interval or, if that is shorter, the producers' default ``head_gap``
+  (a stream of a few messages a second is found within a poll interval or two, not a head read and a
+  head write later, the head being rewritten at most every ``head_gap`` while a stream flows; a pass
+  of many pages does not linger, since the head is the cheaper wait), then waits for the head to
+  change instead, and lists on its own only to *reconcile*: a pass of ``pages`` listing requests
+  waits ``pages`` reconcile intervals, so a quiet shard with a long history costs about one listing
+  request per interval.
 * A reconciling pass (one the head did not call for) that finds messages shows writers that do not
   touch the head (``aws s3 cp``, or head writes that failed): that shard backs off as without a head
   for ``UNANNOUNCED_HOLD`` reconcile intervals after, so those writers wait minutes at most once.
@@ -25,6 +27,8 @@ from enum import Enum
 UNANNOUNCED_HOLD = 10  # reconcile intervals of listing back-off after a pass found unannounced writes
 POLL_INTERVAL = 0.05  # seconds between passes while messages flow, unless configured
 DIRECTORY_POLL_INTERVAL = 0.01  # in a directory bucket (S3 Express), where a request takes ~5 ms
+LINGER_FLOOR = 0.25  # producers rewrite the head at most every head_gap (0.25 s by default) while a
+# stream flows, so a shard lingers on listing up to at least that, however often it reads the head
 HEAD_INTERVAL = 0.3  # seconds between reads of a topic's head object, unless configured (S3 Standard)
 DIRECTORY_HEAD_INTERVAL = 0.1  # in a directory bucket, where a GET costs about 37 times less than a LIST
 
@@ -103,7 +107,8 @@ class Pacer:
         if found:
             return Next(Wait.FLOW, max(0.0, self.poll_interval - took), unannounced)
         longer = min(self.max_poll_interval, self.delay * 2)
-        lingers = self.lingering and longer * max(1, pages) <= self.head_interval
+        horizon = max(self.head_interval, LINGER_FLOOR)
+        lingers = self.lingering and self.delay < longer and longer * max(1, pages) <= horizon
         if head_seen and now >= self.listing_until and not lingers:
             self.reconciling, self.lingering = True, False
             return Next(Wait.RECONCILE, self.reconcile_interval * max(1, pages))
