@@ -74,7 +74,7 @@ class Pacer:
     poll_interval: float
     max_poll_interval: float
     reconcile_interval: float
-    head_interval: float = 0.0  # how often the head is read: a lingering shard lists no less often
+    head_interval: float = 0.0  # how often the head is read: a shard lingers up to this or LINGER_FLOOR
     delay: float = 0.0
     listing_until: float = float("-inf")  # until then idle waits back off, head or not
     reconciling: bool = False  # the wait before the pass now running was a reconcile wait, not rung
